@@ -1,0 +1,152 @@
+"""Every exposed metric: name, type, labels and HELP, in one table.
+
+This is the only place metric names live (README's metric table, rules and dashboards are
+checked against it by tests). Naming follows https://prometheus.io/docs/practices/naming/:
+prefix `llm_`, base units in the name, `_total` on counters, `_ratio` for 0..1,
+`_timestamp_seconds` for times, `_info` for metadata, no colons, no sample timestamps.
+Every label's values partition the whole, so `sum()` over any label is right.
+
+`{opt}` in a label list stands for the opt-in dimension labels that are enabled in config
+(a subset of project, user, api_key, service_tier, batch, context_window), the same set on
+every usage metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COUNTER = "counter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+
+OPT = "{opt}"  # placeholder for the enabled opt-in labels
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+
+_USAGE = ("provider", "account", "operation", "model", OPT)
+_SINCE = "since the configured history start, recomputed from provider data each poll"
+
+SPECS: tuple[Spec, ...] = (
+    # --- usage -------------------------------------------------------------------------
+    Spec("llm_tokens_total", COUNTER, (*_USAGE, "token_type"),
+         f"Tokens billed by the provider, by token type (types never overlap), {_SINCE}."),
+    Spec("llm_model_requests_total", COUNTER, _USAGE,
+         f"Model requests reported by the provider, {_SINCE}."),
+    Spec("llm_images_total", COUNTER, (*_USAGE, "size", "source"),
+         f"Images generated, edited or varied, {_SINCE}."),
+    Spec("llm_characters_total", COUNTER, _USAGE,
+         f"Characters of text-to-speech input, {_SINCE}."),
+    Spec("llm_audio_seconds_total", COUNTER, _USAGE,
+         f"Seconds of audio transcribed, {_SINCE}."),
+    Spec("llm_code_interpreter_sessions_total", COUNTER, ("provider", "account", "project"),
+         f"Code interpreter sessions, {_SINCE}."),
+    Spec("llm_tool_calls_total", COUNTER, (*_USAGE, "tool"),
+         f"Built-in tool calls (file_search, web_search), {_SINCE}."),
+    Spec("llm_vector_store_bytes", GAUGE, ("provider", "account", "project"),
+         "Bytes held in vector stores in the latest reported bucket (a level, not a flow)."),
+    # --- reported cost -------------------------------------------------------------------
+    Spec("llm_cost_reported_usd_total", COUNTER,
+         ("provider", "account", "project", "model", "line_item"),
+         f"Cost the provider reports it will invoice, in USD, {_SINCE}. Lags usage by hours "
+         "to a day; includes any downward revisions, which are also counted in "
+         "llm_cost_reported_revisions_usd_total."),
+    Spec("llm_cost_reported_revisions_usd_total", COUNTER,
+         ("provider", "account", "project", "model", "line_item"),
+         "USD by which the provider revised already-reported cost downward (credits, "
+         "corrections) while this exporter's state lived. Invoice total = "
+         "llm_cost_reported_usd_total - this."),
+    Spec("llm_usage_revisions_total", COUNTER, ("provider", "account", "operation", "measure"),
+         "Amount by which a provider revised already-reported usage downward (all counters "
+         "stay monotonic; this shows what was revised away)."),
+    # --- estimated cost and prices -----------------------------------------------------
+    Spec("llm_cost_estimated_usd_total", COUNTER, (*_USAGE, "token_type", "price_source"),
+         f"Cost estimated from tokens x unit price at each bucket's date, in USD, {_SINCE}. "
+         "Unpriced usage is not in here: see llm_unpriced_tokens_total."),
+    Spec("llm_unpriced_tokens_total", COUNTER, ("provider", "account", "model", "token_type"),
+         f"Tokens of models or token types with no known price (not counted as zero cost), {_SINCE}."),
+    Spec("llm_unpriced_model_requests_total", COUNTER, ("provider", "account", "model"),
+         f"Model requests of models with no known price, {_SINCE}."),
+    Spec("llm_unpriced_model_info", GAUGE, ("provider", "model"),
+         "1 for each model seen in usage that has no known price."),
+    Spec("llm_price_usd_per_token", GAUGE, ("provider", "model", "token_type", "price_source"),
+         "Unit price in force today, in USD per token (Grafana shows it per million)."),
+    Spec("llm_cost_reconciliation_ratio", GAUGE, ("provider", "account"),
+         "Estimated / reported cost over closed days of the current month (1 = agree)."),
+    Spec("llm_cache_savings_usd_total", COUNTER, ("provider", "account", "model"),
+         f"What prompt caching saved: cached tokens x (input price - cache read price), {_SINCE}."),
+    Spec("llm_batch_savings_usd_total", COUNTER, ("provider", "account", "model"),
+         f"What batch processing saved against standard prices, {_SINCE}."),
+    Spec("llm_price_data_info", GAUGE, ("source", "version"),
+         "1 for the price database in force."),
+    Spec("llm_price_data_timestamp_seconds", GAUGE, (),
+         "When the price data in force was published or last refreshed."),
+    # --- period gauges -----------------------------------------------------------------
+    Spec("llm_period_cost_reported_usd", GAUGE, ("provider", "account", "project", "period"),
+         "Reported cost in the current period (day, week, month) in the configured time zone; "
+         "exact sum of buckets, as of the last successful poll."),
+    Spec("llm_period_cost_estimated_usd", GAUGE,
+         ("provider", "account", "project", "model", "period"),
+         "Estimated cost in the current period (day, week, month) in the configured time zone; "
+         "exact sum of buckets, as of the last successful poll."),
+    Spec("llm_period_tokens", GAUGE,
+         ("provider", "account", "project", "model", "token_type", "period"),
+         "Tokens in the current period (day, week, month) in the configured time zone."),
+    Spec("llm_period_start_timestamp_seconds", GAUGE, ("period",),
+         "Start of the current period (day, week, month) in the configured time zone."),
+    # --- budgets -------------------------------------------------------------------------
+    Spec("llm_budget_limit_usd", GAUGE, ("budget",), "Budget limit for its current period, in USD."),
+    Spec("llm_budget_spent_usd", GAUGE, ("budget",),
+         "Spend so far in the budget's current period, in USD (exact sum of buckets)."),
+    Spec("llm_budget_spent_ratio", GAUGE, ("budget",), "Spend so far / limit (0..1, above 1 when over)."),
+    Spec("llm_budget_forecast_usd", GAUGE, ("budget",),
+         "Forecast spend at the end of the budget's current period, in USD."),
+    Spec("llm_budget_exhaustion_forecast_timestamp_seconds", GAUGE, ("budget",),
+         "When the forecast reaches the limit; absent if it does not within the period."),
+    Spec("llm_budget_period_start_timestamp_seconds", GAUGE, ("budget",),
+         "Start of the budget's current period."),
+    Spec("llm_budget_period_end_timestamp_seconds", GAUGE, ("budget",),
+         "End of the budget's current period."),
+    Spec("llm_budget_threshold_ratio", GAUGE, ("budget", "threshold"),
+         "Configured warning thresholds of each budget as ratios of the limit."),
+    Spec("llm_budget_unpriced_tokens", GAUGE, ("budget",),
+         "Tokens in the budget's current period with no known price: spend the budget cannot see."),
+    Spec("llm_budget_info", GAUGE,
+         ("budget", "period", "basis", "timezone", "provider", "account", "project", "model"),
+         "1 per budget; labels describe its scope (\"\" = all, \"~re\" = regex)."),
+    # --- self-health -----------------------------------------------------------------------
+    Spec("llm_source_up", GAUGE, ("provider", "account", "endpoint"),
+         "1 if the last poll of this endpoint succeeded, 0 if it failed."),
+    Spec("llm_source_last_success_timestamp_seconds", GAUGE, ("provider", "account", "endpoint"),
+         "When this endpoint was last polled successfully."),
+    Spec("llm_source_watermark_timestamp_seconds", GAUGE, ("provider", "account", "endpoint"),
+         "Data watermark: end of the newest bucket considered complete (final) for this endpoint."),
+    Spec("llm_source_latest_bucket_timestamp_seconds", GAUGE, ("provider", "account", "endpoint"),
+         "End of the newest non-empty bucket the provider returned for this endpoint."),
+    Spec("llm_source_api_requests_total", COUNTER, ("provider", "account", "endpoint", "code"),
+         "HTTP requests made to the provider API (every attempt, retries included), by status code."),
+    Spec("llm_source_api_request_failures_total", COUNTER, ("provider", "account", "endpoint", "reason"),
+         "Failed provider API attempts by reason (auth, rate_limited, server_error, timeout, ...)."),
+    Spec("llm_source_api_request_duration_seconds", HISTOGRAM, ("provider", "endpoint"),
+         "Duration of provider API requests."),
+    Spec("llm_source_poll_duration_seconds", GAUGE, ("provider", "account"),
+         "Duration of the last poll of this account."),
+    Spec("llm_source_poll_api_requests", GAUGE, ("provider", "account"),
+         "API requests the last poll of this account made."),
+    Spec("llm_source_rows_ingested_total", COUNTER, ("provider", "account", "endpoint"),
+         "Rows written to the ledger from this endpoint since the exporter started."),
+    Spec("llm_source_payload_errors_total", COUNTER, ("provider", "account", "endpoint"),
+         "Rows or pages the exporter could not understand (skipped) since it started."),
+    Spec("llm_exporter_build_info", GAUGE, ("version", "revision", "python_version"),
+         "1, labelled with the exporter's version."),
+    Spec("llm_exporter_last_poll_timestamp_seconds", GAUGE, (),
+         "When the exposition was last rebuilt after a poll."),
+)
+
+BY_NAME = {s.name: s for s in SPECS}

@@ -1,0 +1,100 @@
+"""Normalized usage rows: the one vocabulary shared by source adapters, ledger and model.
+
+Adapters turn a provider's JSON into `Bucket`s of `Row`s; nothing downstream ever sees
+provider JSON. A row is one group of one time bucket: its dimensions (model, project, ...)
+and its measures (tokens by type, requests, cost, ...). Counts are Python ints (they can pass
+2^53) and money is `Decimal`, never float, until exposition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+# --- measure names -------------------------------------------------------------------------
+# Token measures are "tokens.<token_type>"; the token types partition a row's total tokens,
+# so `sum by (token_type)` is right. Adapters must never emit overlapping token types.
+TOKENS = "tokens."
+TOKEN_TYPES = (
+    "input",  # uncached text input (excludes cache reads and cache writes)
+    "input_audio",  # uncached audio input
+    "input_image",  # uncached image input
+    "cache_read",  # cached text input (OpenAI cached, Anthropic cache_read)
+    "cache_read_audio",
+    "cache_read_image",
+    "cache_write",  # input written to the cache, lifetime unspecified (OpenAI)
+    "cache_write_5m",  # Anthropic ephemeral 5 minute cache creation
+    "cache_write_1h",  # Anthropic ephemeral 1 hour cache creation
+    "output",  # text output (reasoning included: it is billed as output)
+    "output_audio",
+    "output_image",
+)
+REQUESTS = "requests"  # model requests (OpenAI num_model_requests)
+IMAGES = "images"
+CHARACTERS = "characters"  # text-to-speech input characters
+AUDIO_SECONDS = "audio_seconds"  # transcription seconds
+SESSIONS = "sessions"  # code interpreter sessions
+TOOL_CALLS = "tool_calls"  # file search / web search calls; the tool is in dims["tool"]
+STORAGE_BYTES = "storage_bytes"  # a level, not a flow: never summed over buckets
+COST = "cost"  # money in the currency named by dims["currency"] (lowercase ISO 4217)
+
+# Measures that are levels (the value at the bucket), not amounts consumed in it.
+LEVEL_MEASURES = frozenset({STORAGE_BYTES})
+
+# --- dimension names -----------------------------------------------------------------------
+# A missing or null dimension is "" (DESIGN: nulls map to one fixed value).
+DIMENSIONS = (
+    "model",
+    "project",  # OpenAI project_id, Anthropic workspace_id, Groq project_id
+    "user",
+    "api_key",  # an id, never a secret
+    "service_tier",
+    "batch",  # "true" / "false" / ""
+    "context_window",
+    "size",  # image size
+    "source",  # image source (image.generation, ...)
+    "tool",  # file_search, web_search, code_execution
+    "line_item",  # cost line item / description
+    "currency",
+)
+
+Number = int | Decimal
+
+
+def token_measure(token_type: str) -> str:
+    return TOKENS + token_type
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One group's measures in one bucket. `dims` holds only non-empty dimension values."""
+
+    operation: str  # completions, embeddings, ..., costs
+    dims: tuple[tuple[str, str], ...]  # sorted (name, value) pairs, empty values dropped
+    measures: Mapping[str, Number]
+
+    @staticmethod
+    def make(operation: str, dims: Mapping[str, str | None], measures: Mapping[str, Number]) -> Row:
+        clean = tuple(sorted((k, str(v)) for k, v in dims.items() if v not in (None, "")))
+        return Row(operation, clean, dict(measures))
+
+    def dim(self, name: str) -> str:
+        for k, v in self.dims:
+            if k == name:
+                return v
+        return ""
+
+
+@dataclass(slots=True)
+class Bucket:
+    """All rows of one endpoint for one aligned time bucket [start, end) in Unix seconds.
+
+    A fetched bucket replaces everything the ledger held for (account, endpoint, start):
+    an empty `rows` list is meaningful (the provider now reports nothing there).
+    """
+
+    endpoint: str
+    start: int
+    end: int
+    rows: list[Row] = field(default_factory=list)

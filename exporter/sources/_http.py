@@ -1,0 +1,209 @@
+"""The HTTP layer shared by all sources: retries, backoff, timeouts and request accounting.
+
+It knows nothing of providers: a source hands it a path and query parameters and gets JSON
+back, or a `SourceError` whose `reason` is one of a closed set, so that failures can be
+counted and shown without leaking response bodies or keys. The client is httpx2 (the
+maintained successor of httpx, already required by genai-prices): one client library only.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx2 as httpx
+
+log = logging.getLogger(__name__)
+
+# Failure reasons (closed set: they become label values).
+AUTH = "auth"
+RATE_LIMITED = "rate_limited"
+SERVER_ERROR = "server_error"
+CLIENT_ERROR = "client_error"
+TIMEOUT = "timeout"
+CONNECTION = "connection"
+DECODE = "decode"
+NOT_ENTITLED = "not_entitled"
+REASONS = (AUTH, RATE_LIMITED, SERVER_ERROR, CLIENT_ERROR, TIMEOUT, CONNECTION, DECODE, NOT_ENTITLED)
+
+Params = Sequence[tuple[str, str | int]]
+
+
+class SourceError(Exception):
+    """A failed fetch. `reason` is a label value; the message never contains a secret."""
+
+    def __init__(self, reason: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+class RequestRecorder(Protocol):
+    """Receives one call per HTTP attempt (retries included)."""
+
+    def request(self, endpoint: str, code: str, seconds: float) -> None: ...
+
+    def failure(self, endpoint: str, reason: str) -> None: ...
+
+
+class NullRecorder:
+    def request(self, endpoint: str, code: str, seconds: float) -> None:
+        pass
+
+    def failure(self, endpoint: str, reason: str) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 4  # total tries per request
+    backoff_base: float = 1.0  # seconds; doubled each retry, with full jitter
+    backoff_max: float = 60.0
+    retry_after_max: float = 120.0  # never sleep longer than this on one Retry-After
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def _error_text(response: httpx.Response) -> str:
+    """A short message from a provider error body (provider bodies never echo full keys)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or ""
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("type") or "")[:200]
+        if isinstance(err, str):
+            return err[:200]
+    return response.reason_phrase or ""
+
+
+class ApiClient:
+    """GET JSON from one provider account, with retries and per-attempt accounting."""
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: Mapping[str, str],
+        *,
+        recorder: RequestRecorder | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/") + "/",
+            headers=dict(headers),
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+        self.recorder: RequestRecorder = recorder or NullRecorder()
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self.requests_made = 0  # attempts since the last reset_count(); read by the poller
+
+    def close(self) -> None:
+        self._client.close()
+
+    def reset_count(self) -> int:
+        n, self.requests_made = self.requests_made, 0
+        return n
+
+    def get_json(self, endpoint: str, path: str, params: Params = ()) -> Any:
+        """GET `path` (relative to the base URL) and decode JSON.
+
+        `endpoint` is a short stable name for accounting (a label value, never the URL).
+        """
+        last: SourceError | None = None
+        for attempt in range(self.retry.attempts):
+            delay: float | None = None
+            began = time.monotonic()
+            self.requests_made += 1
+            try:
+                response = self._client.get(path.lstrip("/"), params=list(params))
+            except httpx.TimeoutException as exc:
+                self.recorder.request(endpoint, "timeout", time.monotonic() - began)
+                last = SourceError(TIMEOUT, f"{endpoint}: timed out ({type(exc).__name__})")
+            except httpx.TransportError as exc:
+                self.recorder.request(endpoint, "error", time.monotonic() - began)
+                last = SourceError(CONNECTION, f"{endpoint}: connection failed ({type(exc).__name__})")
+            else:
+                self.recorder.request(endpoint, str(response.status_code), time.monotonic() - began)
+                status = response.status_code
+                if status == 200:
+                    try:
+                        return response.json()
+                    except (ValueError, json.JSONDecodeError):
+                        last = SourceError(DECODE, f"{endpoint}: response is not valid JSON", status)
+                elif status in (401, 403):
+                    err = SourceError(AUTH, f"{endpoint}: HTTP {status}: {_error_text(response)}", status)
+                    self.recorder.failure(endpoint, AUTH)
+                    raise err  # not retried: a bad key stays bad
+                elif status == 429:
+                    delay = _retry_after(response.headers)
+                    last = SourceError(RATE_LIMITED, f"{endpoint}: HTTP 429: rate limited", status)
+                elif status >= 500:
+                    delay = _retry_after(response.headers)
+                    last = SourceError(SERVER_ERROR, f"{endpoint}: HTTP {status}: {_error_text(response)}", status)
+                else:
+                    err = SourceError(CLIENT_ERROR, f"{endpoint}: HTTP {status}: {_error_text(response)}", status)
+                    self.recorder.failure(endpoint, err.reason)
+                    raise err
+            assert last is not None
+            self.recorder.failure(endpoint, last.reason)
+            if attempt + 1 >= self.retry.attempts:
+                break
+            if delay is None:
+                cap = min(self.retry.backoff_max, self.retry.backoff_base * (2**attempt))
+                delay = random.uniform(cap / 2, cap)
+            else:
+                delay = min(delay, self.retry.retry_after_max)
+            log.info("%s; retrying in %.1fs (attempt %d/%d)", last, delay, attempt + 2, self.retry.attempts)
+            self._sleep(delay)
+        assert last is not None
+        raise last
+
+
+def paginate(client: ApiClient, endpoint: str, path: str, params: Params, max_pages: int = 1000) -> list[Any]:
+    """Follow a `has_more` / `next_page` cursor envelope to its end; return every page.
+
+    The cursor is opaque and sent back unchanged with the same other parameters. A cursor that
+    repeats (a provider bug) or a runaway page count is a `decode` failure, not a loop.
+    """
+    pages: list[Any] = []
+    cursor: str | None = None
+    seen: set[str] = set()
+    while True:
+        query = list(params) + ([("page", cursor)] if cursor else [])
+        page = client.get_json(endpoint, path, query)
+        if not isinstance(page, dict) or not isinstance(page.get("data"), list):
+            client.recorder.failure(endpoint, DECODE)
+            raise SourceError(DECODE, f"{endpoint}: page has no 'data' list")
+        pages.append(page)
+        cursor = page.get("next_page")
+        if not page.get("has_more") or not cursor:
+            return pages
+        if cursor in seen or len(pages) >= max_pages:
+            client.recorder.failure(endpoint, DECODE)
+            raise SourceError(DECODE, f"{endpoint}: pagination cursor repeats")
+        seen.add(cursor)
