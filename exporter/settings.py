@@ -188,7 +188,9 @@ class Settings(BaseSettings):
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Paris)") from None
+            raise ValueError(
+                f"unknown time zone {v!r} (use an IANA name such as Europe/Paris)"
+            ) from None
         return v
 
     @field_validator("group_by")
@@ -260,9 +262,7 @@ def resolve_secrets(settings: Settings, environ: dict[str, str] | None = None) -
     """Fill each enabled account's `api_key`; return problems (never containing a key)."""
     env = os.environ if environ is None else environ
     problems: list[str] = []
-    for provider, accounts in (
-        (p, getattr(settings.providers, p)) for p in PROVIDER_DEFAULTS
-    ):
+    for provider, accounts in ((p, getattr(settings.providers, p)) for p in PROVIDER_DEFAULTS):
         default_env = PROVIDER_DEFAULTS[provider][0]
         for i, acc in enumerate(accounts):
             if not acc.enabled:

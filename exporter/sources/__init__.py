@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from exporter.rows import Bucket
-from exporter.sources._http import ApiClient
 
 DAY = 86400
 HOUR = 3600
@@ -46,8 +45,8 @@ class Source(Protocol):
         ...
 
 
-# provider name -> factory(account settings, api client) -> Source
-SourceFactory = Callable[[Any, ApiClient], Source]
+# provider name -> factory(account settings, api client, *, group_by, bucket_width) -> Source
+SourceFactory = Callable[..., Source]
 
 
 def registry() -> dict[str, SourceFactory]:

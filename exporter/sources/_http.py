@@ -30,7 +30,16 @@ TIMEOUT = "timeout"
 CONNECTION = "connection"
 DECODE = "decode"
 NOT_ENTITLED = "not_entitled"
-REASONS = (AUTH, RATE_LIMITED, SERVER_ERROR, CLIENT_ERROR, TIMEOUT, CONNECTION, DECODE, NOT_ENTITLED)
+REASONS = (
+    AUTH,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    CLIENT_ERROR,
+    TIMEOUT,
+    CONNECTION,
+    DECODE,
+    NOT_ENTITLED,
+)
 
 Params = Sequence[tuple[str, str | int]]
 
@@ -146,7 +155,9 @@ class ApiClient:
                 last = SourceError(TIMEOUT, f"{endpoint}: timed out ({type(exc).__name__})")
             except httpx.TransportError as exc:
                 self.recorder.request(endpoint, "error", time.monotonic() - began)
-                last = SourceError(CONNECTION, f"{endpoint}: connection failed ({type(exc).__name__})")
+                last = SourceError(
+                    CONNECTION, f"{endpoint}: connection failed ({type(exc).__name__})"
+                )
             else:
                 self.recorder.request(endpoint, str(response.status_code), time.monotonic() - began)
                 status = response.status_code
@@ -154,9 +165,13 @@ class ApiClient:
                     try:
                         return response.json()
                     except (ValueError, json.JSONDecodeError):
-                        last = SourceError(DECODE, f"{endpoint}: response is not valid JSON", status)
+                        last = SourceError(
+                            DECODE, f"{endpoint}: response is not valid JSON", status
+                        )
                 elif status in (401, 403):
-                    err = SourceError(AUTH, f"{endpoint}: HTTP {status}: {_error_text(response)}", status)
+                    err = SourceError(
+                        AUTH, f"{endpoint}: HTTP {status}: {_error_text(response)}", status
+                    )
                     self.recorder.failure(endpoint, AUTH)
                     raise err  # not retried: a bad key stays bad
                 elif status == 429:
@@ -164,9 +179,13 @@ class ApiClient:
                     last = SourceError(RATE_LIMITED, f"{endpoint}: HTTP 429: rate limited", status)
                 elif status >= 500:
                     delay = _retry_after(response.headers)
-                    last = SourceError(SERVER_ERROR, f"{endpoint}: HTTP {status}: {_error_text(response)}", status)
+                    last = SourceError(
+                        SERVER_ERROR, f"{endpoint}: HTTP {status}: {_error_text(response)}", status
+                    )
                 else:
-                    err = SourceError(CLIENT_ERROR, f"{endpoint}: HTTP {status}: {_error_text(response)}", status)
+                    err = SourceError(
+                        CLIENT_ERROR, f"{endpoint}: HTTP {status}: {_error_text(response)}", status
+                    )
                     self.recorder.failure(endpoint, err.reason)
                     raise err
             assert last is not None
@@ -178,13 +197,21 @@ class ApiClient:
                 delay = random.uniform(cap / 2, cap)
             else:
                 delay = min(delay, self.retry.retry_after_max)
-            log.info("%s; retrying in %.1fs (attempt %d/%d)", last, delay, attempt + 2, self.retry.attempts)
+            log.info(
+                "%s; retrying in %.1fs (attempt %d/%d)",
+                last,
+                delay,
+                attempt + 2,
+                self.retry.attempts,
+            )
             self._sleep(delay)
         assert last is not None
         raise last
 
 
-def paginate(client: ApiClient, endpoint: str, path: str, params: Params, max_pages: int = 1000) -> list[Any]:
+def paginate(
+    client: ApiClient, endpoint: str, path: str, params: Params, max_pages: int = 1000
+) -> list[Any]:
     """Follow a `has_more` / `next_page` cursor envelope to its end; return every page.
 
     The cursor is opaque and sent back unchanged with the same other parameters. A cursor that

@@ -1,0 +1,187 @@
+"""Wiring only: settings -> sources -> poller -> ledger -> model -> exposition -> server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from exporter import __version__
+from exporter.exposition import Exposition
+from exporter.health import Health
+from exporter.ledger import Ledger
+from exporter.model import Estimator, ModelInput, build, opt_labels_for
+from exporter.poller import Account, Poller, history_start_ts
+from exporter.server import MetricsServer, parse_listen
+from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
+from exporter.sources import registry
+from exporter.sources._http import ApiClient, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+def _headers(provider: str, key: str) -> dict[str, str]:
+    from importlib import import_module
+
+    mod = import_module(f"exporter.sources.{provider}")
+    fn: Callable[[str], dict[str, str]] | None = getattr(mod, "headers", None)
+    if fn is not None:
+        return fn(key)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def make_account(
+    settings: Settings,
+    provider: str,
+    acc: AccountSettings,
+    health: Health,
+    retry: RetryPolicy | None = None,
+) -> Account:
+    assert acc.api_key is not None, "resolve_secrets() runs before wiring"
+    client = ApiClient(
+        acc.base_url or PROVIDER_DEFAULTS[provider][1],
+        _headers(provider, acc.api_key.get_secret_value()),
+        recorder=health.recorder(provider, acc.account),
+        timeout=acc.timeout,
+        retry=retry,
+    )
+    factory = registry()[provider]
+    source = factory(
+        acc, client, group_by=settings.group_by_for(acc), bucket_width=settings.bucket_seconds
+    )
+    return Account(source, client, settings.interval_for(acc))
+
+
+def make_estimator(settings: Settings) -> Estimator | None:
+    try:
+        from exporter.pricing_adapter import estimator_for
+    except ImportError:  # pricing not wired yet
+        return None
+    return estimator_for(settings.prices)
+
+
+class App:
+    """The running exporter. `poll_once()` is what tests drive; `run()` is the service."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.ledger = Ledger(settings.state_file)
+        self.health = Health()
+        self.exposition = Exposition()
+        now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+        day, self.history_start = history_start_ts(
+            settings.history_start, self.ledger.get_meta("history_start"), now, settings.tz
+        )
+        stored = self.ledger.get_meta("history_start")
+        if stored is not None and dt.date.fromisoformat(stored) > day:
+            log.info("history start moved earlier (%s -> %s): refetching", stored, day)
+            self.ledger.reset_cursors(self.history_start)
+        self.ledger.set_meta("history_start", day.isoformat())
+        accounts = [
+            make_account(settings, p, a, self.health, retry)
+            for p, a in settings.providers.accounts()
+        ]
+        self.opt_labels = opt_labels_for(
+            settings.group_by_for(a) for _, a in settings.providers.accounts()
+        )
+        self.estimator = make_estimator(settings)
+        self.poller = Poller(
+            self.ledger, self.health, accounts, self.history_start, self.rebuild, clock
+        )
+        self._process = CollectorRegistry()
+        ProcessCollector(registry=self._process)
+        PlatformCollector(registry=self._process)
+        self.server: MetricsServer | None = None
+        self._stop = threading.Event()
+
+    def rebuild(self) -> None:
+        began = time.monotonic()
+        inp = ModelInput(
+            rows=list(self.ledger.rows(since=self.history_start)),
+            revisions=self.ledger.revisions(),
+            health=self.health.snapshot(),
+            now=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
+            tz=self.settings.tz,
+            history_start=self.history_start,
+            opt_labels=self.opt_labels,
+            max_values=self.settings.cardinality.max_values,
+            estimator=self.estimator,
+            budgets=self.settings.budgets,
+            revision=os.environ.get("LLM_EXPORTER_REVISION", ""),
+        )
+        families = build(inp)
+        # Process metrics are rendered with the rest, so a scrape stays a memory copy.
+        rendered = self.exposition.update(families, generate_latest(self._process))
+        log.debug(
+            "rebuilt exposition: %d families, %d bytes, %.3fs",
+            len(families),
+            len(rendered.body),
+            time.monotonic() - began,
+        )
+
+    def poll_once(self) -> None:
+        self.poller.poll_once()
+
+    def status(self) -> dict[str, Any]:
+        h = self.health.snapshot()
+
+        def ts(v: float | None) -> str | None:
+            return (
+                None
+                if v is None
+                else dt.datetime.fromtimestamp(v, dt.UTC).isoformat(timespec="seconds")
+            )
+
+        return {
+            "version": __version__,
+            "last_poll": ts(h.last_poll),
+            "sources": [
+                {
+                    "provider": p,
+                    "account": a,
+                    "endpoint": e,
+                    "up": st.up,
+                    "last_success": ts(st.last_success),
+                    "watermark": ts(st.watermark),
+                    "error": st.last_error,
+                }
+                for (p, a, e), st in sorted(h.endpoints.items())
+            ],
+        }
+
+    def serve(self, listen: str) -> MetricsServer:
+        self.server = MetricsServer(parse_listen(listen), self.exposition, self.status)
+        self.server.start()
+        return self.server
+
+    def run(self, listen: str) -> None:
+        srv = self.serve(listen)
+        log.info("listening on %s:%d", *srv.server_address[:2])
+        self.rebuild()  # serve history from the state file before the first poll finishes
+        self.poller.run(self._stop)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        for acc in self.poller.accounts:
+            acc.client.close()
+        self.ledger.close()

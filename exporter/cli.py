@@ -1,0 +1,139 @@
+"""Command line: Prometheus-style flags, clear config errors, exit codes.
+
+    llm-cost-exporter [--config.file=FILE] [--web.listen-address=:9877] [--log.level=info]
+    llm-cost-exporter --config.check --config.file=FILE   # validate and exit
+    llm-cost-exporter simulate [--listen 127.0.0.1:9878 ...]   # the provider simulator
+
+Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from exporter import __version__
+
+log = logging.getLogger("exporter")
+
+
+class _LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage().replace('"', "'")
+        if record.exc_info:
+            msg += " | " + self.formatException(record.exc_info).replace("\n", " | ").replace(
+                '"', "'"
+            )
+        ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z")
+        return f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpcore2").setLevel(logging.WARNING)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llm-cost-exporter",
+        description="Prometheus exporter for LLM provider usage and cost.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=os.environ.get("LLM_EXPORTER_CONFIG"),
+        help="YAML configuration file (env LLM_EXPORTER_CONFIG)",
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=None,
+        help="address to serve /metrics on (overrides listen_address in config; default :9877)",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default=None,
+        choices=["debug", "info", "warn", "error"],
+        help="log level (overrides config)",
+    )
+    p.add_argument(
+        "--config.check",
+        dest="check",
+        action="store_true",
+        help="validate the configuration and keys, then exit",
+    )
+    p.add_argument("--once", action="store_true", help="poll once, print the exposition, exit")
+    p.add_argument("--version", action="version", version=f"llm-cost-exporter {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list and args_list[0] == "simulate":
+        from exporter.simulator.__main__ import main as simulate
+
+        return simulate(args_list[1:])
+    args = parser().parse_args(args_list)
+
+    from exporter.settings import ConfigError, load
+
+    try:
+        settings = load(Path(args.config_file) if args.config_file else None)
+    except ConfigError as exc:
+        print("llm-cost-exporter: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or settings.log_level)
+    if not settings.providers.accounts():
+        log.warning("no provider account is configured or enabled: nothing will be polled")
+    if args.check:
+        print(
+            "configuration ok:",
+            ", ".join(f"{p}/{a.account}" for p, a in settings.providers.accounts())
+            or "no accounts",
+        )
+        return 0
+
+    from exporter.app import App
+
+    try:
+        app = App(settings)
+    except ValueError as exc:  # adapter option errors name their option
+        print(f"llm-cost-exporter: invalid configuration:\n  {exc}", file=sys.stderr)
+        return 2
+    if args.once:
+        app.poll_once()
+        sys.stdout.buffer.write(app.exposition.current.body)
+        app.stop()
+        return 0
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("received signal %d, shutting down", signum)
+        threading.Thread(target=app.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        app.run(args.listen or settings.listen_address)
+    except OSError as exc:
+        log.error("cannot serve on %s: %s", args.listen or settings.listen_address, exc.strerror)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Prometheus text exposition, rendered once per poll and served as cached bytes.
+
+Families are plain data (name, labels, samples); rendering sorts them so the output is
+deterministic: two replicas with the same ledger produce byte-identical bodies. The rendered
+body (and its gzip) is swapped in atomically, so a scrape never sees a half-built state and
+costs the same whatever the number of series.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from exporter.health import DURATION_BUCKETS, Histogram
+from exporter.names import BY_NAME, HISTOGRAM, Spec
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Value = int | float | Decimal
+
+
+@dataclass
+class Family:
+    spec: Spec
+    labels: tuple[str, ...]
+    samples: dict[tuple[str, ...], Value] = field(default_factory=dict)
+    histograms: dict[tuple[str, ...], Histogram] = field(default_factory=dict)
+
+    @staticmethod
+    def of(name: str, labels: Iterable[str] | None = None) -> Family:
+        spec = BY_NAME[name]
+        return Family(spec, tuple(labels) if labels is not None else spec.labels)
+
+    def add(self, key: tuple[str, ...], value: Value) -> None:
+        self.samples[key] = self.samples.get(key, 0) + value  # type: ignore[operator]
+
+    def set(self, key: tuple[str, ...], value: Value) -> None:
+        self.samples[key] = value
+
+
+def _escape_label(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(v: Value) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    f = float(v)
+    if math.isnan(f):
+        return "NaN"
+    if math.isinf(f):
+        return "+Inf" if f > 0 else "-Inf"
+    if f == int(f) and abs(f) < 1e15:
+        return str(int(f))
+    return repr(f)
+
+
+def _labelset(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
+    parts = [f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def render(families: Iterable[Family]) -> bytes:
+    out: list[str] = []
+    for fam in sorted(families, key=lambda f: f.spec.name):
+        if not fam.samples and not fam.histograms:
+            continue
+        name = fam.spec.name
+        out.append(f"# HELP {name} {_escape_help(fam.spec.help)}")
+        out.append(f"# TYPE {name} {fam.spec.type}")
+        if fam.spec.type == HISTOGRAM:
+            for key in sorted(fam.histograms):
+                h = fam.histograms[key]
+                for le, c in zip(DURATION_BUCKETS, h.counts, strict=True):
+                    bound = 'le="' + str(le) + '"'
+                    out.append(f"{name}_bucket{_labelset(fam.labels, key, bound)} {c}")
+                inf = 'le="+Inf"'
+                out.append(f"{name}_bucket{_labelset(fam.labels, key, inf)} {h.n}")
+                out.append(f"{name}_sum{_labelset(fam.labels, key)} {format_value(h.total)}")
+                out.append(f"{name}_count{_labelset(fam.labels, key)} {h.n}")
+            continue
+        for key in sorted(fam.samples):
+            out.append(f"{name}{_labelset(fam.labels, key)} {format_value(fam.samples[key])}")
+    out.append("")
+    return "\n".join(out).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    body: bytes
+    gzipped: bytes
+
+
+class Exposition:
+    """Holds the latest rendered body; `update` swaps it atomically."""
+
+    def __init__(self) -> None:
+        self._current = Rendered(b"", gzip.compress(b""))
+        self._lock = threading.Lock()
+
+    def update(self, families: Iterable[Family], extra: bytes = b"") -> Rendered:
+        """Render `families` (plus already-rendered `extra` text) and swap it in."""
+        body = render(families) + extra
+        rendered = Rendered(body, gzip.compress(body, compresslevel=6))
+        with self._lock:
+            self._current = rendered
+        return rendered
+
+    @property
+    def current(self) -> Rendered:
+        return self._current

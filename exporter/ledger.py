@@ -1,0 +1,286 @@
+"""The bucket ledger: every fetched bucket, keyed and replaced, persisted in SQLite.
+
+Why a ledger: counters are recomputed as sums over it, so a restart (or a second replica, or a
+wiped state file after backfill) exposes the same values, and a re-fetched bucket *replaces*
+its earlier value instead of adding to it. The ledger also remembers, per endpoint, the point
+before which buckets are final (never fetched again), and the downward revisions it has seen,
+so that exposed counters can stay monotonic while the state lives.
+
+Keys: (provider, account, endpoint, bucket start, operation, dimensions). Writes of one poll
+of one endpoint are one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from exporter.rows import LEVEL_MEASURES, Bucket, Number, Row
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rows (
+    provider TEXT NOT NULL, account TEXT NOT NULL, endpoint TEXT NOT NULL,
+    bucket_start INTEGER NOT NULL, bucket_end INTEGER NOT NULL,
+    operation TEXT NOT NULL, dims TEXT NOT NULL, measures TEXT NOT NULL,
+    PRIMARY KEY (provider, account, endpoint, bucket_start, operation, dims)
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    provider TEXT NOT NULL, account TEXT NOT NULL, endpoint TEXT NOT NULL,
+    closed_before INTEGER NOT NULL,
+    PRIMARY KEY (provider, account, endpoint)
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    provider TEXT NOT NULL, account TEXT NOT NULL, operation TEXT NOT NULL,
+    dims TEXT NOT NULL, measure TEXT NOT NULL, amount TEXT NOT NULL,
+    PRIMARY KEY (provider, account, operation, dims, measure)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    provider: str
+    account: str
+    endpoint: str
+    start: int
+    end: int
+    row: Row
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    provider: str
+    account: str
+    operation: str
+    dims: tuple[tuple[str, str], ...]
+    measure: str
+    amount: Number  # how much was revised away (positive)
+
+
+def _dump_measures(measures: dict[str, Number]) -> str:
+    # ints stay JSON ints (exact at any size); Decimals become strings.
+    return json.dumps(
+        {k: (str(v) if isinstance(v, Decimal) else v) for k, v in sorted(measures.items())},
+        separators=(",", ":"),
+    )
+
+
+def _load_measures(text: str) -> dict[str, Number]:
+    raw = json.loads(text)
+    return {k: (Decimal(v) if isinstance(v, str) else int(v)) for k, v in raw.items()}
+
+
+def _dump_dims(dims: tuple[tuple[str, str], ...]) -> str:
+    return json.dumps([list(p) for p in dims], separators=(",", ":"))
+
+
+def _load_dims(text: str) -> tuple[tuple[str, str], ...]:
+    return tuple((k, v) for k, v in json.loads(text))
+
+
+def _merge(into: dict[str, Number], add: Iterable[tuple[str, Number]]) -> None:
+    for k, v in add:
+        if k in LEVEL_MEASURES:
+            into[k] = max(into.get(k, 0), v)
+        else:
+            into[k] = into.get(k, 0) + v
+
+
+class Ledger:
+    """SQLite-backed bucket store. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+        elif version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"state file {self.path} has schema {version}, expected {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- meta ----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            cur = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,))
+            found = cur.fetchone()
+        return None if found is None else str(found[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # --- cursors -----------------------------------------------------------------------
+    def closed_before(self, provider: str, account: str, endpoint: str) -> int | None:
+        """Buckets of this endpoint starting before the returned time are final."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT closed_before FROM cursors WHERE provider=? AND account=? AND endpoint=?",
+                (provider, account, endpoint),
+            )
+            found = cur.fetchone()
+        return None if found is None else int(found[0])
+
+    def reset_cursors(self, before: int) -> None:
+        """Forget finality at or after `before` (history start moved earlier: refetch)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE cursors SET closed_before = ? WHERE closed_before > ?", (before, before)
+            )
+
+    # --- writes --------------------------------------------------------------------------
+    def replace(
+        self,
+        provider: str,
+        account: str,
+        endpoint: str,
+        buckets: Iterable[Bucket],
+        closed_before: int | None = None,
+    ) -> tuple[int, list[Revision]]:
+        """Replace the stored content of each given bucket, in one transaction.
+
+        Returns the number of rows written and the downward revisions found (a measure of a
+        (operation, dims) group that is now lower than before, or a group that vanished).
+        Level measures (storage bytes) are not revisions: levels go up and down.
+        """
+        written = 0
+        revisions: list[Revision] = []
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for bucket in buckets:
+                    new: dict[tuple[str, str], dict[str, Number]] = {}
+                    for row in bucket.rows:
+                        key = (row.operation, _dump_dims(row.dims))
+                        _merge(new.setdefault(key, {}), row.measures.items())
+                    old_rows = db.execute(
+                        "SELECT operation, dims, measures FROM rows WHERE provider=? AND account=?"
+                        " AND endpoint=? AND bucket_start=?",
+                        (provider, account, endpoint, bucket.start),
+                    ).fetchall()
+                    for op, dims, measures in old_rows:
+                        old = _load_measures(measures)
+                        now = new.get((op, dims), {})
+                        for m, old_v in old.items():
+                            if m in LEVEL_MEASURES:
+                                continue
+                            drop = old_v - now.get(m, 0)
+                            if drop > 0:
+                                revisions.append(
+                                    Revision(provider, account, op, _load_dims(dims), m, drop)
+                                )
+                    db.execute(
+                        "DELETE FROM rows WHERE provider=? AND account=? AND endpoint=? AND bucket_start=?",
+                        (provider, account, endpoint, bucket.start),
+                    )
+                    db.executemany(
+                        "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                provider,
+                                account,
+                                endpoint,
+                                bucket.start,
+                                bucket.end,
+                                op,
+                                dims,
+                                _dump_measures(measures),
+                            )
+                            for (op, dims), measures in new.items()
+                        ],
+                    )
+                    written += len(new)
+                for rev in revisions:
+                    key = (
+                        rev.provider,
+                        rev.account,
+                        rev.operation,
+                        _dump_dims(rev.dims),
+                        rev.measure,
+                    )
+                    found = db.execute(
+                        "SELECT amount FROM revisions WHERE provider=? AND account=? AND operation=?"
+                        " AND dims=? AND measure=?",
+                        key,
+                    ).fetchone()
+                    total = rev.amount + (_parse_number(found[0]) if found else 0)
+                    db.execute(
+                        "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?, ?)",
+                        (*key, str(total)),
+                    )
+                if closed_before is not None:
+                    db.execute(
+                        "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT (provider, account, endpoint)"
+                        " DO UPDATE SET closed_before = max(closed_before, excluded.closed_before)",
+                        (provider, account, endpoint, closed_before),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        for rev in revisions:
+            log.warning(
+                "provider revised %s/%s %s %s down by %s",
+                provider,
+                account,
+                rev.operation,
+                rev.measure,
+                rev.amount,
+            )
+        return written, revisions
+
+    # --- reads ---------------------------------------------------------------------------
+    def rows(self, since: int = 0) -> Iterator[StoredRow]:
+        """Every stored row whose bucket starts at or after `since`, in key order."""
+        with self._lock:
+            fetched = self._db.execute(
+                "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims, measures"
+                " FROM rows WHERE bucket_start >= ? ORDER BY provider, account, endpoint, bucket_start",
+                (since,),
+            ).fetchall()
+        for p, a, e, s, end, op, dims, measures in fetched:
+            yield StoredRow(
+                p, a, e, int(s), int(end), Row(op, _load_dims(dims), _load_measures(measures))
+            )
+
+    def revisions(self) -> list[Revision]:
+        """Accumulated downward revisions per group and measure."""
+        with self._lock:
+            fetched = self._db.execute(
+                "SELECT provider, account, operation, dims, measure, amount FROM revisions"
+            ).fetchall()
+        return [
+            Revision(p, a, op, _load_dims(d), m, _parse_number(v)) for p, a, op, d, m, v in fetched
+        ]
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM rows").fetchone()[0])
+
+
+def _parse_number(text: str) -> Number:
+    try:
+        return int(text)
+    except ValueError:
+        return Decimal(text)

@@ -1,0 +1,341 @@
+"""The metric model: pure functions from the ledger (plus prices, budgets, health) to families.
+
+Counters are sums over every stored bucket since the history start, plus the downward
+revisions the ledger has seen (so a counter never goes down while the state lives; the
+revised amount is exposed on its own). Period gauges are exact sums of the buckets that start
+in the period, in the configured time zone. Nothing here does I/O or knows provider JSON.
+
+Example exposition:
+
+    llm_tokens_total{provider="openai",account="main",operation="completions",model="gpt-4o",
+                     project="proj_a",token_type="cache_read"} 1234
+    llm_cost_reported_usd_total{provider="openai",account="main",project="proj_a",model="",
+                                line_item="gpt-4o, input"} 12.5
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from exporter import __version__
+from exporter.exposition import Family
+from exporter.health import Health
+from exporter.ledger import Revision, StoredRow
+from exporter.names import OPT
+from exporter.rows import (
+    AUDIO_SECONDS,
+    CHARACTERS,
+    COST,
+    IMAGES,
+    REQUESTS,
+    SESSIONS,
+    STORAGE_BYTES,
+    TOKENS,
+    TOOL_CALLS,
+)
+from exporter.sources._http import REASONS
+
+# Opt-in dimension labels, in label order. `project` is on by default (settings.group_by).
+OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window")
+# Labels whose long tail is folded into "other" past the configured top-N.
+FOLDED = ("project", "user", "api_key")
+OTHER = "other"
+PERIODS = ("day", "week", "month")
+
+SIMPLE_MEASURES = {
+    REQUESTS: "llm_model_requests_total",
+    CHARACTERS: "llm_characters_total",
+    AUDIO_SECONDS: "llm_audio_seconds_total",
+}
+
+
+class Estimator(Protocol):
+    """What the model needs from pricing (implemented by `exporter.pricing`)."""
+
+    def estimate_row(
+        self, provider: str, row_dims: Mapping[str, str], tokens: Mapping[str, int], day: dt.date
+    ) -> RowEstimate: ...
+
+    def price_table(
+        self, provider_models: Iterable[tuple[str, str]], day: dt.date
+    ) -> list[PriceEntry]: ...
+
+    def data_info(self) -> tuple[str, str, float | None]: ...
+
+
+@dataclass
+class RowEstimate:
+    costs: dict[str, tuple[Decimal, str]] = field(
+        default_factory=dict
+    )  # token_type -> (usd, source)
+    unpriced: dict[str, int] = field(default_factory=dict)  # token_type -> tokens
+    cache_savings: Decimal = Decimal(0)
+    batch_savings: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class PriceEntry:
+    provider: str
+    model: str
+    token_type: str
+    usd_per_token: Decimal
+    source: str
+
+
+@dataclass
+class ModelInput:
+    rows: Sequence[StoredRow]
+    revisions: Sequence[Revision]
+    health: Health
+    now: dt.datetime  # aware
+    tz: ZoneInfo
+    history_start: int  # unix seconds
+    opt_labels: tuple[str, ...]  # enabled opt-in labels, in OPT_IN order
+    max_values: int = 50
+    estimator: Estimator | None = None
+    budgets: Sequence[Any] = ()  # BudgetSettings
+    revision: str = ""
+
+
+def opt_labels_for(group_bys: Iterable[Iterable[str]]) -> tuple[str, ...]:
+    enabled = {d for g in group_bys for d in g}
+    return tuple(d for d in OPT_IN if d in enabled)
+
+
+def _resolve(labels: tuple[str, ...], opt: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for lab in labels:
+        if lab == OPT:
+            out.extend(opt)
+        else:
+            out.append(lab)
+    return tuple(out)
+
+
+def _fold_sets(
+    rows: Sequence[StoredRow], opt: tuple[str, ...], max_values: int
+) -> dict[str, set[str]]:
+    """Per folded label, the values to keep (top-N by tokens plus cost); others become 'other'."""
+    keep: dict[str, set[str]] = {}
+    if max_values <= 0:
+        return keep
+    for lab in FOLDED:
+        if lab not in opt:
+            continue
+        score: dict[str, Decimal] = defaultdict(Decimal)
+        for sr in rows:
+            v = sr.row.dim(lab)
+            if not v:
+                continue
+            m = sr.row.measures
+            s = Decimal(sum(int(x) for k, x in m.items() if k.startswith(TOKENS)))
+            if COST in m:
+                s += Decimal(m[COST]) * 1_000_000
+            score[v] += s
+        if len(score) > max_values:
+            ranked = sorted(score, key=lambda v: (-score[v], v))
+            keep[lab] = set(ranked[:max_values])
+    return keep
+
+
+def period_starts(now: dt.datetime, tz: ZoneInfo) -> dict[str, dt.datetime]:
+    local = now.astimezone(tz)
+    day = dt.datetime.combine(local.date(), dt.time(), tzinfo=tz)
+    week = dt.datetime.combine(
+        local.date() - dt.timedelta(days=local.weekday()), dt.time(), tzinfo=tz
+    )
+    month = dt.datetime.combine(local.date().replace(day=1), dt.time(), tzinfo=tz)
+    return {"day": day, "week": week, "month": month}
+
+
+class Builder:
+    """Accumulates families from rows; one instance per rebuild."""
+
+    def __init__(self, inp: ModelInput) -> None:
+        self.inp = inp
+        self.opt = inp.opt_labels
+        self.fams: dict[str, Family] = {}
+        self.keep = _fold_sets(inp.rows, self.opt, inp.max_values)
+
+    def fam(self, name: str) -> Family:
+        f = self.fams.get(name)
+        if f is None:
+            from exporter.names import BY_NAME
+
+            f = Family(BY_NAME[name], _resolve(BY_NAME[name].labels, self.opt))
+            self.fams[name] = f
+        return f
+
+    def label_value(self, lab: str, labels: Mapping[str, str]) -> str:
+        v = labels.get(lab, "")
+        keep = self.keep.get(lab)
+        if keep is not None and v and v not in keep:
+            return OTHER
+        return v
+
+    def key(self, name: str, labels: Mapping[str, str]) -> tuple[str, ...]:
+        return tuple(self.label_value(lab, labels) for lab in self.fam(name).labels)
+
+    def add(self, name: str, labels: Mapping[str, str], value: int | Decimal) -> None:
+        f = self.fam(name)
+        f.add(self.key(name, labels), value)
+
+
+def _labels(sr: StoredRow) -> dict[str, str]:
+    labels = dict(sr.row.dims)
+    labels["provider"] = sr.provider
+    labels["account"] = sr.account
+    labels["operation"] = sr.row.operation
+    return labels
+
+
+def build(inp: ModelInput) -> list[Family]:
+    b = Builder(inp)
+    tz = inp.tz
+    starts = period_starts(inp.now, tz)
+    start_ts = {p: int(s.timestamp()) for p, s in starts.items()}
+    seen_models: set[tuple[str, str]] = set()
+    storage: dict[tuple[str, str, str], tuple[int, int]] = {}  # (p, a, project) -> (start, bytes)
+
+    for sr in inp.rows:
+        row = sr.row
+        labels = _labels(sr)
+        m = row.measures
+        periods = [p for p in PERIODS if sr.start >= start_ts[p]]
+        day = dt.datetime.fromtimestamp(sr.start, tz).date()
+        if row.operation == "costs":
+            if COST in m:
+                if row.dim("currency") not in ("", "usd"):
+                    continue  # non-USD costs are not converted (never seen in practice)
+                b.add("llm_cost_reported_usd_total", labels, Decimal(m[COST]))
+                for p in periods:
+                    b.add("llm_period_cost_reported_usd", {**labels, "period": p}, Decimal(m[COST]))
+            continue
+        tokens: dict[str, int] = {}
+        for name, v in m.items():
+            if name.startswith(TOKENS):
+                tt = name[len(TOKENS) :]
+                tokens[tt] = int(v)
+                b.add("llm_tokens_total", {**labels, "token_type": tt}, int(v))
+                for p in periods:
+                    b.add("llm_period_tokens", {**labels, "token_type": tt, "period": p}, int(v))
+            elif name in SIMPLE_MEASURES:
+                b.add(SIMPLE_MEASURES[name], labels, int(v))
+            elif name == IMAGES:
+                b.add("llm_images_total", labels, int(v))
+            elif name == SESSIONS:
+                b.add("llm_code_interpreter_sessions_total", labels, int(v))
+            elif name == TOOL_CALLS:
+                b.add("llm_tool_calls_total", labels, int(v))
+            elif name == STORAGE_BYTES:
+                k = (sr.provider, sr.account, b.label_value("project", labels))
+                prev = storage.get(k)
+                if prev is None or sr.start > prev[0]:
+                    storage[k] = (sr.start, 0)
+                    prev = storage[k]
+                if sr.start == prev[0]:
+                    storage[k] = (sr.start, prev[1] + int(v))
+        if tokens and inp.estimator is not None:
+            model = labels.get("model", "")
+            seen_models.add((sr.provider, model))
+            est = inp.estimator.estimate_row(sr.provider, labels, tokens, day)
+            for tt, (usd, source) in est.costs.items():
+                lab = {**labels, "token_type": tt, "price_source": source}
+                b.add("llm_cost_estimated_usd_total", lab, usd)
+                for p in periods:
+                    b.add("llm_period_cost_estimated_usd", {**labels, "period": p}, usd)
+            for tt, n in est.unpriced.items():
+                b.add("llm_unpriced_tokens_total", {**labels, "token_type": tt}, n)
+            if est.unpriced:
+                b.add("llm_unpriced_model_requests_total", labels, int(m.get(REQUESTS, 0)))
+                b.fam("llm_unpriced_model_info").set((sr.provider, model), 1)
+            if est.cache_savings:
+                b.add("llm_cache_savings_usd_total", labels, est.cache_savings)
+            if est.batch_savings:
+                b.add("llm_batch_savings_usd_total", labels, est.batch_savings)
+
+    for (p, a, project), (_, v) in storage.items():
+        b.fam("llm_vector_store_bytes").set((p, a, project), v)
+
+    _apply_revisions(b, inp.revisions)
+    for p, s in start_ts.items():
+        b.fam("llm_period_start_timestamp_seconds").set((p,), s)
+    if inp.estimator is not None:
+        _prices(b, inp.estimator, seen_models, inp.now.astimezone(tz).date())
+    _health(b, inp.health)
+    b.fam("llm_exporter_build_info").set((__version__, inp.revision, platform.python_version()), 1)
+    if inp.health.last_poll is not None:
+        b.fam("llm_exporter_last_poll_timestamp_seconds").set((), inp.health.last_poll)
+    return list(b.fams.values())
+
+
+def _apply_revisions(b: Builder, revisions: Sequence[Revision]) -> None:
+    """Add revised-away amounts back onto counters (monotonic), and expose them separately."""
+    for rev in revisions:
+        labels = dict(rev.dims)
+        labels.update(provider=rev.provider, account=rev.account, operation=rev.operation)
+        if rev.measure == COST:
+            b.add("llm_cost_reported_usd_total", labels, Decimal(rev.amount))
+            b.add("llm_cost_reported_revisions_usd_total", labels, Decimal(rev.amount))
+            continue
+        b.add("llm_usage_revisions_total", {**labels, "measure": rev.measure}, rev.amount)
+        if rev.measure.startswith(TOKENS):
+            b.add(
+                "llm_tokens_total",
+                {**labels, "token_type": rev.measure[len(TOKENS) :]},
+                int(rev.amount),
+            )
+        elif rev.measure in SIMPLE_MEASURES:
+            b.add(SIMPLE_MEASURES[rev.measure], labels, int(rev.amount))
+        elif rev.measure == IMAGES:
+            b.add("llm_images_total", labels, int(rev.amount))
+        elif rev.measure == SESSIONS:
+            b.add("llm_code_interpreter_sessions_total", labels, int(rev.amount))
+        elif rev.measure == TOOL_CALLS:
+            b.add("llm_tool_calls_total", labels, int(rev.amount))
+
+
+def _prices(b: Builder, est: Estimator, seen: set[tuple[str, str]], day: dt.date) -> None:
+    for e in est.price_table(sorted(seen), day):
+        b.fam("llm_price_usd_per_token").set(
+            (e.provider, e.model, e.token_type, e.source), e.usd_per_token
+        )
+    source, version, ts = est.data_info()
+    b.fam("llm_price_data_info").set((source, version), 1)
+    if ts is not None:
+        b.fam("llm_price_data_timestamp_seconds").set((), ts)
+
+
+def _health(b: Builder, h: Health) -> None:
+    for (p, a, e), st in h.endpoints.items():
+        if st.up is not None:
+            b.fam("llm_source_up").set((p, a, e), st.up)
+        if st.last_success is not None:
+            b.fam("llm_source_last_success_timestamp_seconds").set((p, a, e), st.last_success)
+        if st.watermark is not None:
+            b.fam("llm_source_watermark_timestamp_seconds").set((p, a, e), st.watermark)
+        if st.latest_bucket is not None:
+            b.fam("llm_source_latest_bucket_timestamp_seconds").set((p, a, e), st.latest_bucket)
+        b.fam("llm_source_rows_ingested_total").set((p, a, e), st.rows_ingested)
+    for (p, a, e, code), n in h.requests.items():
+        b.fam("llm_source_api_requests_total").set((p, a, e, code), n)
+    for (p, a, e, reason), n in h.failures.items():
+        b.fam("llm_source_api_request_failures_total").set((p, a, e, reason), n)
+    for (p, e), hist in h.durations.items():
+        b.fam("llm_source_api_request_duration_seconds").histograms[(p, e)] = hist
+    for (p, a), s in h.poll_duration.items():
+        b.fam("llm_source_poll_duration_seconds").set((p, a), s)
+    for (p, a), n in h.poll_requests.items():
+        b.fam("llm_source_poll_api_requests").set((p, a), n)
+    for (p, a, e), n in h.payload_errors.items():
+        b.fam("llm_source_payload_errors_total").set((p, a, e), n)
+
+
+__all__ = ["REASONS", "Builder", "ModelInput", "build", "opt_labels_for", "period_starts"]

@@ -1,0 +1,136 @@
+"""HTTP: `/metrics` (cached bytes, gzip on request), `/` landing page, `/healthz`, `/-/ready`.
+
+The server knows nothing of providers: it serves whatever the exposition last rendered and a
+status summary handed to it as a callable. A scrape does no I/O and no aggregation.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from exporter.exposition import CONTENT_TYPE, Exposition
+
+log = logging.getLogger(__name__)
+
+StatusFn = Callable[[], dict[str, Any]]
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """`:9877`, `0.0.0.0:9877`, `[::1]:9877`, `localhost:9877` -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen address {address!r} must be host:port or :port")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _landing(status: dict[str, Any]) -> bytes:
+    rows = []
+    for s in status.get("sources", []):
+        state = {1: "up", 0: "DOWN", None: "not polled yet"}[s["up"]]
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(x))}</td>"
+                for x in (
+                    s["provider"],
+                    s["account"],
+                    s["endpoint"],
+                    state,
+                    s["last_success"] or "-",
+                    s["watermark"] or "-",
+                    s["error"] or "",
+                )
+            )
+            + "</tr>"
+        )
+    table = (
+        "<table border=1 cellpadding=4><tr><th>provider</th><th>account</th><th>endpoint</th>"
+        "<th>state</th><th>last success</th><th>data complete through</th><th>last error</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    page = (
+        "<!doctype html><html><head><title>llm-cost-exporter</title></head><body>"
+        "<h1>llm-cost-exporter</h1>"
+        f"<p>Version {html.escape(str(status.get('version', '')))}. "
+        f"Last poll: {html.escape(str(status.get('last_poll') or 'not yet'))}.</p>"
+        '<p><a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a></p>'
+        f"<h2>Sources</h2>{table}</body></html>"
+    )
+    return page.encode("utf-8")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer  # type: ignore[assignment]
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
+
+    def _send(
+        self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        srv = self.server
+        if path == "/metrics":
+            cur = srv.exposition.current
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                self._send(
+                    200,
+                    cur.gzipped,
+                    CONTENT_TYPE,
+                    {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+                )
+            else:
+                self._send(200, cur.body, CONTENT_TYPE, {"Vary": "Accept-Encoding"})
+        elif path == "/":
+            self._send(200, _landing(srv.status()), "text/html; charset=utf-8")
+        elif path == "/healthz":
+            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+        elif path == "/-/ready":
+            if srv.exposition.current.body:
+                self._send(200, b"ready\n", "text/plain; charset=utf-8")
+            else:
+                self._send(
+                    503, b"not ready: first poll not finished\n", "text/plain; charset=utf-8"
+                )
+        else:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], exposition: Exposition, status: StatusFn) -> None:
+        if ":" in address[0]:
+            import socket
+
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+        self.exposition = exposition
+        self.status = status
+
+    def start(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        t.start()
+        return t
