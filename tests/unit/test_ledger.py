@@ -1,0 +1,134 @@
+"""The ledger replaces buckets, never double counts, persists, and records revisions."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from exporter.ledger import Ledger
+from exporter.rows import COST, STORAGE_BYTES, Bucket, Row
+
+DAY = 86400
+
+
+def _tokens(n: int, model: str = "m1", project: str = "p1") -> Row:
+    return Row.make(
+        "completions", {"model": model, "project": project}, {"tokens.input": n, "requests": 1}
+    )
+
+
+def _totals(ledger: Ledger) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for sr in ledger.rows():
+        for k, v in sr.row.measures.items():
+            out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+def test_refetched_bucket_replaces_its_value(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    for n in (10, 25, 40):  # the current day's bucket grows between polls
+        led.replace("openai", "main", "completions", [Bucket("completions", 0, DAY, [_tokens(n)])])
+    assert _totals(led) == {"tokens.input": 40, "requests": 1}
+    assert led.count() == 1
+
+
+def test_duplicate_rows_in_one_bucket_are_summed(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    led.replace(
+        "openai", "main", "completions", [Bucket("completions", 0, DAY, [_tokens(5), _tokens(7)])]
+    )
+    assert _totals(led)["tokens.input"] == 12
+
+
+def test_state_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    led = Ledger(path)
+    led.replace(
+        "openai",
+        "main",
+        "costs",
+        [Bucket("costs", 0, DAY, [Row.make("costs", {}, {COST: Decimal("1.10")})])],
+        closed_before=DAY,
+    )
+    led.set_meta("history_start", "2026-11-01")
+    led.close()
+    again = Ledger(path)
+    [stored] = list(again.rows())
+    assert stored.row.measures[COST] == Decimal("1.10")
+    assert isinstance(stored.row.measures[COST], Decimal)
+    assert again.closed_before("openai", "main", "costs") == DAY
+    assert again.get_meta("history_start") == "2026-11-01"
+
+
+def test_big_counts_stay_exact(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    big = 2**60 + 1
+    led.replace("openai", "main", "completions", [Bucket("completions", 0, DAY, [_tokens(big)])])
+    assert _totals(led)["tokens.input"] == big
+
+
+def test_downward_revision_is_recorded_and_accumulates(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    def cost(v):
+        return [
+            Bucket("costs", 0, DAY, [Row.make("costs", {"project": "p"}, {COST: Decimal(v)})])
+        ]
+    led.replace("openai", "main", "costs", cost("10.00"))
+    _, revs = led.replace("openai", "main", "costs", cost("9.50"))
+    assert [r.amount for r in revs] == [Decimal("0.50")]
+    led.replace("openai", "main", "costs", cost("9.00"))
+    [acc] = led.revisions()
+    assert acc.amount == Decimal("1.00") and acc.measure == COST
+
+
+def test_vanished_group_is_a_revision(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    led.replace(
+        "openai",
+        "main",
+        "completions",
+        [Bucket("completions", 0, DAY, [_tokens(5, model="a"), _tokens(3, model="b")])],
+    )
+    _, revs = led.replace(
+        "openai", "main", "completions", [Bucket("completions", 0, DAY, [_tokens(5, model="a")])]
+    )
+    assert {(r.measure, r.amount) for r in revs} == {("tokens.input", 3), ("requests", 1)}
+
+
+def test_storage_level_going_down_is_not_a_revision(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    def row(v):
+        return [
+            Bucket("vector_stores", 0, DAY, [Row.make("vector_stores", {}, {STORAGE_BYTES: v})])
+        ]
+    led.replace("openai", "main", "vector_stores", row(1000))
+    _, revs = led.replace("openai", "main", "vector_stores", row(10))
+    assert revs == []
+
+
+def test_empty_bucket_clears_stored_rows(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    led.replace("openai", "main", "completions", [Bucket("completions", 0, DAY, [_tokens(5)])])
+    led.replace("openai", "main", "completions", [Bucket("completions", 0, DAY, [])])
+    assert led.count() == 0
+
+
+def test_cursor_only_moves_forward_and_reset(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    led.replace("openai", "main", "completions", [], closed_before=5 * DAY)
+    led.replace("openai", "main", "completions", [], closed_before=3 * DAY)
+    assert led.closed_before("openai", "main", "completions") == 5 * DAY
+    led.reset_cursors(2 * DAY)
+    assert led.closed_before("openai", "main", "completions") == 2 * DAY
+
+
+def test_accounts_and_endpoints_are_separate(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    led.replace("openai", "a", "completions", [Bucket("completions", 0, DAY, [_tokens(1)])])
+    led.replace("openai", "b", "completions", [Bucket("completions", 0, DAY, [_tokens(2)])])
+    led.replace("openai", "a", "completions", [Bucket("completions", 0, DAY, [_tokens(4)])])
+    assert sorted((sr.account, sr.row.measures["tokens.input"]) for sr in led.rows()) == [
+        ("a", 4),
+        ("b", 2),
+    ]

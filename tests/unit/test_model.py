@@ -1,0 +1,234 @@
+"""Ledger rows -> families -> exposition: sums, labels, revisions, periods, folding, promtool."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from exporter.exposition import Family, format_value, render
+from exporter.health import Health
+from exporter.ledger import Revision, StoredRow
+from exporter.model import ModelInput, PriceEntry, RowEstimate, build, opt_labels_for
+from exporter.rows import COST, STORAGE_BYTES, Row
+
+DAY = 86400
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+T0 = int(dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp())
+
+
+def sr(
+    day: int,
+    op: str,
+    dims: Mapping[str, str],
+    measures: Mapping[str, int | Decimal],
+    account: str = "main",
+) -> StoredRow:
+    start = T0 + day * DAY
+    return StoredRow("openai", account, op, start, start + DAY, Row.make(op, dims, measures))
+
+
+def samples(fams: Iterable[Family], name: str) -> dict[tuple[str, ...], object]:
+    for f in fams:
+        if f.spec.name == name:
+            return dict(f.samples)
+    return {}
+
+
+def inp(rows: list[StoredRow], **kw: object) -> ModelInput:
+    args: dict[str, object] = dict(
+        rows=rows,
+        revisions=[],
+        health=Health(),
+        now=NOW,
+        tz=ZoneInfo("UTC"),
+        history_start=T0,
+        opt_labels=("project",),
+    )
+    args.update(kw)
+    return ModelInput(**args)  # type: ignore[arg-type]
+
+
+def test_tokens_sum_over_buckets_by_label() -> None:
+    rows = [
+        sr(
+            0,
+            "completions",
+            {"model": "m", "project": "p"},
+            {"tokens.input": 10, "tokens.output": 3, "requests": 2},
+        ),
+        sr(
+            1,
+            "completions",
+            {"model": "m", "project": "p"},
+            {"tokens.input": 5, "tokens.output": 1, "requests": 1},
+        ),
+        sr(1, "completions", {"model": "m", "project": "q", "user": "u1"}, {"tokens.input": 7}),
+    ]
+    fams = build(inp(rows))
+    toks = samples(fams, "llm_tokens_total")
+    assert toks[("openai", "main", "completions", "m", "p", "input")] == 15
+    assert toks[("openai", "main", "completions", "m", "p", "output")] == 4
+    # user is not an enabled label: its rows fold into the project's series
+    assert toks[("openai", "main", "completions", "m", "q", "input")] == 7
+    assert (
+        samples(fams, "llm_model_requests_total")[("openai", "main", "completions", "m", "p")] == 3
+    )
+
+
+def test_reported_cost_is_decimal_exact_and_currency_checked() -> None:
+    rows = [
+        sr(
+            0,
+            "costs",
+            {"project": "p", "line_item": "x, input", "currency": "usd"},
+            {COST: Decimal("0.1")},
+        ),
+        sr(
+            1,
+            "costs",
+            {"project": "p", "line_item": "x, input", "currency": "usd"},
+            {COST: Decimal("0.2")},
+        ),
+        sr(
+            1,
+            "costs",
+            {"project": "p", "line_item": "x, input", "currency": "eur"},
+            {COST: Decimal("99")},
+        ),
+    ]
+    cost = samples(build(inp(rows)), "llm_cost_reported_usd_total")
+    assert cost == {("openai", "main", "p", "", "x, input"): Decimal("0.3")}
+    assert format_value(Decimal("0.3")) == "0.3"
+
+
+def test_revisions_keep_counters_monotonic() -> None:
+    rows = [sr(0, "costs", {"project": "p", "currency": "usd"}, {COST: Decimal("9.00")})]
+    revs = [
+        Revision(
+            "openai",
+            "main",
+            "costs",
+            (("currency", "usd"), ("project", "p")),
+            COST,
+            Decimal("1.00"),
+        )
+    ]
+    fams = build(inp(rows, revisions=revs))
+    key = ("openai", "main", "p", "", "")
+    assert samples(fams, "llm_cost_reported_usd_total")[key] == Decimal("10.00")
+    assert samples(fams, "llm_cost_reported_revisions_usd_total")[key] == Decimal("1.00")
+
+
+def test_period_gauges_follow_timezone() -> None:
+    tz = ZoneInfo("America/Los_Angeles")
+    # 2026-11-23 12:00 UTC is 04:00 in Los Angeles: "today" there started 2026-11-23 08:00 UTC.
+    rows = [
+        sr(22, "completions", {"model": "m"}, {"tokens.input": 1}),  # Nov 23 00:00 UTC bucket
+        sr(21, "completions", {"model": "m"}, {"tokens.input": 10}),  # Nov 22
+        sr(
+            0, "completions", {"model": "m"}, {"tokens.input": 100}
+        ),  # Nov 1 00:00 UTC = Oct 31 local
+    ]
+    period = samples(build(inp(rows, tz=tz)), "llm_period_tokens")
+    # buckets are counted in the period their start falls in
+    assert period[("openai", "main", "", "m", "input", "month")] == 11
+    # Monday Nov 23 00:00 local is 08:00 UTC: the UTC-day bucket that started before it is
+    # last week's, so neither today nor this week holds anything yet.
+    assert ("openai", "main", "", "m", "input", "week") not in period
+    assert ("openai", "main", "", "m", "input", "day") not in period
+
+
+def test_storage_is_latest_level_not_a_sum() -> None:
+    rows = [
+        sr(0, "vector_stores", {"project": "p"}, {STORAGE_BYTES: 500}),
+        sr(1, "vector_stores", {"project": "p"}, {STORAGE_BYTES: 700}),
+    ]
+    assert samples(build(inp(rows)), "llm_vector_store_bytes") == {("openai", "main", "p"): 700}
+
+
+def test_long_tail_of_projects_is_folded_into_other() -> None:
+    rows = [
+        sr(0, "completions", {"model": "m", "project": f"p{i}"}, {"tokens.input": 100 - i})
+        for i in range(5)
+    ]
+    toks = samples(build(inp(rows, max_values=2)), "llm_tokens_total")
+    assert toks[("openai", "main", "completions", "m", "p0", "input")] == 100
+    assert toks[("openai", "main", "completions", "m", "p1", "input")] == 99
+    assert toks[("openai", "main", "completions", "m", "other", "input")] == 98 + 97 + 96
+    assert sum(toks.values()) == sum(100 - i for i in range(5))  # folding loses nothing
+
+
+class FakeEstimator:
+    def estimate_row(
+        self, provider: str, row_dims: Mapping[str, str], tokens: Mapping[str, int], day: dt.date
+    ) -> RowEstimate:
+        if row_dims.get("model") == "unknown":
+            return RowEstimate(unpriced=dict(tokens))
+        return RowEstimate(
+            costs={tt: (Decimal(n) * Decimal("0.000001"), "database") for tt, n in tokens.items()}
+        )
+
+    def price_table(
+        self, provider_models: Iterable[tuple[str, str]], day: dt.date
+    ) -> list[PriceEntry]:
+        return [
+            PriceEntry(p, m, "input", Decimal("0.000001"), "database")
+            for p, m in provider_models
+            if m != "unknown"
+        ]
+
+    def data_info(self) -> tuple[str, str, float | None]:
+        return ("genai-prices", "test", None)
+
+
+def test_estimates_and_unpriced_are_separate_metrics() -> None:
+    rows = [
+        sr(0, "completions", {"model": "m"}, {"tokens.input": 1_000_000, "requests": 3}),
+        sr(0, "completions", {"model": "unknown"}, {"tokens.input": 500, "requests": 2}),
+    ]
+    fams = build(inp(rows, estimator=FakeEstimator()))
+    est = samples(fams, "llm_cost_estimated_usd_total")
+    assert est == {
+        ("openai", "main", "completions", "m", "", "input", "database"): Decimal("1.000000")
+    }
+    assert samples(fams, "llm_unpriced_tokens_total") == {
+        ("openai", "main", "unknown", "input"): 500
+    }
+    assert samples(fams, "llm_unpriced_model_requests_total") == {("openai", "main", "unknown"): 2}
+    assert samples(fams, "llm_unpriced_model_info") == {("openai", "unknown"): 1}
+
+
+def test_opt_labels_are_the_union_in_fixed_order() -> None:
+    assert opt_labels_for([["model", "user"], ["project"]]) == ("project", "user")
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_exposition_passes_promtool_check_metrics() -> None:
+    h = Health()
+    rec = h.recorder("openai", "main")
+    rec.request("completions", "200", 0.3)
+    rec.failure("completions", "rate_limited")
+    h.register("openai", "main", "completions", ("auth",))
+    h.success("openai", "main", "completions", 1.0, T0, T0 + DAY, 3)
+    rows = [
+        sr(
+            0,
+            "completions",
+            {"model": "m", "project": 'we"ird\\name'},
+            {"tokens.input": 10, "requests": 1},
+        ),
+        sr(0, "costs", {"project": "p", "currency": "usd"}, {COST: Decimal("1.5")}),
+        sr(0, "vector_stores", {"project": "p"}, {STORAGE_BYTES: 5}),
+    ]
+    body = render(build(inp(rows, health=h, estimator=FakeEstimator())))
+    out = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, check=False
+    )
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    assert b'project="we\\"ird\\\\name"' in body
