@@ -1,0 +1,118 @@
+"""Test helpers: free ports, exposition parsing, and real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse(body: bytes | str) -> Samples:
+    text = body.decode() if isinstance(body, bytes) else body
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def total(samples: Samples, name: str, **match: str) -> float:
+    return sum(
+        v for (n, labels), v in samples.items()
+        if n == name and all((k, val) in labels for k, val in match.items())
+    )
+
+
+def series(samples: Samples, prefix: str) -> Samples:
+    return {k: v for k, v in samples.items() if k[0].startswith(prefix)}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
+    """Poll `check` until it returns a truthy value; no fixed sleeps in tests."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, urllib.error.URLError, ValueError, KeyError):
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met in {timeout}s (last: {last!r})")
+
+
+def http_get(url: str, timeout: float = 5.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return bytes(r.read())
+
+
+def http_json(url: str, data: Any = None, method: str | None = None, timeout: float = 5.0) -> Any:
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        raw = r.read()
+    return json.loads(raw) if raw else None
+
+
+def prom_query(base: str, query: str, at: float | None = None) -> list[dict[str, Any]]:
+    params = {"query": query}
+    if at is not None:
+        params["time"] = str(at)
+    res = json.loads(http_get(f"{base}/api/v1/query?{urllib.parse.urlencode(params)}"))
+    assert res["status"] == "success", res
+    return list(res["data"]["result"])
+
+
+@contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a process for the duration of a `with`; its output goes to `log` (shown on failure)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                cwd=cwd, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def exporter_cmd(config: Path, listen: str) -> list[str]:
+    return [sys.executable, "-m", "exporter", f"--config.file={config}", f"--web.listen-address={listen}"]
+
+
+def binary(name: str, *alternatives: str) -> str | None:
+    for n in (name, *alternatives):
+        found = shutil.which(n)
+        if found:
+            return found
+    return None
