@@ -21,8 +21,9 @@ from exporter import __version__
 from exporter.exposition import Exposition
 from exporter.health import Health
 from exporter.ledger import Ledger
-from exporter.model import Estimator, ModelInput, build, opt_labels_for
+from exporter.model import ModelInput, build, opt_labels_for
 from exporter.poller import Account, Poller, history_start_ts
+from exporter.pricing import PriceBook
 from exporter.server import MetricsServer, parse_listen
 from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
 from exporter.sources import registry
@@ -63,12 +64,11 @@ def make_account(
     return Account(source, client, settings.interval_for(acc))
 
 
-def make_estimator(settings: Settings) -> Estimator | None:
-    try:
-        from exporter.pricing_adapter import estimator_for
-    except ImportError:  # pricing not wired yet
-        return None
-    return estimator_for(settings.prices)
+def make_estimator(settings: Settings) -> PriceBook:
+    book = PriceBook(settings.prices)  # raises ValueError naming a bad override
+    if settings.prices.refresh:
+        book.start_refresh()
+    return book
 
 
 class App:
@@ -182,6 +182,7 @@ class App:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+        self.estimator.stop_refresh()
         for acc in self.poller.accounts:
             acc.client.close()
         self.ledger.close()

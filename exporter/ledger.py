@@ -212,7 +212,7 @@ class Ledger:
                     )
                     written += len(new)
                 for rev in revisions:
-                    key = (
+                    rkey = (
                         rev.provider,
                         rev.account,
                         rev.operation,
@@ -222,12 +222,12 @@ class Ledger:
                     found = db.execute(
                         "SELECT amount FROM revisions WHERE provider=? AND account=? AND operation=?"
                         " AND dims=? AND measure=?",
-                        key,
+                        rkey,
                     ).fetchone()
                     total = rev.amount + (_parse_number(found[0]) if found else 0)
                     db.execute(
                         "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?, ?)",
-                        (*key, str(total)),
+                        (*rkey, str(total)),
                     )
                 if closed_before is not None:
                     db.execute(

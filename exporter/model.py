@@ -56,26 +56,68 @@ SIMPLE_MEASURES = {
 }
 
 
-class Estimator(Protocol):
-    """What the model needs from pricing (implemented by `exporter.pricing`)."""
+class EstimateLike(Protocol):
+    @property
+    def costs(self) -> Mapping[str, tuple[Decimal, str]]: ...  # token_type -> (usd, source)
 
-    def estimate_row(
-        self, provider: str, row_dims: Mapping[str, str], tokens: Mapping[str, int], day: dt.date
-    ) -> RowEstimate: ...
+    @property
+    def unpriced(self) -> Mapping[str, int]: ...  # token_type -> tokens
+
+    @property
+    def cache_savings(self) -> Decimal: ...
+
+    @property
+    def batch_savings(self) -> Decimal: ...
+
+
+class PriceEntryLike(Protocol):
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def token_type(self) -> str: ...
+
+    @property
+    def usd_per_token(self) -> Decimal: ...
+
+    @property
+    def source(self) -> str: ...
+
+
+class DataInfoLike(Protocol):
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def timestamp(self) -> float | None: ...
+
+
+class Estimator(Protocol):
+    """What the model needs from pricing (implemented by `exporter.pricing.PriceBook`)."""
+
+    def estimate_dims(
+        self, provider: str, dims: Mapping[str, str], token_counts: Mapping[str, int], day: dt.date
+    ) -> EstimateLike: ...
 
     def price_table(
         self, provider_models: Iterable[tuple[str, str]], day: dt.date
-    ) -> list[PriceEntry]: ...
+    ) -> Sequence[PriceEntryLike]: ...
 
-    def data_info(self) -> tuple[str, str, float | None]: ...
+    def data_info(self) -> DataInfoLike: ...
 
 
 @dataclass
 class RowEstimate:
-    costs: dict[str, tuple[Decimal, str]] = field(
-        default_factory=dict
-    )  # token_type -> (usd, source)
-    unpriced: dict[str, int] = field(default_factory=dict)  # token_type -> tokens
+    """A plain `EstimateLike` (used by tests and fakes)."""
+
+    costs: dict[str, tuple[Decimal, str]] = field(default_factory=dict)
+    unpriced: dict[str, int] = field(default_factory=dict)
     cache_savings: Decimal = Decimal(0)
     batch_savings: Decimal = Decimal(0)
 
@@ -245,7 +287,7 @@ def build(inp: ModelInput) -> list[Family]:
         if tokens and inp.estimator is not None:
             model = labels.get("model", "")
             seen_models.add((sr.provider, model))
-            est = inp.estimator.estimate_row(sr.provider, labels, tokens, day)
+            est = inp.estimator.estimate_dims(sr.provider, labels, tokens, day)
             for tt, (usd, source) in est.costs.items():
                 lab = {**labels, "token_type": tt, "price_source": source}
                 b.add("llm_cost_estimated_usd_total", lab, usd)
@@ -307,10 +349,10 @@ def _prices(b: Builder, est: Estimator, seen: set[tuple[str, str]], day: dt.date
         b.fam("llm_price_usd_per_token").set(
             (e.provider, e.model, e.token_type, e.source), e.usd_per_token
         )
-    source, version, ts = est.data_info()
-    b.fam("llm_price_data_info").set((source, version), 1)
-    if ts is not None:
-        b.fam("llm_price_data_timestamp_seconds").set((), ts)
+    info = est.data_info()
+    b.fam("llm_price_data_info").set((info.source, info.version), 1)
+    if info.timestamp is not None:
+        b.fam("llm_price_data_timestamp_seconds").set((), info.timestamp)
 
 
 def _health(b: Builder, h: Health) -> None:

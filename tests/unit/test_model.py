@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -16,6 +17,13 @@ from exporter.health import Health
 from exporter.ledger import Revision, StoredRow
 from exporter.model import ModelInput, PriceEntry, RowEstimate, build, opt_labels_for
 from exporter.rows import COST, STORAGE_BYTES, Row
+
+
+class DataInfo(NamedTuple):
+    source: str
+    version: str
+    timestamp: float | None
+
 
 DAY = 86400
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -165,13 +173,15 @@ def test_long_tail_of_projects_is_folded_into_other() -> None:
 
 
 class FakeEstimator:
-    def estimate_row(
-        self, provider: str, row_dims: Mapping[str, str], tokens: Mapping[str, int], day: dt.date
+    def estimate_dims(
+        self, provider: str, dims: Mapping[str, str], token_counts: Mapping[str, int], day: dt.date
     ) -> RowEstimate:
-        if row_dims.get("model") == "unknown":
-            return RowEstimate(unpriced=dict(tokens))
+        if dims.get("model") == "unknown":
+            return RowEstimate(unpriced=dict(token_counts))
         return RowEstimate(
-            costs={tt: (Decimal(n) * Decimal("0.000001"), "database") for tt, n in tokens.items()}
+            costs={
+                tt: (Decimal(n) * Decimal("0.000001"), "database") for tt, n in token_counts.items()
+            }
         )
 
     def price_table(
@@ -183,8 +193,8 @@ class FakeEstimator:
             if m != "unknown"
         ]
 
-    def data_info(self) -> tuple[str, str, float | None]:
-        return ("genai-prices", "test", None)
+    def data_info(self) -> DataInfo:
+        return DataInfo("genai-prices", "test", None)
 
 
 def test_estimates_and_unpriced_are_separate_metrics() -> None:
