@@ -30,11 +30,12 @@ import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 from exporter.forecast import (
+    DECIMAL_CONTEXT,
     ZERO,
     DailyProfile,
     Method,
@@ -188,7 +189,8 @@ def spent_ratio(spent: Decimal, limit: Decimal | None) -> Decimal | None:
         return None
     if limit == 0:
         return Decimal(1) if spent > 0 else ZERO
-    return spent / limit
+    with localcontext(DECIMAL_CONTEXT):
+        return spent / limit
 
 
 @dataclass(frozen=True, slots=True)

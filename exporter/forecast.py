@@ -34,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -45,6 +45,12 @@ LEVEL_DAYS = 28  # the level follows the last 4 weeks
 MIN_ROBUST_DAYS = 7  # below this, a plain mean (too few days to trim)
 MIN_WEEKDAY_DAYS = 21  # three of each weekday, so a weekday median ignores one spike
 _US = dt.timedelta(microseconds=1)
+QUANTUM = Decimal("1e-12")  # expected amounts are rounded to this (USD); spend is exact
+_QUANTIZE_BELOW = Decimal("1e14")  # beyond this a 28-digit quantize would overflow
+
+# Every computation runs in this context, whatever the caller's thread context is, so the
+# same inputs always give the same Decimal results.
+DECIMAL_CONTEXT = Context(prec=28, rounding=ROUND_HALF_EVEN)
 
 Method = Literal["none", "mean", "trimmed_mean", "weekday"]
 
@@ -56,9 +62,11 @@ def local_midnight(day: dt.date, tz: ZoneInfo) -> dt.datetime:
     return naive_midnight.astimezone(dt.UTC).astimezone(tz)
 
 
-def _seconds_fraction(part: dt.timedelta, whole: dt.timedelta) -> Decimal:
-    """part / whole as a Decimal, from integer microseconds (no float)."""
-    return Decimal(part // _US) / Decimal(whole // _US)
+def _quantize(amount: Decimal) -> Decimal:
+    """Round an expected amount to 1e-12 USD, so that adding it to spend is exact."""
+    if abs(amount) >= _QUANTIZE_BELOW:
+        return amount
+    return amount.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 def _elapsed(a: dt.datetime, b: dt.datetime) -> dt.timedelta:
@@ -117,24 +125,25 @@ class DailyProfile:
 
 def fit_profile(history: Mapping[dt.date, Decimal], today: dt.date) -> DailyProfile:
     """Fit the daily profile on complete days before `today` (see the module doc)."""
-    past = [d for d in history if d < today]
-    if not past:
-        return DailyProfile((ZERO,) * 7, "none", 0)
-    first = max(min(past), today - dt.timedelta(days=PROFILE_DAYS))
-    n = (today - first).days
-    days = [first + dt.timedelta(days=i) for i in range(n)]
-    value = {d: history.get(d, ZERO) for d in days}
-    recent = days[-LEVEL_DAYS:]
-    if n < MIN_ROBUST_DAYS:
-        flat = max(ZERO, mean(value[d] for d in days))
-        return DailyProfile((flat,) * 7, "mean", n)
-    if n < MIN_WEEKDAY_DAYS:
-        flat = max(ZERO, trimmed_mean(value[d] for d in recent))
-        return DailyProfile((flat,) * 7, "trimmed_mean", n)
-    medians = [max(ZERO, median(value[d] for d in days if d.weekday() == w)) for w in range(7)]
-    ratios = [value[d] / medians[d.weekday()] for d in recent if medians[d.weekday()] > 0]
-    scale = max(ZERO, trimmed_mean(ratios)) if ratios else ZERO
-    return DailyProfile(tuple(scale * m for m in medians), "weekday", n)
+    with localcontext(DECIMAL_CONTEXT):
+        past = [d for d in history if d < today]
+        if not past:
+            return DailyProfile((ZERO,) * 7, "none", 0)
+        first = max(min(past), today - dt.timedelta(days=PROFILE_DAYS))
+        n = (today - first).days
+        days = [first + dt.timedelta(days=i) for i in range(n)]
+        value = {d: history.get(d, ZERO) for d in days}
+        recent = days[-LEVEL_DAYS:]
+        if n < MIN_ROBUST_DAYS:
+            flat = _quantize(max(ZERO, mean(value[d] for d in days)))
+            return DailyProfile((flat,) * 7, "mean", n)
+        if n < MIN_WEEKDAY_DAYS:
+            flat = _quantize(max(ZERO, trimmed_mean(value[d] for d in recent)))
+            return DailyProfile((flat,) * 7, "trimmed_mean", n)
+        medians = [max(ZERO, median(value[d] for d in days if d.weekday() == w)) for w in range(7)]
+        ratios = [value[d] / medians[d.weekday()] for d in recent if medians[d.weekday()] > 0]
+        scale = max(ZERO, trimmed_mean(ratios)) if ratios else ZERO
+        return DailyProfile(tuple(_quantize(scale * m) for m in medians), "weekday", n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,36 +178,36 @@ def project(
     `spent_by_day` holds actual spend by local date (today's is the partial day so far);
     days after today in it are ignored.
     """
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    if not start <= now < end:
-        raise ValueError("now must fall inside the period [start, end)")
-    today = now.astimezone(tz).date()
-    day = start.astimezone(tz).date()
-    last = end.astimezone(tz).date()
-    cum = ZERO
-    spent = ZERO
-    knots: list[tuple[dt.datetime, Decimal]] = [(start.astimezone(tz), ZERO)]
-    while day < last:
-        day_start = local_midnight(day, tz)
-        next_day = day + dt.timedelta(days=1)
-        day_end = local_midnight(next_day, tz)
-        if day < today:
-            cum += spent_by_day.get(day, ZERO)
-            spent = cum
-        elif day == today:
-            cum += spent_by_day.get(day, ZERO)
-            spent = cum
-            knots.append((now.astimezone(tz), cum))
-            remaining = ONE - _seconds_fraction(
-                _elapsed(day_start, now), _elapsed(day_start, day_end)
-            )
-            cum += remaining * profile.expected(day)
-        else:
-            cum += profile.expected(day)
-        knots.append((day_end, cum))
-        day = next_day
-    return Projection(tuple(knots), spent, now, profile)
+    with localcontext(DECIMAL_CONTEXT):
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        if not start <= now < end:
+            raise ValueError("now must fall inside the period [start, end)")
+        today = now.astimezone(tz).date()
+        day = start.astimezone(tz).date()
+        last = end.astimezone(tz).date()
+        cum = ZERO
+        spent = ZERO
+        knots: list[tuple[dt.datetime, Decimal]] = [(start.astimezone(tz), ZERO)]
+        while day < last:
+            day_start = local_midnight(day, tz)
+            next_day = day + dt.timedelta(days=1)
+            day_end = local_midnight(next_day, tz)
+            if day < today:
+                cum += spent_by_day.get(day, ZERO)
+                spent = cum
+            elif day == today:
+                cum += spent_by_day.get(day, ZERO)
+                spent = cum
+                knots.append((now.astimezone(tz), cum))
+                length = _elapsed(day_start, day_end) // _US
+                left = _elapsed(now, day_end) // _US
+                cum += _quantize(profile.expected(day) * left / length)
+            else:
+                cum += profile.expected(day)
+            knots.append((day_end, cum))
+            day = next_day
+        return Projection(tuple(knots), spent, now, profile)
 
 
 def exhaustion_time(projection: Projection, limit: Decimal | None) -> dt.datetime | None:
@@ -209,25 +218,26 @@ def exhaustion_time(projection: Projection, limit: Decimal | None) -> dt.datetim
     """
     if limit is None:
         return None
+    with localcontext(DECIMAL_CONTEXT):
 
-    def reached(c: Decimal) -> bool:
-        return c >= limit and c > 0
+        def reached(c: Decimal) -> bool:
+            return c >= limit and c > 0
 
-    knots = projection.knots
-    t0, c0 = knots[0]
-    if reached(c0):
-        return t0
-    for t1, c1 in knots[1:]:
-        if reached(c1):
-            span = _elapsed(t0, t1)
-            if span <= dt.timedelta(0) or c1 == c0:
-                return t1
-            frac = (max(limit, c0) - c0) / (c1 - c0)
-            micro = (Decimal(span // _US) * frac).to_integral_value(rounding=ROUND_HALF_EVEN)
-            crossed = t0.astimezone(dt.UTC) + dt.timedelta(microseconds=int(micro))
-            return crossed.astimezone(t1.tzinfo)
-        t0, c0 = t1, c1
-    return None
+        knots = projection.knots
+        t0, c0 = knots[0]
+        if reached(c0):
+            return t0
+        for t1, c1 in knots[1:]:
+            if reached(c1):
+                span = _elapsed(t0, t1)
+                if span <= dt.timedelta(0) or c1 == c0:
+                    return t1
+                frac = (max(limit, c0) - c0) / (c1 - c0)
+                micro = (Decimal(span // _US) * frac).to_integral_value(rounding=ROUND_HALF_EVEN)
+                crossed = t0.astimezone(dt.UTC) + dt.timedelta(microseconds=int(micro))
+                return crossed.astimezone(t1.tzinfo)
+            t0, c0 = t1, c1
+        return None
 
 
 def forecast_period(

@@ -42,8 +42,9 @@ CREATE TABLE IF NOT EXISTS cursors (
 );
 CREATE TABLE IF NOT EXISTS revisions (
     provider TEXT NOT NULL, account TEXT NOT NULL, operation TEXT NOT NULL,
+    bucket_start INTEGER NOT NULL, bucket_end INTEGER NOT NULL,
     dims TEXT NOT NULL, measure TEXT NOT NULL, amount TEXT NOT NULL,
-    PRIMARY KEY (provider, account, operation, dims, measure)
+    PRIMARY KEY (provider, account, operation, bucket_start, dims, measure)
 );
 """
 
@@ -63,6 +64,8 @@ class Revision:
     provider: str
     account: str
     operation: str
+    start: int  # the revised bucket (so derived counters, e.g. estimates, can be priced)
+    end: int
     dims: tuple[tuple[str, str], ...]
     measure: str
     amount: Number  # how much was revised away (positive)
@@ -188,7 +191,16 @@ class Ledger:
                             drop = old_v - now.get(m, 0)
                             if drop > 0:
                                 revisions.append(
-                                    Revision(provider, account, op, _load_dims(dims), m, drop)
+                                    Revision(
+                                        provider,
+                                        account,
+                                        op,
+                                        bucket.start,
+                                        bucket.end,
+                                        _load_dims(dims),
+                                        m,
+                                        drop,
+                                    )
                                 )
                     db.execute(
                         "DELETE FROM rows WHERE provider=? AND account=? AND endpoint=? AND bucket_start=?",
@@ -216,18 +228,19 @@ class Ledger:
                         rev.provider,
                         rev.account,
                         rev.operation,
+                        rev.start,
                         _dump_dims(rev.dims),
                         rev.measure,
                     )
                     found = db.execute(
                         "SELECT amount FROM revisions WHERE provider=? AND account=? AND operation=?"
-                        " AND dims=? AND measure=?",
+                        " AND bucket_start=? AND dims=? AND measure=?",
                         rkey,
                     ).fetchone()
                     total = rev.amount + (_parse_number(found[0]) if found else 0)
                     db.execute(
-                        "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?, ?)",
-                        (*rkey, str(total)),
+                        "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*rkey[:4], rev.end, *rkey[4:], str(total)),
                     )
                 if closed_before is not None:
                     db.execute(
@@ -268,10 +281,12 @@ class Ledger:
         """Accumulated downward revisions per group and measure."""
         with self._lock:
             fetched = self._db.execute(
-                "SELECT provider, account, operation, dims, measure, amount FROM revisions"
+                "SELECT provider, account, operation, bucket_start, bucket_end, dims, measure, amount"
+                " FROM revisions ORDER BY provider, account, operation, bucket_start"
             ).fetchall()
         return [
-            Revision(p, a, op, _load_dims(d), m, _parse_number(v)) for p, a, op, d, m, v in fetched
+            Revision(p, a, op, int(s), int(e), _load_dims(d), m, _parse_number(v))
+            for p, a, op, s, e, d, m, v in fetched
         ]
 
     def count(self) -> int:

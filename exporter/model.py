@@ -21,11 +21,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from exporter import __version__
-from exporter.exposition import Family
+from exporter.budgets import ScopePart, Selector, compile_selector, evaluate, period_bounds
+from exporter.exposition import Family, format_value
 from exporter.health import Health
 from exporter.ledger import Revision, StoredRow
 from exporter.names import OPT
@@ -39,8 +40,10 @@ from exporter.rows import (
     STORAGE_BYTES,
     TOKENS,
     TOOL_CALLS,
+    Number,
+    Row,
 )
-from exporter.sources._http import REASONS
+from exporter.settings import BudgetSettings
 
 # Opt-in dimension labels, in label order. `project` is on by default (settings.group_by).
 OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window")
@@ -142,7 +145,7 @@ class ModelInput:
     opt_labels: tuple[str, ...]  # enabled opt-in labels, in OPT_IN order
     max_values: int = 50
     estimator: Estimator | None = None
-    budgets: Sequence[Any] = ()  # BudgetSettings
+    budgets: Sequence[BudgetSettings] = ()
     revision: str = ""
 
 
@@ -238,6 +241,30 @@ def _labels(sr: StoredRow) -> dict[str, str]:
     return labels
 
 
+def _revision_rows(revisions: Sequence[Revision]) -> list[StoredRow]:
+    """Revised-away amounts as rows, so every counter derived from them stays monotonic."""
+    grouped: dict[
+        tuple[str, str, str, int, int, tuple[tuple[str, str], ...]], dict[str, Number]
+    ] = {}
+    for rev in revisions:
+        key = (rev.provider, rev.account, rev.operation, rev.start, rev.end, rev.dims)
+        grouped.setdefault(key, {})[rev.measure] = rev.amount
+    return [
+        StoredRow(p, a, "revision", s, e, Row(op, dims, measures))
+        for (p, a, op, s, e, dims), measures in grouped.items()
+    ]
+
+
+@dataclass
+class _Spend:
+    """Per (provider, account): daily reported and estimated spend (UTC day starts)."""
+
+    reported: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    estimated: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    newest_cost_day: int | None = None  # start of the newest non-empty cost bucket
+    cost_dims: set[str] = field(default_factory=set)
+
+
 def build(inp: ModelInput) -> list[Family]:
     b = Builder(inp)
     tz = inp.tz
@@ -245,23 +272,40 @@ def build(inp: ModelInput) -> list[Family]:
     start_ts = {p: int(s.timestamp()) for p, s in starts.items()}
     seen_models: set[tuple[str, str]] = set()
     storage: dict[tuple[str, str, str], tuple[int, int]] = {}  # (p, a, project) -> (start, bytes)
+    budgets = _BudgetInputs(inp)
+    spend: dict[tuple[str, str], _Spend] = defaultdict(_Spend)
 
-    for sr in inp.rows:
+    rows = [(sr, False) for sr in inp.rows] + [(sr, True) for sr in _revision_rows(inp.revisions)]
+    for sr, revised in rows:
         row = sr.row
+        if row.operation == "claude_code":
+            continue  # the same requests as the messages report: never added to its tokens
         labels = _labels(sr)
         m = row.measures
-        periods = [p for p in PERIODS if sr.start >= start_ts[p]]
-        day = dt.datetime.fromtimestamp(sr.start, tz).date()
-        if row.operation == "costs":
-            if COST in m:
-                if row.dim("currency") not in ("", "usd"):
-                    continue  # non-USD costs are not converted (never seen in practice)
-                b.add("llm_cost_reported_usd_total", labels, Decimal(m[COST]))
-                for p in periods:
-                    b.add("llm_period_cost_reported_usd", {**labels, "period": p}, Decimal(m[COST]))
+        periods = [] if revised else [p for p in PERIODS if sr.start >= start_ts[p]]
+        day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
+        utc_day = sr.start - sr.start % 86400
+        if COST in m:
+            if row.dim("currency") not in ("", "usd"):
+                continue  # non-USD costs are not converted (no provider reports them today)
+            usd = Decimal(m[COST])
+            b.add("llm_cost_reported_usd_total", labels, usd)
+            if revised:
+                b.add("llm_cost_reported_revisions_usd_total", labels, usd)
+                continue
+            for p in periods:
+                b.add("llm_period_cost_reported_usd", {**labels, "period": p}, usd)
+            sp = spend[(sr.provider, sr.account)]
+            sp.reported[utc_day] += usd
+            sp.cost_dims.update(k for k, _ in row.dims)
+            if usd and (sp.newest_cost_day is None or utc_day > sp.newest_cost_day):
+                sp.newest_cost_day = utc_day
+            budgets.add(labels, sr.start, reported=usd)
             continue
         tokens: dict[str, int] = {}
         for name, v in m.items():
+            if revised:
+                b.add("llm_usage_revisions_total", {**labels, "measure": name}, v)
             if name.startswith(TOKENS):
                 tt = name[len(TOKENS) :]
                 tokens[tt] = int(v)
@@ -276,7 +320,7 @@ def build(inp: ModelInput) -> list[Family]:
                 b.add("llm_code_interpreter_sessions_total", labels, int(v))
             elif name == TOOL_CALLS:
                 b.add("llm_tool_calls_total", labels, int(v))
-            elif name == STORAGE_BYTES:
+            elif name == STORAGE_BYTES and not revised:
                 k = (sr.provider, sr.account, b.label_value("project", labels))
                 prev = storage.get(k)
                 if prev is None or sr.start > prev[0]:
@@ -288,29 +332,36 @@ def build(inp: ModelInput) -> list[Family]:
             model = labels.get("model", "")
             seen_models.add((sr.provider, model))
             est = inp.estimator.estimate_dims(sr.provider, labels, tokens, day)
+            row_usd = Decimal(0)
             for tt, (usd, source) in est.costs.items():
+                row_usd += usd
                 lab = {**labels, "token_type": tt, "price_source": source}
                 b.add("llm_cost_estimated_usd_total", lab, usd)
                 for p in periods:
                     b.add("llm_period_cost_estimated_usd", {**labels, "period": p}, usd)
+            unpriced = sum(est.unpriced.values())
             for tt, n in est.unpriced.items():
                 b.add("llm_unpriced_tokens_total", {**labels, "token_type": tt}, n)
             if est.unpriced:
                 b.add("llm_unpriced_model_requests_total", labels, int(m.get(REQUESTS, 0)))
-                b.fam("llm_unpriced_model_info").set((sr.provider, model), 1)
+                if not revised:
+                    b.fam("llm_unpriced_model_info").set((sr.provider, model), 1)
             if est.cache_savings:
                 b.add("llm_cache_savings_usd_total", labels, est.cache_savings)
             if est.batch_savings:
                 b.add("llm_batch_savings_usd_total", labels, est.batch_savings)
+            if not revised:
+                spend[(sr.provider, sr.account)].estimated[utc_day] += row_usd
+                budgets.add(labels, sr.start, estimated=row_usd, unpriced=unpriced)
 
     for (p, a, project), (_, v) in storage.items():
         b.fam("llm_vector_store_bytes").set((p, a, project), v)
-
-    _apply_revisions(b, inp.revisions)
     for p, s in start_ts.items():
         b.fam("llm_period_start_timestamp_seconds").set((p,), s)
     if inp.estimator is not None:
         _prices(b, inp.estimator, seen_models, inp.now.astimezone(tz).date())
+        _reconciliation(b, spend, int(starts["month"].timestamp()))
+    budgets.emit(b, spend)
     _health(b, inp.health)
     b.fam("llm_exporter_build_info").set((__version__, inp.revision, platform.python_version()), 1)
     if inp.health.last_poll is not None:
@@ -318,30 +369,98 @@ def build(inp: ModelInput) -> list[Family]:
     return list(b.fams.values())
 
 
-def _apply_revisions(b: Builder, revisions: Sequence[Revision]) -> None:
-    """Add revised-away amounts back onto counters (monotonic), and expose them separately."""
-    for rev in revisions:
-        labels = dict(rev.dims)
-        labels.update(provider=rev.provider, account=rev.account, operation=rev.operation)
-        if rev.measure == COST:
-            b.add("llm_cost_reported_usd_total", labels, Decimal(rev.amount))
-            b.add("llm_cost_reported_revisions_usd_total", labels, Decimal(rev.amount))
+def _reconciliation(b: Builder, spend: Mapping[tuple[str, str], _Spend], month_start: int) -> None:
+    """Estimated / reported over this month's closed cost days (both sides complete)."""
+    month_day = month_start - month_start % 86400
+    for (p, a), sp in spend.items():
+        if sp.newest_cost_day is None:
             continue
-        b.add("llm_usage_revisions_total", {**labels, "measure": rev.measure}, rev.amount)
-        if rev.measure.startswith(TOKENS):
-            b.add(
-                "llm_tokens_total",
-                {**labels, "token_type": rev.measure[len(TOKENS) :]},
-                int(rev.amount),
+        days = [d for d in sp.reported if month_day <= d < sp.newest_cost_day]
+        reported = sum((sp.reported[d] for d in days), Decimal(0))
+        estimated = sum((sp.estimated.get(d, Decimal(0)) for d in days), Decimal(0))
+        if reported > 0:
+            b.fam("llm_cost_reconciliation_ratio").set((p, a), estimated / reported)
+
+
+_Series = tuple[dict[dt.date, Decimal], dict[dt.date, Decimal], list[int]]
+
+
+class _BudgetInputs:
+    """Collects, per budget and per (provider, account), the daily spend in its scope."""
+
+    def __init__(self, inp: ModelInput) -> None:
+        self.inp = inp
+        self.items: list[tuple[BudgetSettings, Selector, int]] = []
+        for bs in inp.budgets:
+            start, _ = period_bounds(bs.period, inp.now, inp.tz)
+            self.items.append((bs, compile_selector(bs.selector), int(start.timestamp())))
+        # budget -> (provider, account) -> (reported by day, estimated by day, [unpriced tokens])
+        self.data: dict[str, dict[tuple[str, str], _Series]] = {}
+
+    def add(
+        self,
+        labels: Mapping[str, str],
+        start: int,
+        reported: Decimal = Decimal(0),
+        estimated: Decimal = Decimal(0),
+        unpriced: int = 0,
+    ) -> None:
+        if not self.items:
+            return
+        day = dt.datetime.fromtimestamp(start, self.inp.tz).date()
+        for bs, sel, period_start in self.items:
+            if not sel.matches(labels):
+                continue
+            rep, est, unp = self.data.setdefault(bs.name, {}).setdefault(
+                (labels["provider"], labels["account"]),
+                (defaultdict(Decimal), defaultdict(Decimal), [0]),
             )
-        elif rev.measure in SIMPLE_MEASURES:
-            b.add(SIMPLE_MEASURES[rev.measure], labels, int(rev.amount))
-        elif rev.measure == IMAGES:
-            b.add("llm_images_total", labels, int(rev.amount))
-        elif rev.measure == SESSIONS:
-            b.add("llm_code_interpreter_sessions_total", labels, int(rev.amount))
-        elif rev.measure == TOOL_CALLS:
-            b.add("llm_tool_calls_total", labels, int(rev.amount))
+            if reported:
+                rep[day] += reported
+            if estimated:
+                est[day] += estimated
+            if unpriced and start >= period_start:
+                unp[0] += unpriced
+
+    def emit(self, b: Builder, spend: Mapping[tuple[str, str], _Spend]) -> None:
+        inp = self.inp
+        for bs, _, _ in self.items:
+            parts = []
+            for (p, a), (rep, est, unp) in self.data.get(bs.name, {}).items():
+                sp = spend.get((p, a))
+                through: dt.date | None = None
+                # A scope that cost rows cannot express (e.g. a model selector on OpenAI, whose
+                # costs carry no model) is estimated only; so is a provider with no cost API.
+                if (
+                    sp is not None
+                    and sp.newest_cost_day is not None
+                    and all(k in ("provider", "account") or k in sp.cost_dims for k in bs.selector)
+                ):
+                    through = dt.datetime.fromtimestamp(sp.newest_cost_day, dt.UTC).date()
+                    parts.append(ScopePart(rep, est, through, unp[0]))
+                else:
+                    parts.append(ScopePart({}, est, None, unp[0]))
+            st = evaluate(bs, inp.now, inp.tz, parts)
+            key = (bs.name,)
+            if st.limit is not None:
+                b.fam("llm_budget_limit_usd").set(key, st.limit)
+                for t in bs.thresholds:
+                    b.fam("llm_budget_threshold_ratio").set((bs.name, format_value(t)), t)
+            b.fam("llm_budget_spent_usd").set(key, st.spent)
+            if st.ratio is not None:
+                b.fam("llm_budget_spent_ratio").set(key, st.ratio)
+            b.fam("llm_budget_forecast_usd").set(key, st.forecast)
+            if st.exhaustion is not None:
+                b.fam("llm_budget_exhaustion_forecast_timestamp_seconds").set(
+                    key, st.exhaustion.timestamp()
+                )
+            b.fam("llm_budget_period_start_timestamp_seconds").set(key, st.period_start.timestamp())
+            b.fam("llm_budget_period_end_timestamp_seconds").set(key, st.period_end.timestamp())
+            b.fam("llm_budget_unpriced_tokens").set(key, st.unpriced_tokens)
+            sel = bs.selector
+            info = (bs.name, bs.period, bs.basis, inp.tz.key)
+            scope = tuple(sel.get(k, "") for k in ("provider", "account", "project", "model"))
+            b.fam("llm_budget_info").set(info + scope, 1)
 
 
 def _prices(b: Builder, est: Estimator, seen: set[tuple[str, str]], day: dt.date) -> None:
@@ -378,6 +497,3 @@ def _health(b: Builder, h: Health) -> None:
         b.fam("llm_source_poll_api_requests").set((p, a), n)
     for (p, a, e), n in h.payload_errors.items():
         b.fam("llm_source_payload_errors_total").set((p, a, e), n)
-
-
-__all__ = ["REASONS", "Builder", "ModelInput", "build", "opt_labels_for", "period_starts"]

@@ -70,10 +70,10 @@ def test_big_counts_stay_exact(tmp_path: Path) -> None:
 
 def test_downward_revision_is_recorded_and_accumulates(tmp_path: Path) -> None:
     led = Ledger(tmp_path / "s.db")
+
     def cost(v):
-        return [
-            Bucket("costs", 0, DAY, [Row.make("costs", {"project": "p"}, {COST: Decimal(v)})])
-        ]
+        return [Bucket("costs", 0, DAY, [Row.make("costs", {"project": "p"}, {COST: Decimal(v)})])]
+
     led.replace("openai", "main", "costs", cost("10.00"))
     _, revs = led.replace("openai", "main", "costs", cost("9.50"))
     assert [r.amount for r in revs] == [Decimal("0.50")]
@@ -98,10 +98,12 @@ def test_vanished_group_is_a_revision(tmp_path: Path) -> None:
 
 def test_storage_level_going_down_is_not_a_revision(tmp_path: Path) -> None:
     led = Ledger(tmp_path / "s.db")
+
     def row(v):
         return [
             Bucket("vector_stores", 0, DAY, [Row.make("vector_stores", {}, {STORAGE_BYTES: v})])
         ]
+
     led.replace("openai", "main", "vector_stores", row(1000))
     _, revs = led.replace("openai", "main", "vector_stores", row(10))
     assert revs == []

@@ -122,6 +122,8 @@ def test_revisions_keep_counters_monotonic() -> None:
             "openai",
             "main",
             "costs",
+            T0,
+            T0 + DAY,
             (("currency", "usd"), ("project", "p")),
             COST,
             Decimal("1.00"),

@@ -1,0 +1,248 @@
+"""The exporter against the simulator over real HTTP: exact totals, restart safety, failures.
+
+The exporter runs in-process (its clock is the simulator's, so the current bucket grows
+deterministically) and talks to the simulator over loopback HTTP, as it would to OpenAI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.app import App
+from exporter.settings import load
+from exporter.simulator.server import SimulatorServer
+from exporter.sources._http import RetryPolicy
+from tests.helpers import Samples, parse, total
+
+START = dt.date(2026, 11, 1)
+START_TS = int(dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp())
+NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())
+FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.01, backoff_max=0.05, retry_after_max=0.05)
+
+# Usage families whose values must be identical across restarts and replicas.
+STABLE = ("llm_tokens_total", "llm_model_requests_total", "llm_cost_reported_usd_total",
+          "llm_cost_estimated_usd_total", "llm_images_total", "llm_characters_total",
+          "llm_audio_seconds_total", "llm_code_interpreter_sessions_total", "llm_tool_calls_total",
+          "llm_vector_store_bytes", "llm_unpriced_tokens_total", "llm_period_")  # fmt: skip
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatorServer]:
+    s = SimulatorServer(
+        port=0, seed=7, start=dt.date(2026, 10, 1), now=NOW, openai_amount_format="number"
+    ).start()
+    yield s
+    s.stop()
+
+
+def write_config(tmp: Path, sim: SimulatorServer, state: Path, **extra: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "history_start": START.isoformat(),
+        "state_file": str(state),
+        "providers": {"openai": [{"account": "main", "base_url": sim.openai_base_url}]},
+    }
+    cfg.update(extra)
+    path = tmp / "config.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def make_app(tmp: Path, sim: SimulatorServer, state: Path | None = None, **extra: Any) -> App:
+    state = state or tmp / "state.db"
+    settings = load(
+        write_config(tmp, sim, state, **extra), {"OPENAI_ADMIN_KEY": sim.settings.openai_key}
+    )
+    return App(settings, clock=lambda: float(sim.now()), retry=FAST_RETRY)
+
+
+def stable(samples: Samples) -> Samples:
+    return {k: v for k, v in samples.items() if k[0].startswith(STABLE)}
+
+
+def exposed(app: App) -> Samples:
+    return parse(app.exposition.current.body)
+
+
+def test_totals_match_the_providers_truth(tmp_path: Path, sim: SimulatorServer) -> None:
+    app = make_app(tmp_path, sim)
+    app.poll_once()
+    got = exposed(app)
+    truth = sim.dataset.totals("openai", START_TS, NOW)
+    for measure, value in truth.items():
+        if measure.startswith("tokens."):
+            assert total(got, "llm_tokens_total", token_type=measure[7:]) == value, measure
+    assert total(got, "llm_model_requests_total") == truth["requests"]
+    assert total(got, "llm_images_total") == truth["images"]
+    assert total(got, "llm_characters_total") == truth["characters"]
+    assert total(got, "llm_audio_seconds_total") == truth["audio_seconds"]
+    assert total(got, "llm_code_interpreter_sessions_total") == truth["sessions"]
+    assert total(got, "llm_tool_calls_total") == truth["tool_calls"]
+    assert total(got, "llm_vector_store_bytes") == truth["storage_bytes"]
+    # Costs lag usage: the reported total is what the costs endpoint shows now.
+    cost_truth = sim.dataset.totals("openai", START_TS, NOW - sim.settings.cost_lag)["cost"]
+    assert total(got, "llm_cost_reported_usd_total") == pytest.approx(float(cost_truth), rel=1e-9)
+    assert all(v == 1 for (n, _), v in got.items() if n == "llm_source_up")
+    app.stop()
+
+
+def test_growing_current_bucket_is_counted_once(tmp_path: Path, sim: SimulatorServer) -> None:
+    app = make_app(tmp_path, sim)
+    for _ in range(4):
+        app.poll_once()
+        sim.clock.advance(1800)
+    app.poll_once()
+    got = exposed(app)
+    truth = sim.dataset.totals("openai", START_TS, sim.now())
+    assert total(got, "llm_tokens_total", token_type="output") == truth["tokens.output"]
+    assert total(got, "llm_model_requests_total") == truth["requests"]
+    app.stop()
+
+
+def test_restart_with_same_state_exposes_identical_values(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    app = make_app(tmp_path, sim)
+    app.poll_once()
+    before = stable(exposed(app))
+    app.stop()
+    again = make_app(tmp_path, sim)
+    again.rebuild()  # from the state file alone, before any poll
+    assert stable(exposed(again)) == before
+    again.poll_once()
+    assert stable(exposed(again)) == before
+    again.stop()
+
+
+def test_restart_with_deleted_state_backfills_identical_values(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    app = make_app(tmp_path, sim)
+    sim.clock.advance(-3 * 86400)
+    app.poll_once()
+    sim.clock.advance(3 * 86400)
+    app.poll_once()  # incremental: only the open window is refetched
+    before = stable(exposed(app))
+    app.stop()
+    (tmp_path / "state.db").unlink()
+    fresh = make_app(tmp_path, sim)
+    fresh.poll_once()  # one backfill from history start
+    assert stable(exposed(fresh)) == before
+    fresh.stop()
+
+
+def test_closed_buckets_are_not_fetched_again(tmp_path: Path, sim: SimulatorServer) -> None:
+    app = make_app(tmp_path, sim)
+    app.poll_once()
+    sim.stats.reset()
+    sim.clock.advance(600)
+    app.poll_once()
+    starts = [
+        int(v) for e in sim.stats.snapshot(1000)["log"] for k, v in e["query"] if k == "start_time"
+    ]
+    assert starts, "second poll made no usage requests"
+    horizon_floor = (NOW - 5 * 86400) // 86400 * 86400
+    assert min(starts) >= horizon_floor
+    requests = total(exposed(app), "llm_source_poll_api_requests")
+    assert requests == 11  # one page per endpoint for the open window
+    app.stop()
+
+
+def test_downward_revision_keeps_counters_monotonic(tmp_path: Path, sim: SimulatorServer) -> None:
+    app = make_app(tmp_path, sim, bucket_width="1d")
+    app.poll_once()
+    before = exposed(app)
+    sim.dataset.revise("0.5", sim.now())  # the provider halves every closed day
+    sim.clock.advance(60)
+    app.poll_once()
+    after = exposed(app)
+    for key, value in stable(before).items():
+        if key[0].endswith("_total"):
+            assert after[key] >= value, key
+    assert total(after, "llm_usage_revisions_total") > 0
+    assert total(after, "llm_cost_reported_revisions_usd_total") > 0
+    app.stop()
+
+
+def test_pagination_is_followed_to_the_end(tmp_path: Path, sim: SimulatorServer) -> None:
+    app = make_app(tmp_path, sim, bucket_width="1h")  # 19.6 days of hours: several pages
+    app.poll_once()
+    got = exposed(app)
+    truth = sim.dataset.totals("openai", START_TS, NOW)
+    assert total(got, "llm_tokens_total", token_type="input") == truth["tokens.input"]
+    pages = [e for e in sim.stats.snapshot(5000)["log"] if e["path"].endswith("/usage/completions")]
+    assert len(pages) >= 3 and all(e["status"] == 200 for e in pages)
+    app.stop()
+
+
+def test_rate_limits_are_retried_and_counted(tmp_path: Path, sim: SimulatorServer) -> None:
+    app = make_app(tmp_path, sim)
+    sim.add_fault("429", provider="openai", endpoint="completions", count=2, retry_after=0)
+    app.poll_once()
+    got = exposed(app)
+    assert total(got, "llm_source_api_requests_total", endpoint="completions", code="429") == 2
+    assert total(got, "llm_source_up", endpoint="completions") == 1
+    assert (
+        total(
+            got,
+            "llm_source_api_request_failures_total",
+            endpoint="completions",
+            reason="rate_limited",
+        )
+        == 2
+    )
+    app.stop()
+
+
+def test_a_failing_endpoint_does_not_stop_the_others(tmp_path: Path, sim: SimulatorServer) -> None:
+    app = make_app(tmp_path, sim)
+    sim.add_fault("500", provider="openai", endpoint="images", count=-1)
+    app.poll_once()
+    got = exposed(app)
+    assert total(got, "llm_source_up", endpoint="images") == 0
+    assert total(got, "llm_source_up", endpoint="completions") == 1
+    assert total(got, "llm_images_total") == 0
+    truth = sim.dataset.totals("openai", START_TS, NOW)
+    assert total(got, "llm_tokens_total", token_type="output") == truth["tokens.output"]
+    # it catches up by itself once the provider recovers
+    sim.faults.clear()
+    app.poll_once()
+    got = exposed(app)
+    assert total(got, "llm_source_up", endpoint="images") == 1
+    assert total(got, "llm_images_total") == truth["images"]
+    app.stop()
+
+
+def test_revoked_key_is_an_auth_failure_not_retried(tmp_path: Path, sim: SimulatorServer) -> None:
+    state = tmp_path / "state.db"
+    settings = load(write_config(tmp_path, sim, state), {"OPENAI_ADMIN_KEY": "test-wrong-key"})
+    app = App(settings, clock=lambda: float(sim.now()), retry=FAST_RETRY)
+    app.poll_once()
+    got = exposed(app)
+    assert total(got, "llm_source_up") == 0
+    assert total(got, "llm_source_api_requests_total", code="401") == 11  # once per endpoint
+    assert total(got, "llm_source_api_request_failures_total", reason="auth") == 11
+    assert b"test-wrong-key" not in app.exposition.current.body
+    app.stop()
+
+
+def test_estimated_cost_reconciles_with_reported(tmp_path: Path, sim: SimulatorServer) -> None:
+    app = make_app(tmp_path, sim)
+    app.poll_once()
+    got = exposed(app)
+    # closed days only: both sides complete
+    end = (NOW - sim.settings.cost_lag) // 86400 * 86400
+    est = Decimal(0)
+    for (name, labels), v in got.items():
+        if name == "llm_cost_estimated_usd_total":
+            est += Decimal(str(v))
+    assert est > 0
+    assert total(got, "llm_unpriced_tokens_total") > 0  # the simulator's unknown model
+    del end
+    app.stop()
