@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -290,12 +291,22 @@ def resolve_secrets(settings: Settings, environ: dict[str, str] | None = None) -
     return problems
 
 
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, environ: Mapping[str, str]) -> str:
+    """`${VAR}` and `${VAR:-default}` in the YAML text (for URLs and paths; never keys)."""
+    return _VAR.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), text)
+
+
 def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
     """Load and validate; raise ConfigError listing every problem."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = expand_env(
+                path.read_text(encoding="utf-8"), os.environ if environ is None else environ
+            )
         except OSError as exc:
             raise ConfigError([f"config.file: cannot read {path}: {exc.strerror}"]) from None
         try:
