@@ -84,9 +84,7 @@ class Poller:
             log.exception("poll failed: %s %s: unexpected error", acc.name, ep.name)
             return False
         closed = max(start, align_down(now - ep.horizon, ep.width))
-        written, _ = self.ledger.replace(
-            src.provider, src.account, ep.name, buckets, closed
-        )
+        written, _ = self.ledger.replace(src.provider, src.account, ep.name, buckets, closed)
         latest = max((b.end for b in buckets if b.rows), default=None)
         self.health.success(
             src.provider, src.account, ep.name, self.clock(), closed, latest, written

@@ -42,7 +42,8 @@ def parse(body: bytes | str) -> Samples:
 
 def total(samples: Samples, name: str, **match: str) -> float:
     return sum(
-        v for (n, labels), v in samples.items()
+        v
+        for (n, labels), v in samples.items()
         if n == name and all((k, val) in labels for k, val in match.items())
     )
 
@@ -73,7 +74,9 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
 
 def http_json(url: str, data: Any = None, method: str | None = None, timeout: float = 5.0) -> Any:
     body = None if data is None else json.dumps(data).encode()
-    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         raw = r.read()
     return json.loads(raw) if raw else None
@@ -89,11 +92,19 @@ def prom_query(base: str, query: str, at: float | None = None) -> list[dict[str,
 
 
 @contextmanager
-def process(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run a process for the duration of a `with`; its output goes to `log` (shown on failure)."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
         try:
             yield proc
         finally:
@@ -107,7 +118,13 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: P
 
 
 def exporter_cmd(config: Path, listen: str) -> list[str]:
-    return [sys.executable, "-m", "exporter", f"--config.file={config}", f"--web.listen-address={listen}"]
+    return [
+        sys.executable,
+        "-m",
+        "exporter",
+        f"--config.file={config}",
+        f"--web.listen-address={listen}",
+    ]
 
 
 def binary(name: str, *alternatives: str) -> str | None:
