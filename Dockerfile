@@ -1,0 +1,65 @@
+# syntax=docker/dockerfile:1
+# llm-cost-exporter: slim, non-root, read-only-root-filesystem friendly.
+#   docker build -t llm-cost-exporter .
+#   docker run --read-only --tmpfs /tmp -v llm-cost-state:/var/lib/llm-cost-exporter \
+#     -e OPENAI_ADMIN_KEY -v "$PWD/config.yml:/etc/llm-cost-exporter/config.yml:ro" \
+#     -p 9877:9877 llm-cost-exporter
+# The same image runs the provider simulator: `... llm-cost-exporter simulate --listen 0.0.0.0:9878`.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- build: wheel first, then install it (and only it) into a venv -------------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && python -m venv /opt/llm-cost-exporter \
+ && /opt/llm-cost-exporter/bin/pip install /wheels/*.whl \
+ && /opt/llm-cost-exporter/bin/llm-cost-exporter --help >/dev/null
+
+# --- runtime ----------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="llm-cost-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for LLM provider usage and cost" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
+
+# No .pyc writes (read-only root), unbuffered logs, the venv first on PATH.
+ENV PATH=/opt/llm-cost-exporter/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+# A fixed numeric uid/gid so volume ownership and Kubernetes runAsUser are predictable.
+RUN groupadd --system --gid 10001 exporter \
+ && useradd --system --uid 10001 --gid exporter --no-create-home \
+      --home-dir /var/lib/llm-cost-exporter --shell /usr/sbin/nologin exporter \
+ && install -d -o exporter -g exporter -m 0750 /var/lib/llm-cost-exporter \
+ && install -d -m 0755 /etc/llm-cost-exporter
+
+COPY --from=build /opt/llm-cost-exporter /opt/llm-cost-exporter
+# Defaults that can be replaced by a bind mount or a ConfigMap. Keys never live in them:
+# they come from OPENAI_ADMIN_KEY / ANTHROPIC_ADMIN_KEY / GROQ_API_KEY (or *_FILE).
+COPY config.example.yml /etc/llm-cost-exporter/config.yml
+COPY config.demo.yml /etc/llm-cost-exporter/config.demo.yml
+
+# The state file (SQLite ledger) is the only thing written: a relative state_file lands in
+# this volume, so the container runs with a read-only root filesystem (plus a /tmp tmpfs).
+WORKDIR /var/lib/llm-cost-exporter
+VOLUME ["/var/lib/llm-cost-exporter"]
+USER 10001:10001
+
+EXPOSE 9877
+
+# stdlib only (no curl in the image). Assumes the default --web.listen-address (:9877).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9877/healthz', timeout=4)"]
+
+ENTRYPOINT ["llm-cost-exporter"]
+CMD ["--config.file=/etc/llm-cost-exporter/config.yml"]

@@ -1,0 +1,1717 @@
+"""Generate the provisioned Grafana dashboards (grafana/dashboards/*.json) from one script.
+
+Why generate: every panel needs the same datasource reference, the same variable matchers
+(applied only to labels a metric really has, read from `exporter.names`), the same replica
+de-duplication and a unit; writing ~80 panels by hand drifts. The JSON stays committed
+because it is what Grafana provisions; `tests/integration/test_bundle.py` fails when the
+files differ from what this script produces. Run: `python grafana/build_dashboards.py`.
+
+Query conventions (see DESIGN.md):
+- Usage and cost counters are recomputed from provider data and step when a poll lands, and
+  cost data is daily, so windows are 1h or 1d (`increase(...[1d])`), never short rates.
+- Month/day totals come from the exact period gauges, not from `increase()`, so they are
+  right from the first scrape.
+- Exporter replicas expose identical usage/cost values, so those are de-duplicated with
+  `max without (instance, pod)` before any `sum`. Self-health metrics are per replica
+  (each replica really calls the APIs): they are summed (traffic) or reduced worst-case.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from exporter.names import BY_NAME, OPT  # noqa: E402
+
+OUT_DIR = ROOT / "grafana" / "dashboards"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+TAG = "llm-cost"
+JOB = "llm-cost-exporter"
+DEMO_ACCOUNT = "demo"
+# Variables in chain order; each filters the label of the same name where a metric has it.
+CHAIN = ("provider", "account", "model", "project")
+# The opt-in labels a dashboard filters on (OPT expands to the enabled opt-in labels).
+OPT_LABELS = frozenset({"project"})
+
+Json = dict[str, Any]
+
+
+# --- PromQL helpers ----------------------------------------------------------------------
+
+
+def labels(metric: str) -> frozenset[str]:
+    spec = BY_NAME[metric]
+    out = set(spec.labels) - {OPT}
+    if OPT in spec.labels:
+        out |= OPT_LABELS
+    return frozenset(out)
+
+
+def sel(metric: str, suffix: str = "", **fixed: str) -> str:
+    """`metric{...}` with `label=~"$label"` for each chained variable the metric carries."""
+    have = labels(metric)
+    matchers = [f'{v}=~"${v}"' for v in CHAIN if v in have]
+    for k, v in fixed.items():
+        if k not in have:
+            raise ValueError(f"{metric} has no label {k}")
+        op = "=~" if v.startswith("~") else "="
+        matchers.append(f'{k}{op}"{v.removeprefix("~")}"')
+    return f"{metric}{suffix}{{{','.join(matchers)}}}"
+
+
+def dd(expr: str) -> str:
+    """De-duplicate identical replicas (compose: instance; Kubernetes: also pod)."""
+    return f"max without (instance, pod) ({expr})"
+
+
+def inc(metric: str, window: str, **fixed: str) -> str:
+    return dd(f"increase({sel(metric, **fixed)}[{window}])")
+
+
+def savings(by: str, window: str) -> str:
+    """Cache and batch savings in one query, told apart by a `kind` label. Batch savings
+    exist only when `batch` is in group_by, so a separate query would often be empty."""
+    parts = [
+        f'label_replace({inc(f"llm_{kind}_savings_usd_total", window)}, "kind", "{kind}", "", "")'
+        for kind in ("cache", "batch")
+    ]
+    return f"sum by ({by}, kind) ({' or '.join(parts)})"
+
+
+def fallback(expr: str, label: str, value: str = "none") -> str:
+    """A zero series when a counter has never been incremented (no failures is good news)."""
+    return f'({expr}) or label_replace(vector(0), "{label}", "{value}", "", "")'
+
+
+# --- panel builders ------------------------------------------------------------------------
+
+
+def target(
+    expr: str,
+    legend: str = "",
+    *,
+    instant: bool = False,
+    table: bool = False,
+    interval: str = "",
+    ref: str = "A",
+) -> Json:
+    t: Json = {
+        "datasource": DS,
+        "editorMode": "code",
+        "expr": expr,
+        "legendFormat": legend or "__auto",
+        "range": not instant,
+        "instant": instant,
+        "format": "table" if table else "time_series",
+        "refId": ref,
+    }
+    if interval:
+        t["interval"] = interval
+    return t
+
+
+def _targets(specs: Iterable[Json]) -> list[Json]:
+    out = []
+    for i, t in enumerate(specs):
+        t = dict(t)
+        t["refId"] = chr(ord("A") + i)
+        out.append(t)
+    return out
+
+
+def thresholds(*steps: tuple[float | None, str]) -> Json:
+    return {
+        "mode": "absolute",
+        "steps": [{"color": c, "value": v} for v, c in steps],
+    }
+
+
+GREEN = thresholds((None, "green"))
+
+
+def panel(
+    kind: str,
+    title: str,
+    description: str,
+    targets: Iterable[Json],
+    *,
+    unit: str,
+    w: int,
+    h: int,
+    options: Json | None = None,
+    custom: Json | None = None,
+    overrides: list[Json] | None = None,
+    mappings: list[Json] | None = None,
+    steps: Json | None = None,
+    transformations: list[Json] | None = None,
+    extra_defaults: Json | None = None,
+    **extra: Any,
+) -> Json:
+    defaults: Json = {"unit": unit, "thresholds": steps or GREEN, "mappings": mappings or []}
+    if custom is not None:
+        defaults["custom"] = custom
+    if extra_defaults:
+        defaults.update(extra_defaults)
+    p: Json = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"w": w, "h": h},
+        "targets": _targets(targets),
+        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
+        "options": options or {},
+    }
+    if transformations:
+        p["transformations"] = transformations
+    p.update(extra)
+    return p
+
+
+def stat(
+    title: str,
+    description: str,
+    targets: Iterable[Json],
+    unit: str,
+    *,
+    w: int = 3,
+    h: int = 4,
+    text_mode: str = "value",
+    color_mode: str = "value",
+    steps: Json | None = None,
+    mappings: list[Json] | None = None,
+    **kw: Any,
+) -> Json:
+    return panel(
+        "stat",
+        title,
+        description,
+        targets,
+        unit=unit,
+        w=w,
+        h=h,
+        steps=steps,
+        mappings=mappings,
+        options={
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": color_mode,
+            "graphMode": "none",
+            "justifyMode": "auto",
+            "textMode": text_mode,
+            "orientation": "auto",
+            "wideLayout": True,
+        },
+        **kw,
+    )
+
+
+def timeseries(
+    title: str,
+    description: str,
+    targets: Iterable[Json],
+    unit: str,
+    *,
+    w: int = 12,
+    h: int = 8,
+    bars: bool = False,
+    stack: bool = False,
+    **kw: Any,
+) -> Json:
+    custom: Json = {
+        "drawStyle": "bars" if bars else "line",
+        "lineWidth": 1,
+        "fillOpacity": 80 if bars else 10,
+        "showPoints": "never",
+        "spanNulls": True,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+        "axisSoftMin": 0,
+    }
+    return panel(
+        "timeseries",
+        title,
+        description,
+        targets,
+        unit=unit,
+        w=w,
+        h=h,
+        custom=custom,
+        options={
+            "legend": {"displayMode": "table", "placement": "right", "calcs": ["sum"]}
+            if bars
+            else {"displayMode": "list", "placement": "bottom", "calcs": []},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        **kw,
+    )
+
+
+def bargauge(
+    title: str,
+    description: str,
+    targets: Iterable[Json],
+    unit: str,
+    *,
+    w: int = 8,
+    h: int = 8,
+    steps: Json | None = None,
+    minmax: tuple[float, float] | None = None,
+    **kw: Any,
+) -> Json:
+    extra: Json = dict(kw.pop("extra_defaults", None) or {})
+    if minmax:
+        extra.update({"min": minmax[0], "max": minmax[1]})
+    return panel(
+        "bargauge",
+        title,
+        description,
+        targets,
+        unit=unit,
+        w=w,
+        h=h,
+        steps=steps,
+        extra_defaults=extra,
+        options={
+            "orientation": "horizontal",
+            "displayMode": "gradient",
+            "valueMode": "color",
+            "showUnfilled": True,
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "minVizHeight": 16,
+            "maxVizHeight": 300,
+            "namePlacement": "left",
+            "sizing": "auto",
+        },
+        **kw,
+    )
+
+
+def table(
+    title: str,
+    description: str,
+    targets: Iterable[Json],
+    unit: str,
+    *,
+    w: int = 24,
+    h: int = 10,
+    columns: dict[str, str] | None = None,
+    hide: Iterable[str] = ("Time",),
+    units: dict[str, str] | None = None,
+    sort: str | None = None,
+    pre: list[Json] | None = None,
+    post: list[Json] | None = None,
+    overrides: list[Json] | None = None,
+    **kw: Any,
+) -> Json:
+    """Instant table queries merged on their shared labels, then renamed and ordered."""
+    targets = list(targets)
+    columns = columns or {}
+    transformations: list[Json] = list(pre or [])
+    if len(targets) > 1:
+        transformations.append({"id": "merge", "options": {}})
+    transformations.append(
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {name: True for name in hide},
+                "renameByName": columns,
+                "indexByName": {},
+            },
+        }
+    )
+    if sort:
+        transformations.append(
+            {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": sort, "desc": True}]}}
+        )
+    transformations += post or []
+    ovr = list(overrides or [])
+    for col, u in (units or {}).items():
+        ovr.append(
+            {
+                "matcher": {"id": "byName", "options": col},
+                "properties": [{"id": "unit", "value": u}],
+            }
+        )
+    return panel(
+        "table",
+        title,
+        description,
+        targets,
+        unit=unit,
+        w=w,
+        h=h,
+        overrides=ovr,
+        transformations=transformations,
+        custom={"align": "auto", "cellOptions": {"type": "auto"}, "filterable": True},
+        options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+        **kw,
+    )
+
+
+def text(title: str, description: str, content: str, *, w: int = 24, h: int = 3) -> Json:
+    return {
+        "type": "text",
+        "title": title,
+        "description": description,
+        "gridPos": {"w": w, "h": h},
+        "options": {"mode": "markdown", "content": content},
+    }
+
+
+def row(title: str) -> Json:
+    return {
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "gridPos": {"w": 24, "h": 1},
+        "panels": [],
+    }
+
+
+def vmap(*items: tuple[float, str, str]) -> list[Json]:
+    return [
+        {
+            "type": "value",
+            "options": {
+                str(v): {"text": t, "color": c, "index": i} for i, (v, t, c) in enumerate(items)
+            },
+        }
+    ]
+
+
+def demo_banner(w: int = 3, h: int = 4) -> Json:
+    """Shows "DEMO DATA" whenever an account named `demo` (the simulator config) reports."""
+    demo = f'llm_source_up{{account="{DEMO_ACCOUNT}"}}'
+    expr = f"count({dd(demo)}) or vector(0)"
+    return stat(
+        "Data origin",
+        f"Says DEMO DATA when an account named `{DEMO_ACCOUNT}` is being polled: that is the "
+        "compose `demo` profile, where every provider is the built-in simulator and no number "
+        "on this dashboard is real spend. Otherwise it says live.",
+        [target(expr, "demo accounts", instant=True)],
+        "none",
+        w=w,
+        h=h,
+        color_mode="background",
+        mappings=[
+            {"type": "value", "options": {"0": {"text": "Live provider data", "color": "green"}}},
+            {
+                "type": "range",
+                "options": {
+                    "from": 1,
+                    "to": 1e9,
+                    "result": {"text": "DEMO DATA (simulator)", "color": "orange"},
+                },
+            },
+        ],
+    )
+
+
+# --- layout and dashboard -------------------------------------------------------------------
+
+
+def layout(panels: list[Json]) -> list[Json]:
+    """Flow panels left to right, wrapping at 24 columns; rows start a new line."""
+    x = y = line_h = 0
+    for pid, p in enumerate(panels, start=1):
+        w, h = p["gridPos"]["w"], p["gridPos"]["h"]
+        if p["type"] == "row" or x + w > 24:
+            y += line_h
+            x = line_h = 0
+        p["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
+        p["id"] = pid
+        x += w
+        line_h = max(line_h, h)
+        if p["type"] == "row":
+            y += h
+            x = line_h = 0
+    return panels
+
+
+def variables() -> list[Json]:
+    out: list[Json] = [
+        {
+            "type": "datasource",
+            "name": "datasource",
+            "label": "Data source",
+            "query": "prometheus",
+            "regex": "",
+            "hide": 0,
+            "current": {},
+            "options": [],
+            "refresh": 1,
+        }
+    ]
+    queries = {
+        "provider": "label_values(llm_source_up, provider)",
+        "account": 'label_values(llm_source_up{provider=~"$provider"}, account)',
+        "model": 'label_values(llm_tokens_total{provider=~"$provider",account=~"$account"}, model)',
+        "project": (
+            "label_values(llm_tokens_total"
+            '{provider=~"$provider",account=~"$account",model=~"$model"}, project)'
+        ),
+    }
+    for name, q in queries.items():
+        out.append(
+            {
+                "type": "query",
+                "name": name,
+                "label": name.capitalize(),
+                "datasource": DS,
+                "query": {"query": q, "refId": f"{name}-variable"},
+                "definition": q,
+                "refresh": 2,
+                "sort": 1,
+                "multi": True,
+                "includeAll": True,
+                "allValue": ".*",
+                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                "options": [],
+                "regex": "",
+                "hide": 0,
+            }
+        )
+    return out
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[Json], time_from: str) -> Json:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": [TAG],
+        "editable": False,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "timezone": "",
+        "refresh": "5m",
+        "time": {"from": time_from, "to": "now"},
+        "timepicker": {},
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "weekStart": "",
+        "links": [
+            {
+                "type": "dashboards",
+                "title": "LLM cost dashboards",
+                "tags": [TAG],
+                "asDropdown": False,
+                "includeVars": True,
+                "keepTime": True,
+                "icon": "external link",
+                "targetBlank": False,
+                "tooltip": "",
+                "url": "",
+            }
+        ],
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                },
+                {
+                    "datasource": DS,
+                    "enable": True,
+                    "expr": 'ALERTS{alertname=~"LLM.*",alertstate="firing"}',
+                    "iconColor": "red",
+                    "name": "LLM alerts firing",
+                    "step": "1m",
+                    "titleFormat": "{{alertname}}",
+                    "textFormat": "{{severity}} {{budget}} {{provider}} {{account}}",
+                    "useValueForTime": False,
+                },
+            ]
+        },
+        "templating": {"list": variables()},
+        "panels": layout(panels),
+    }
+
+
+FIRING = stat(
+    "Firing LLM alerts",
+    "LLM* alerts firing in Prometheus now (ALERTS series). Details are in Alertmanager and on "
+    "the dashboard annotations.",
+    [target('count(ALERTS{alertname=~"LLM.*",alertstate="firing"}) or vector(0)', instant=True)],
+    "short",
+    steps=thresholds((None, "green"), (1, "red")),
+)
+
+# --- Overview ---------------------------------------------------------------------------------
+
+USD = "currencyUSD"
+MONTH = {"period": "month"}
+
+
+def overview() -> Json:
+    rep_month = sel("llm_period_cost_reported_usd", **MONTH)
+    est_month = sel("llm_period_cost_estimated_usd", **MONTH)
+    tok_month = sel("llm_period_tokens", **MONTH)
+    # Poll age: 5m polls by default; LLMSourceDataStale fires at two missed intervals.
+    age = thresholds((None, "green"), (1800, "yellow"), (7200, "red"))
+
+    panels: list[Json] = [
+        row("Month to date"),
+        demo_banner(),
+        stat(
+            "Spend this month (reported)",
+            "What the providers report they will invoice for the current month (configured time "
+            "zone), exact sum of cost buckets as of the last poll. Lags usage by hours to a day. "
+            "Filtered by provider, account and project.",
+            [target(f"sum({dd(rep_month)})", instant=True)],
+            USD,
+        ),
+        stat(
+            "Spend this month (estimated)",
+            "Tokens x unit price at each bucket's date for the current month: available hours "
+            "before the invoice data, and for providers without a cost API. Excludes unpriced "
+            "models (see Prices).",
+            [target(f"sum({dd(est_month)})", instant=True)],
+            USD,
+        ),
+        stat(
+            "Cost per 1k tokens",
+            "Estimated cost / tokens for the current month. Tokens of unpriced models count in "
+            "the denominator, so unpriced usage lowers it.",
+            [target(f"1000 * sum({dd(est_month)}) / sum({dd(tok_month)})", instant=True)],
+            USD,
+            extra_defaults={"decimals": 4},
+        ),
+        stat(
+            "Cache savings",
+            "What prompt caching saved in the selected time range: cached tokens x (input price "
+            "- cache read price). Counts from when Prometheus started scraping.",
+            [target(f"sum({inc('llm_cache_savings_usd_total', '$__range')})", instant=True)],
+            USD,
+        ),
+        stat(
+            "Final data through",
+            "Oldest data watermark across sources: usage and cost up to here are final. Newer "
+            "buckets are shown too but may still be revised (today grows; costs are revised "
+            "for a few days), which is why this trails by the configured revision horizon "
+            "(2 days for usage, 5 for costs by default).",
+            [
+                target(
+                    f"1000 * min({dd(sel('llm_source_watermark_timestamp_seconds'))})",
+                    instant=True,
+                )
+            ],
+            "dateTimeFromNow",
+        ),
+        stat(
+            "Sources failing",
+            "Provider endpoints whose last poll failed (llm_source_up == 0). Details on the "
+            "Exporter health dashboard.",
+            [
+                target(
+                    f"count({dd(sel('llm_source_up'))} == 0) or vector(0)",
+                    instant=True,
+                )
+            ],
+            "short",
+            w=2,
+            steps=thresholds((None, "green"), (1, "red")),
+        ),
+        {**FIRING, "gridPos": {"w": 2, "h": 4}},
+        stat(
+            "Unpriced models",
+            "Models seen in usage with no known price: their tokens are not in any estimated "
+            "cost. Add a price override in the config (see Prices dashboard).",
+            [
+                target(
+                    f"count({dd(sel('llm_unpriced_model_info'))}) or vector(0)",
+                    instant=True,
+                )
+            ],
+            "short",
+            w=2,
+            steps=thresholds((None, "green"), (1, "orange")),
+        ),
+        row("Budgets"),
+        bargauge(
+            "Budget utilization",
+            "Spend so far / limit for each budget's current period (exact sums from the "
+            "exporter). Yellow from 80 %, red at 100 %.",
+            [target(dd("llm_budget_spent_ratio"), "{{budget}}", instant=True)],
+            "percentunit",
+            w=8,
+            steps=thresholds((None, "green"), (0.8, "yellow"), (1, "red")),
+            minmax=(0, 1),
+        ),
+        table(
+            "Budgets: spent, limit and forecast",
+            "Each budget's current period: spent, limit, forecast spend at period end (from "
+            "the exporter), forecast / limit, when the period ends, and tokens in the period "
+            "with no known price (spend the budget cannot see). Scope columns show the "
+            'budget selector ("" = all, "~" = regex).',
+            [
+                target(dd("llm_budget_spent_usd"), instant=True, table=True),
+                target(dd("llm_budget_limit_usd"), instant=True, table=True),
+                target(dd("llm_budget_forecast_usd"), instant=True, table=True),
+                target(dd("llm_budget_spent_ratio"), instant=True, table=True),
+                target(
+                    f"{dd('llm_budget_forecast_usd')} / ({dd('llm_budget_limit_usd')} > 0)",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"1000 * {dd('llm_budget_period_end_timestamp_seconds')}",
+                    instant=True,
+                    table=True,
+                ),
+                target(dd("llm_budget_info"), instant=True, table=True),
+                target(dd("llm_budget_unpriced_tokens"), instant=True, table=True),
+            ],
+            USD,
+            w=16,
+            h=8,
+            hide=("Time", "job", "timezone", "Value #G"),
+            columns={
+                "budget": "Budget",
+                "period": "Period",
+                "basis": "Basis",
+                "Value #A": "Spent",
+                "Value #B": "Limit",
+                "Value #C": "Forecast",
+                "Value #D": "Used",
+                "Value #E": "Forecast / limit",
+                "Value #F": "Period ends",
+                "Value #H": "Unpriced tokens",
+            },
+            units={
+                "Used": "percentunit",
+                "Forecast / limit": "percentunit",
+                "Period ends": "dateTimeFromNow",
+                "Unpriced tokens": "short",
+            },
+            overrides=[
+                {
+                    "matcher": {"id": "byRegexp", "options": "Used|Forecast / limit"},
+                    "properties": [
+                        {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+                        {
+                            "id": "thresholds",
+                            "value": thresholds((None, "green"), (0.8, "yellow"), (1, "red")),
+                        },
+                    ],
+                }
+            ],
+        ),
+        row("Spend over time"),
+        timeseries(
+            "Daily spend by provider (reported)",
+            "Reported cost that arrived each day (increase of the cost counter over 1 day). "
+            "Cost data is daily and lags, so today's bar grows through the next day. Counts "
+            "from when Prometheus started scraping.",
+            [
+                target(
+                    f"sum by (provider) ({inc('llm_cost_reported_usd_total', '1d')})",
+                    "{{provider}}",
+                    interval="1d",
+                )
+            ],
+            USD,
+            bars=True,
+            stack=True,
+        ),
+        timeseries(
+            "Daily estimated cost by provider",
+            "Estimated cost of the usage that arrived each day (tokens x price), stacked by "
+            "provider. Covers providers without a cost API (Groq).",
+            [
+                target(
+                    f"sum by (provider) ({inc('llm_cost_estimated_usd_total', '1d')})",
+                    "{{provider}}",
+                    interval="1d",
+                )
+            ],
+            USD,
+            bars=True,
+            stack=True,
+        ),
+        bargauge(
+            "Top models by estimated cost (month to date)",
+            "The ten models with the highest estimated cost this month (exact period sums).",
+            [
+                target(
+                    f"sort_desc(topk(10, sum by (provider, model) ({dd(est_month)})))",
+                    "{{model}} ({{provider}})",
+                    instant=True,
+                )
+            ],
+            USD,
+            steps=thresholds((None, "blue")),
+        ),
+        bargauge(
+            "Spend by project (month to date)",
+            "Reported and estimated cost this month by project (OpenAI project, Anthropic "
+            "workspace, Groq project). (none) is usage without a project.",
+            [
+                target(
+                    "sort_desc(label_replace(sum by (project) ("
+                    f'{dd(rep_month)}), "project", "(none)", "project", ""))',
+                    "{{project}} · reported",
+                    instant=True,
+                ),
+                target(
+                    "sort_desc(label_replace(sum by (project) ("
+                    f'{dd(est_month)}), "project", "(none)", "project", ""))',
+                    "{{project}} · estimated",
+                    instant=True,
+                ),
+            ],
+            USD,
+            steps=thresholds((None, "purple")),
+        ),
+        bargauge(
+            "Cost per 1k tokens by model (month to date)",
+            "Estimated cost / tokens per model this month: a price-mix indicator. Models with "
+            "cache reads or batch discounts come out cheaper than their list price.",
+            [
+                target(
+                    "sort_desc(topk(10, 1000 * sum by (provider, model) "
+                    f"({dd(est_month)}) / sum by (provider, model) ({dd(tok_month)})))",
+                    "{{model}} ({{provider}})",
+                    instant=True,
+                )
+            ],
+            USD,
+            steps=thresholds((None, "blue")),
+            extra_defaults={"decimals": 4},
+        ),
+        timeseries(
+            "Daily savings: prompt cache and batch",
+            "What prompt caching (cached tokens x (input - cache read price)) and batch "
+            "processing (only with batch in group_by) saved against standard prices, per day.",
+            [target(savings("provider", "1d"), "{{provider}} · {{kind}}", interval="1d")],
+            USD,
+            bars=True,
+        ),
+        bargauge(
+            "Data freshness by source",
+            "Time since each endpoint was last polled successfully: every number here is as of "
+            "that poll. Yellow after 30 minutes, red after 2 hours (default poll: 5 minutes). "
+            "How far final data trails is on the Exporter health dashboard (watermark lag).",
+            [
+                target(
+                    f"time() - {dd(sel('llm_source_last_success_timestamp_seconds'))}",
+                    "{{provider}}/{{account}} {{endpoint}}",
+                    instant=True,
+                )
+            ],
+            "s",
+            w=12,
+            steps=age,
+        ),
+        row("Models"),
+        model_table(),
+    ]
+    return dashboard(
+        "llm-cost-overview",
+        "LLM cost / Overview",
+        "How much, on what, by whom, and where the month will end.",
+        panels,
+        "now-30d",
+    )
+
+
+def model_status() -> str:
+    """One code per (provider, model): 4 unpriced, 3 source failing or stale, 2 over budget,
+    1 a budget at 80 % or more, 0 ok. Budgets match a model when their provider and model scope
+    is empty (all) or equal; regex scopes and account/project scopes are not resolved here."""
+    base = f"group by (provider, model) ({dd(sel('llm_tokens_total'))})"
+    zero = f"(0 * {base})"
+    ratio = dd("llm_budget_spent_ratio")
+
+    def scoped(prov: str, model: str) -> str:
+        info = (
+            f"group by (budget, provider, model) (llm_budget_info{{provider{prov},model{model}}})"
+        )
+        return f"{ratio} * on (budget) group_left (provider, model) {info}"
+
+    specific = '!~"|~.*"'
+    empty = '=""'
+    terms = [
+        f"{zero} + on (provider, model) group_left () max by (provider, model) "
+        f"({scoped(specific, specific)})",
+        f"{zero} + on (provider) group_left () max by (provider) ({scoped(specific, empty)})",
+        f"{zero} + on (model) group_left () max by (model) ({scoped(empty, specific)})",
+        f"{zero} + on () group_left () max ({scoped(empty, empty)})",
+    ]
+    tagged = " or ".join(
+        f'label_replace({t}, "scope", "{i}", "provider", ".*")' for i, t in enumerate(terms)
+    )
+    budget = f"max by (provider, model) ({tagged})"
+    failing = (
+        "group by (provider) ("
+        f"(time() - {dd(sel('llm_source_last_success_timestamp_seconds'))} > 3600)"
+        f" or ({dd(sel('llm_source_up'))} == 0))"
+    )
+    unpriced = f"group by (provider, model) ({dd(sel('llm_unpriced_model_info'))})"
+    return (
+        f"(4 * ({unpriced} and on (provider, model) {base}))"
+        f" or (3 * ({base} * on (provider) group_left () {failing}))"
+        f" or (0 * ({budget} >= 1) + 2)"
+        f" or (0 * ({budget} >= 0.8) + 1)"
+        f" or {zero}"
+    )
+
+
+def model_table() -> Json:
+    cost_1d = f"sum by (provider, model) ({inc('llm_cost_estimated_usd_total', '1d')})"
+    calls_1d = f"sum by (provider, model) ({inc('llm_model_requests_total', '1d')})"
+    tokens_1d = f"sum by (provider, model) ({inc('llm_tokens_total', '1d')})"
+    cost_month = f"sum by (provider, model) ({dd(sel('llm_period_cost_estimated_usd', **MONTH))})"
+    status = vmap(
+        (0, "OK", "green"),
+        (1, "Budget ≥ 80 %", "yellow"),
+        (2, "Over budget", "red"),
+        (3, "Source failing / stale", "orange"),
+        (4, "Unpriced", "purple"),
+    )
+    targets = [
+        target(cost_1d, instant=True, table=True),
+        target(calls_1d, instant=True, table=True),
+        target(f"{tokens_1d} / ({calls_1d} > 0)", instant=True, table=True),
+        target(f"{cost_1d} / ({calls_1d} > 0)", instant=True, table=True),
+        target(cost_1d, "{{provider}} {{model}}", interval="6h"),
+        target(model_status(), instant=True, table=True),
+        target(cost_month, instant=True, table=True),
+    ]
+    columns = {
+        "provider": "Provider",
+        "model": "Model",
+        "Value #A": "Cost (24h)",
+        "Value #B": "Calls (24h)",
+        "Value #C": "Avg tokens / call",
+        "Value #D": "Cost / call",
+        "Trend #E": "7-day trend",
+        "Value #F": "Status",
+        "Value #G": "Cost (month)",
+    }
+    order = [
+        "Rank",
+        "Model",
+        "Provider",
+        "Cost (month)",
+        "Cost (24h)",
+        "Calls (24h)",
+        "Avg tokens / call",
+        "Cost / call",
+        "7-day trend",
+        "Status",
+    ]
+    return table(
+        "Model cost breakdown",
+        "One row per model, ranked by estimated cost this month. Calls, tokens and cost per "
+        "call cover the last 24 hours; the trend shows daily estimated cost over 7 days. "
+        "Status: Unpriced (no known price: its cost is missing), Source failing / stale (last "
+        "successful poll over 1 hour ago or the last poll failed), Over budget / Budget ≥ 80 % "
+        "(a budget whose provider and model scope covers this model), OK.",
+        targets,
+        "short",
+        h=12,
+        columns=columns,
+        hide=("Time",),
+        sort="Cost (month)",
+        pre=[{"id": "timeSeriesTable", "options": {"E": {"stat": "mean"}}}],
+        post=[
+            {
+                "id": "calculateField",
+                "options": {
+                    "mode": "index",
+                    "index": {"asPercentile": False},
+                    "alias": "row",
+                    "timeSeries": False,
+                },
+            },
+            {
+                "id": "calculateField",
+                "options": {
+                    "mode": "binary",
+                    "binary": {
+                        "left": {"matcher": {"id": "byName", "options": "row"}},
+                        "operator": "+",
+                        "right": {"fixed": "1"},
+                    },
+                    "alias": "Rank",
+                    "timeSeries": False,
+                },
+            },
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"row": True},
+                    "renameByName": {},
+                    "indexByName": {name: i for i, name in enumerate(order)},
+                },
+            },
+        ],
+        units={
+            "Cost (24h)": USD,
+            "Cost (month)": USD,
+            "Cost / call": USD,
+            "7-day trend": USD,
+            "Avg tokens / call": "short",
+            "Calls (24h)": "short",
+            "Rank": "none",
+        },
+        overrides=[
+            {
+                "matcher": {"id": "byName", "options": "7-day trend"},
+                "properties": [
+                    {"id": "custom.cellOptions", "value": {"type": "sparkline"}},
+                ],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Status"},
+                "properties": [
+                    {"id": "mappings", "value": status},
+                    {"id": "unit", "value": "none"},
+                    {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+                ],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Rank"},
+                "properties": [{"id": "custom.width", "value": 60}],
+            },
+        ],
+        timeFrom="7d",
+        hideTimeOverride=True,
+    )
+
+
+# --- Usage explorer -----------------------------------------------------------------------------
+
+
+def usage() -> Json:
+    tok_month = sel("llm_period_tokens", **MONTH)
+
+    def daily(metric: str, by: str, legend: str, unit: str, title: str, desc: str) -> Json:
+        return timeseries(
+            title,
+            desc,
+            [target(f"sum by ({by}) ({inc(metric, '1d')})", legend, interval="1d")],
+            unit,
+            w=8,
+            bars=True,
+            stack=True,
+        )
+
+    panels: list[Json] = [
+        row("Tokens"),
+        demo_banner(w=4),
+        stat(
+            "Tokens this month",
+            "All billed tokens this month (every token type; types never overlap), exact sum.",
+            [target(f"sum({dd(tok_month)})", instant=True)],
+            "short",
+            w=4,
+        ),
+        stat(
+            "Tokens today",
+            "All billed tokens today in the configured time zone, as of the last poll.",
+            [target(f"sum({dd(sel('llm_period_tokens', period='day'))})", instant=True)],
+            "short",
+            w=4,
+        ),
+        stat(
+            "Prompt cache hit ratio (month)",
+            "Cache-read input tokens / all input tokens (uncached + cache reads + cache "
+            "writes) this month. Higher is cheaper.",
+            [
+                target(
+                    f"sum({dd(sel('llm_period_tokens', period='month', token_type='~cache_read.*'))})"
+                    " / sum("
+                    + dd(
+                        sel(
+                            "llm_period_tokens",
+                            period="month",
+                            token_type="~input.*|cache_read.*|cache_write.*",
+                        )
+                    )
+                    + ")",
+                    instant=True,
+                )
+            ],
+            "percentunit",
+            w=4,
+        ),
+        stat(
+            "Model requests in range",
+            "Model requests the providers reported in the selected time range (counted from "
+            "when Prometheus started scraping). Anthropic reports no request counts.",
+            [target(f"sum({inc('llm_model_requests_total', '$__range')})", instant=True)],
+            "short",
+            w=4,
+        ),
+        stat(
+            "Tokens in range",
+            "Tokens reported in the selected time range (counted from when Prometheus started "
+            "scraping).",
+            [target(f"sum({inc('llm_tokens_total', '$__range')})", instant=True)],
+            "short",
+            w=4,
+        ),
+        timeseries(
+            "Tokens by type (hourly)",
+            "Tokens per hour by token type (input, output, cache reads and writes, audio, "
+            "image). Provider data arrives in steps when polls land.",
+            [
+                target(
+                    f"sum by (token_type) ({inc('llm_tokens_total', '1h')})",
+                    "{{token_type}}",
+                    interval="1h",
+                )
+            ],
+            "short",
+            bars=True,
+            stack=True,
+        ),
+        timeseries(
+            "Tokens by model (hourly, top 10)",
+            "Tokens per hour of the ten busiest models at each point.",
+            [
+                target(
+                    f"topk(10, sum by (provider, model) ({inc('llm_tokens_total', '1h')}))",
+                    "{{model}} ({{provider}})",
+                    interval="1h",
+                )
+            ],
+            "short",
+            bars=True,
+            stack=True,
+        ),
+        table(
+            "Tokens by model and type (month to date)",
+            "This month's tokens per provider, model and token type (exact period sums), "
+            "largest first.",
+            [
+                target(
+                    f"sum by (provider, model, token_type) ({dd(tok_month)})",
+                    instant=True,
+                    table=True,
+                )
+            ],
+            "short",
+            w=12,
+            h=9,
+            columns={
+                "provider": "Provider",
+                "model": "Model",
+                "token_type": "Token type",
+                "Value": "Tokens",
+            },
+            sort="Tokens",
+        ),
+        timeseries(
+            "Model requests by model (hourly)",
+            "Model requests per hour as reported by the providers (OpenAI num_model_requests, "
+            "Groq request counts).",
+            [
+                target(
+                    f"sum by (provider, model) ({inc('llm_model_requests_total', '1h')})",
+                    "{{model}} ({{provider}})",
+                    interval="1h",
+                )
+            ],
+            "short",
+            bars=True,
+            stack=True,
+        ),
+        daily(
+            "llm_model_requests_total",
+            "provider, operation",
+            "{{provider}} {{operation}}",
+            "short",
+            "Model requests by operation (daily)",
+            "Requests per day by operation (completions, embeddings, moderations, images, "
+            "audio ...).",
+        ),
+        row("Other billed measures"),
+        daily(
+            "llm_images_total",
+            "model, size",
+            "{{model}} {{size}}",
+            "short",
+            "Images (daily)",
+            "Images generated, edited or varied per day, by model and size.",
+        ),
+        daily(
+            "llm_audio_seconds_total",
+            "provider, model",
+            "{{model}} ({{provider}})",
+            "s",
+            "Audio transcribed (daily)",
+            "Seconds of audio transcribed per day, by model.",
+        ),
+        daily(
+            "llm_characters_total",
+            "provider, model",
+            "{{model}} ({{provider}})",
+            "short",
+            "Text-to-speech characters (daily)",
+            "Characters of text-to-speech input per day, by model.",
+        ),
+        timeseries(
+            "Vector store storage",
+            "Bytes held in vector stores in the latest reported bucket, by project: a level, "
+            "not a flow (billed per GB-day).",
+            [
+                target(
+                    f"label_replace(sum by (provider, project) ({dd(sel('llm_vector_store_bytes'))}),"
+                    ' "project", "(none)", "project", "")',
+                    "{{provider}} {{project}}",
+                )
+            ],
+            "bytes",
+            w=8,
+        ),
+        daily(
+            "llm_code_interpreter_sessions_total",
+            "provider, project",
+            "{{provider}} {{project}}",
+            "short",
+            "Code interpreter sessions (daily)",
+            "Code interpreter sessions per day, by project.",
+        ),
+        daily(
+            "llm_tool_calls_total",
+            "provider, tool",
+            "{{provider}} {{tool}}",
+            "short",
+            "Built-in tool calls (daily)",
+            "File search and web search calls per day, by provider and tool.",
+        ),
+    ]
+    return dashboard(
+        "llm-cost-usage",
+        "LLM cost / Usage explorer",
+        "Tokens by type and model, requests, and every non-token billed measure.",
+        panels,
+        "now-7d",
+    )
+
+
+# --- Prices and reconciliation -------------------------------------------------------------------
+
+
+def prices() -> Json:
+    rep_month = sel("llm_period_cost_reported_usd", **MONTH)
+    est_month = sel("llm_period_cost_estimated_usd", **MONTH)
+    recon = dd(sel("llm_cost_reconciliation_ratio"))
+    recon_steps = thresholds((None, "red"), (0.9, "green"), (1.1, "red"))
+    panels: list[Json] = [
+        row("Estimated vs reported"),
+        demo_banner(w=4),
+        stat(
+            "Reconciliation ratio",
+            "Estimated / reported cost over the closed days of this month, per account "
+            "(100 % = our price table agrees with the invoice). Outside 90-110 % a price is "
+            "missing or wrong: check unpriced models and price overrides.",
+            [target(recon, "{{provider}}/{{account}}", instant=True)],
+            "percentunit",
+            w=10,
+            steps=recon_steps,
+        ),
+        stat(
+            "Estimated minus reported (month)",
+            "Estimated minus reported cost this month, for providers that report cost. "
+            "Today's reported cost lags, so a positive gap early in the day is normal.",
+            [
+                target(
+                    f"sum by (provider) ({dd(est_month)}) - sum by (provider) ({dd(rep_month)})",
+                    "{{provider}}",
+                    instant=True,
+                )
+            ],
+            USD,
+            w=10,
+        ),
+        timeseries(
+            "Estimated vs reported cost per provider (daily)",
+            "Cost that arrived each day: reported by the provider's cost API vs estimated from "
+            "tokens x price. Reported cost lags usage, so compare over several days.",
+            [
+                target(
+                    f"sum by (provider) ({inc('llm_cost_reported_usd_total', '1d')})",
+                    "{{provider}} · reported",
+                    interval="1d",
+                ),
+                target(
+                    f"sum by (provider) ({inc('llm_cost_estimated_usd_total', '1d')})",
+                    "{{provider}} · estimated",
+                    interval="1d",
+                ),
+            ],
+            USD,
+            bars=True,
+        ),
+        timeseries(
+            "Reconciliation ratio over time",
+            "Estimated / reported cost over closed days of the current month, per account. "
+            "Resets with the month.",
+            [target(recon, "{{provider}}/{{account}}")],
+            "percentunit",
+            steps=recon_steps,
+        ),
+        table(
+            "Month to date by account",
+            "Reported and estimated cost this month per provider and account, their ratio, and "
+            "the reconciliation ratio over closed days (the fair comparison).",
+            [
+                target(f"sum by (provider, account) ({dd(rep_month)})", instant=True, table=True),
+                target(f"sum by (provider, account) ({dd(est_month)})", instant=True, table=True),
+                target(
+                    f"sum by (provider, account) ({dd(est_month)}) / "
+                    f"(sum by (provider, account) ({dd(rep_month)}) > 0)",
+                    instant=True,
+                    table=True,
+                ),
+                target(f"max by (provider, account) ({recon})", instant=True, table=True),
+            ],
+            USD,
+            h=7,
+            columns={
+                "provider": "Provider",
+                "account": "Account",
+                "Value #A": "Reported (month)",
+                "Value #B": "Estimated (month)",
+                "Value #C": "Estimated / reported (month)",
+                "Value #D": "Reconciliation (closed days)",
+            },
+            units={
+                "Estimated / reported (month)": "percentunit",
+                "Reconciliation (closed days)": "percentunit",
+            },
+            sort="Reported (month)",
+        ),
+        row("Unpriced usage"),
+        table(
+            "Models without a price",
+            "Models seen in usage that have no known price: their tokens are left out of "
+            "estimated cost (never counted as zero). Fix with a price override or alias in the "
+            "config.",
+            [
+                target(dd(sel("llm_unpriced_model_info")), instant=True, table=True),
+                target(
+                    f"sum by (provider, model) ({dd(sel('llm_unpriced_tokens_total'))})",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"sum by (provider, model) ({inc('llm_unpriced_tokens_total', '1d')})",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"sum by (provider, model) ({dd(sel('llm_unpriced_model_requests_total'))})",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            "short",
+            w=12,
+            h=8,
+            hide=("Time", "job", "Value #A"),
+            columns={
+                "provider": "Provider",
+                "model": "Model",
+                "Value #B": "Unpriced tokens (history)",
+                "Value #C": "Unpriced tokens (24h)",
+                "Value #D": "Requests (history)",
+            },
+            sort="Unpriced tokens (history)",
+        ),
+        timeseries(
+            "Unpriced tokens (hourly)",
+            "Tokens per hour with no known price, by model and token type: spend that no "
+            "estimate or budget can see.",
+            [
+                target(
+                    f"sum by (provider, model, token_type) "
+                    f"({inc('llm_unpriced_tokens_total', '1h')})",
+                    "{{model}} {{token_type}}",
+                    interval="1h",
+                )
+            ],
+            "short",
+            bars=True,
+            stack=True,
+        ),
+        row("Price table"),
+        table(
+            "Unit prices in force (USD per 1M tokens)",
+            "Today's unit price per model and token type, shown per million tokens, with its "
+            "source (price database or config override).",
+            [target(f"1e6 * {dd(sel('llm_price_usd_per_token'))}", instant=True, table=True)],
+            USD,
+            w=16,
+            h=10,
+            hide=("Time", "job"),
+            columns={
+                "provider": "Provider",
+                "model": "Model",
+                "token_type": "Token type",
+                "price_source": "Source",
+                "Value": "USD / 1M tokens",
+            },
+            extra_defaults={"decimals": 4},
+        ),
+        stat(
+            "Price database",
+            "Which price database and version are in force (genai-prices unless overridden).",
+            [target(dd("llm_price_data_info"), "{{source}} {{version}}", instant=True)],
+            "none",
+            w=8,
+            h=5,
+            text_mode="name",
+        ),
+        row("Savings and revisions"),
+        timeseries(
+            "Savings by model (daily)",
+            "What prompt caching (cached tokens x (input price - cache read price)) and batch "
+            "processing (shown when batch is in group_by) saved per day against standard "
+            "prices.",
+            [target(savings("provider, model", "1d"), "{{model}} · {{kind}}", interval="1d")],
+            USD,
+            w=20,
+            bars=True,
+            stack=True,
+        ),
+        stat(
+            "Reported cost revised away",
+            "Downward revisions (credits, corrections) of already-reported cost in the selected "
+            "range. Invoice total = reported cost - revisions.",
+            [
+                target(
+                    f"sum({inc('llm_cost_reported_revisions_usd_total', '$__range')}) or vector(0)",
+                    instant=True,
+                )
+            ],
+            USD,
+            w=4,
+            h=8,
+        ),
+    ]
+    return dashboard(
+        "llm-cost-prices",
+        "LLM cost / Prices and reconciliation",
+        "Does the estimate match the invoice, which models have no price, and what prices apply.",
+        panels,
+        "now-30d",
+    )
+
+
+# --- Exporter health -----------------------------------------------------------------------------
+
+
+def health() -> Json:
+    up = sel("llm_source_up")
+    by_src = "provider, account, endpoint"
+    src_legend = "{{provider}}/{{account}} {{endpoint}}"
+    up_map = vmap((0, "failing", "red"), (1, "ok", "green"))
+    panels: list[Json] = [
+        row("Status"),
+        demo_banner(),
+        stat(
+            "Exporter targets up",
+            f'Exporter targets Prometheus scrapes successfully (up{{job="{JOB}"}}) out of all '
+            "configured. Red when any is down.",
+            [
+                target(f'sum(up{{job="{JOB}"}})', "up", instant=True),
+                target(f'count(up{{job="{JOB}"}})', "configured", instant=True),
+            ],
+            "short",
+            steps=thresholds((None, "red"), (1, "green")),
+        ),
+        stat(
+            "Sources up",
+            "Provider endpoints whose last poll succeeded, out of all polled (worst replica).",
+            [
+                target(f"sum(min by ({by_src}) ({up}))", "up", instant=True),
+                target(f"count(min by ({by_src}) ({up}))", "polled", instant=True),
+            ],
+            "short",
+        ),
+        stat(
+            "Last exposition rebuild",
+            "When the exporter last rebuilt its metrics after a poll (oldest replica).",
+            [target("1000 * min(llm_exporter_last_poll_timestamp_seconds)", instant=True)],
+            "dateTimeFromNow",
+        ),
+        stat(
+            "Exporter version",
+            "Version, revision and Python version of each running exporter.",
+            [
+                target(
+                    "count by (version, revision, python_version) (llm_exporter_build_info)",
+                    "{{version}} ({{revision}}, Python {{python_version}})",
+                    instant=True,
+                )
+            ],
+            "none",
+            w=6,
+            text_mode="name",
+        ),
+        stat(
+            "Scrape duration",
+            "How long Prometheus takes to scrape the exporter (it serves a cached exposition, "
+            "so this stays small whatever the series count).",
+            [target(f'max(scrape_duration_seconds{{job="{JOB}"}})', instant=True)],
+            "s",
+            steps=thresholds((None, "green"), (1, "yellow"), (5, "red")),
+        ),
+        dict(FIRING),
+        panel(
+            "state-timeline",
+            "Source status over time",
+            "Whether each endpoint's last poll succeeded (worst replica). A failing source "
+            "keeps serving its last good data; see failures by reason below.",
+            [target(f"min by ({by_src}) ({up})", src_legend)],
+            unit="none",
+            w=12,
+            h=8,
+            mappings=up_map,
+            steps=thresholds((None, "red"), (1, "green")),
+            options={
+                "showValue": "never",
+                "mergeValues": True,
+                "alignValue": "left",
+                "rowHeight": 0.9,
+                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                "tooltip": {"mode": "single", "sort": "none"},
+            },
+            custom={"fillOpacity": 70, "lineWidth": 0},
+        ),
+        table(
+            "Sources",
+            "Per endpoint: last poll result, last successful poll, data watermark (end of the "
+            "newest complete bucket) and the newest bucket the provider returned. A late "
+            "watermark with a recent success means the provider's data is late, not the "
+            "exporter.",
+            [
+                target(f"min by ({by_src}) ({up})", instant=True, table=True),
+                target(
+                    f"1000 * min by ({by_src}) "
+                    f"({sel('llm_source_last_success_timestamp_seconds')})",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"1000 * min by ({by_src}) ({sel('llm_source_watermark_timestamp_seconds')})",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"1000 * min by ({by_src}) "
+                    f"({sel('llm_source_latest_bucket_timestamp_seconds')})",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            "dateTimeFromNow",
+            w=12,
+            h=8,
+            columns={
+                "provider": "Provider",
+                "account": "Account",
+                "endpoint": "Endpoint",
+                "Value #A": "Last poll",
+                "Value #B": "Last success",
+                "Value #C": "Watermark",
+                "Value #D": "Newest bucket",
+            },
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": "Last poll"},
+                    "properties": [
+                        {"id": "unit", "value": "none"},
+                        {"id": "mappings", "value": up_map},
+                        {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+                    ],
+                }
+            ],
+        ),
+        timeseries(
+            "Time since last successful poll",
+            "Seconds since each endpoint was last polled successfully (worst replica). It "
+            "should stay under two poll intervals.",
+            [
+                target(
+                    f"time() - min by ({by_src}) "
+                    f"({sel('llm_source_last_success_timestamp_seconds')})",
+                    src_legend,
+                )
+            ],
+            "s",
+        ),
+        timeseries(
+            "Data watermark lag",
+            "Seconds since each endpoint's data watermark (newest final bucket). It trails by "
+            "the revision horizon (by default 2 days for usage, 5 for costs) plus up to a "
+            "bucket; a lag that keeps growing means the provider stopped delivering data.",
+            [
+                target(
+                    f"time() - min by ({by_src}) ({sel('llm_source_watermark_timestamp_seconds')})",
+                    src_legend,
+                )
+            ],
+            "s",
+        ),
+        row("Provider API"),
+        timeseries(
+            "API requests by status code (hourly)",
+            "HTTP requests to the provider APIs per hour (every attempt, retries included) by "
+            "status code, summed over replicas: each replica really makes its own calls.",
+            [
+                target(
+                    f"sum by (provider, code) "
+                    f"(increase({sel('llm_source_api_requests_total')}[1h]))",
+                    "{{provider}} {{code}}",
+                    interval="1h",
+                )
+            ],
+            "short",
+            w=8,
+            bars=True,
+            stack=True,
+        ),
+        timeseries(
+            "API failures by reason (hourly)",
+            "Failed provider API attempts per hour by reason (auth, rate_limited, server_error, "
+            "timeout, ...). auth means a revoked or wrong key. The none series is zero when "
+            "nothing ever failed.",
+            [
+                target(
+                    fallback(
+                        "sum by (provider, reason) "
+                        f"(increase({sel('llm_source_api_request_failures_total')}[1h]))",
+                        "reason",
+                    ),
+                    "{{provider}} {{reason}}",
+                    interval="1h",
+                )
+            ],
+            "short",
+            w=8,
+            bars=True,
+            stack=True,
+        ),
+        timeseries(
+            "API request duration",
+            "Provider API request duration quantiles over the last hour, per provider.",
+            [
+                target(
+                    f"histogram_quantile({q}, sum by (le, provider) (rate("
+                    f"{sel('llm_source_api_request_duration_seconds', suffix='_bucket')}[1h])))",
+                    f"{{{{provider}}}} p{int(q * 100)}",
+                )
+                for q in (0.5, 0.9, 0.99)
+            ],
+            "s",
+            w=8,
+        ),
+        row("Polls"),
+        timeseries(
+            "Poll duration",
+            "How long the last poll of each account took (slowest replica), retries and "
+            "back-off included.",
+            [
+                target(
+                    f"max by (provider, account) ({sel('llm_source_poll_duration_seconds')})",
+                    "{{provider}}/{{account}}",
+                )
+            ],
+            "s",
+            w=6,
+        ),
+        timeseries(
+            "API requests per poll",
+            "HTTP requests the last poll of each account made (pages x endpoints + retries).",
+            [
+                target(
+                    f"max by (provider, account) ({sel('llm_source_poll_api_requests')})",
+                    "{{provider}}/{{account}}",
+                )
+            ],
+            "short",
+            w=6,
+        ),
+        timeseries(
+            "Rows ingested (hourly)",
+            "Rows written to the ledger per hour from each endpoint (re-fetched buckets count "
+            "again: the ledger replaces them).",
+            [
+                target(
+                    f"sum by ({by_src}) (increase({sel('llm_source_rows_ingested_total')}[1h]))",
+                    src_legend,
+                    interval="1h",
+                )
+            ],
+            "short",
+            w=6,
+        ),
+        timeseries(
+            "Payload errors (hourly)",
+            "Rows or pages the exporter could not understand and skipped, per hour. Anything "
+            "above zero means a provider changed its API: check the exporter logs. The none "
+            "series is zero when nothing was ever skipped.",
+            [
+                target(
+                    fallback(
+                        f"sum by ({by_src}) "
+                        f"(increase({sel('llm_source_payload_errors_total')}[1h]))",
+                        "endpoint",
+                    ),
+                    src_legend,
+                    interval="1h",
+                )
+            ],
+            "short",
+            w=6,
+            steps=thresholds((None, "green"), (1, "red")),
+        ),
+    ]
+    return dashboard(
+        "llm-cost-exporter",
+        "LLM cost / Exporter health",
+        "Is the exporter polling every provider, how fresh is the data, and what is failing.",
+        panels,
+        "now-24h",
+    )
+
+
+DASHBOARDS = {
+    "llm-cost-overview.json": overview,
+    "llm-cost-usage.json": usage,
+    "llm-cost-prices.json": prices,
+    "llm-cost-exporter.json": health,
+}
+
+
+def render(build: Any) -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> None:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, build in DASHBOARDS.items():
+        (OUT_DIR / name).write_text(render(build), encoding="utf-8")
+        print(f"wrote {OUT_DIR / name}")
+
+
+if __name__ == "__main__":
+    main()
