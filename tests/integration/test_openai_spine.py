@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -232,17 +231,22 @@ def test_revoked_key_is_an_auth_failure_not_retried(tmp_path: Path, sim: Simulat
     app.stop()
 
 
-def test_estimated_cost_reconciles_with_reported(tmp_path: Path, sim: SimulatorServer) -> None:
+def test_estimated_cost_matches_the_price_card_per_model(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """The simulator prices tokens with genai-prices, so our estimate must agree per model."""
     app = make_app(tmp_path, sim)
     app.poll_once()
     got = exposed(app)
-    # closed days only: both sides complete
-    end = (NOW - sim.settings.cost_lag) // 86400 * 86400
-    est = Decimal(0)
-    for (name, labels), v in got.items():
-        if name == "llm_cost_estimated_usd_total":
-            est += Decimal(str(v))
-    assert est > 0
-    assert total(got, "llm_unpriced_tokens_total") > 0  # the simulator's unknown model
-    del end
+    truth = sim.dataset.truth("openai", START_TS, NOW, group=("model",), operation="completions")
+    checked = 0
+    for (model,), measures in truth.items():
+        est = total(got, "llm_cost_estimated_usd_total", operation="completions", model=model)
+        if model == "acme-internal-1":  # unknown to the price database: unpriced, never $0
+            assert est == 0
+            assert total(got, "llm_unpriced_tokens_total", model=model) > 0
+            continue
+        assert est == pytest.approx(float(measures["cost"]), rel=1e-9), model
+        checked += 1
+    assert checked >= 3
     app.stop()
