@@ -1,0 +1,73 @@
+"""A bad configuration names the key and the problem, exits 2, and never echoes a key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(
+    tmp_path: Path, config: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "config.yml"
+    path.write_text(config)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        check=False,
+        cwd=tmp_path,
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("pol_interval: 5m\n", "pol_interval: unknown setting"),
+        ("poll_interval: soon\n", "poll_interval: 'soon' is not a duration"),
+        ("timezone: Mars/Olympus\n", "timezone: unknown time zone"),
+        (
+            "providers:\n  openai:\n    - account: main\n      bogus: 1\n",
+            "providers.openai[0].bogus: unknown setting",
+        ),
+        (
+            "providers:\n  openai:\n    - account: main\n",
+            "providers.openai[0] (account 'main'): no API key: set OPENAI_ADMIN_KEY",
+        ),
+        (
+            "state_file: /nonexistent-dir/state.db\n",
+            "state_file: directory /nonexistent-dir does not exist",
+        ),
+        ("budgets:\n  - name: b\n    limit_usd: -5\n", "budgets[0].limit_usd"),
+        ("group_by: [model, colour]\n", "group_by: unknown dimension(s) ['colour']"),
+        ("- not a mapping\n", "must hold a mapping"),
+    ],
+)
+def test_bad_config_names_the_key_and_exits_2(tmp_path: Path, config: str, expected: str) -> None:
+    out = run(tmp_path, config)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert expected in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_good_config_with_key_from_file_checks_ok(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("test-admin-key-from-file\n")
+    out = run(
+        tmp_path,
+        "providers:\n  openai:\n    - account: main\n    - account: staging\n      key_env: STAGING_KEY\n",
+        {"OPENAI_ADMIN_KEY_FILE": str(key), "STAGING_KEY": "test-staging-key"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "openai/main, openai/staging" in out.stdout
+    assert "test-admin-key-from-file" not in out.stdout + out.stderr
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    out = run(tmp_path, "poll_interval: 5m\n", {"LLM_EXPORTER_POLL_INTERVAL": "never"})
+    assert out.returncode == 2
+    assert "poll_interval: 'never' is not a duration" in out.stderr
