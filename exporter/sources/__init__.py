@@ -7,11 +7,12 @@ windows, horizons and persistence live in the poller and the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from exporter.rows import Bucket
+from exporter.settings import parse_duration
 
 DAY = 86400
 HOUR = 3600
@@ -57,3 +58,19 @@ def registry() -> dict[str, SourceFactory]:
         "anthropic": anthropic.AnthropicSource,
         "groq": groq.GroqSource,
     }
+
+
+def horizon_option(options: Mapping[str, Any], name: str, default: int, width: int) -> int:
+    """A revision horizon from `options[name]` (a duration), at least one bucket wide."""
+    if name not in options:
+        return default
+    try:
+        seconds = int(parse_duration(options[name]))
+    except ValueError as exc:
+        raise ValueError(f"options.{name}: {exc}") from None
+    if seconds < width:
+        raise ValueError(
+            f"options.{name}: {options[name]!r} is shorter than the bucket width ({width}s), "
+            "so the current bucket would be final before it closes"
+        )
+    return seconds

@@ -45,8 +45,8 @@ from typing import Any
 
 from exporter import rows
 from exporter.rows import Bucket, Number, Row
-from exporter.settings import GROUPABLE, AccountSettings, parse_duration
-from exporter.sources import DAY, HOUR, Endpoint
+from exporter.settings import GROUPABLE, AccountSettings
+from exporter.sources import DAY, HOUR, Endpoint, horizon_option
 from exporter.sources._http import ApiClient, Params, paginate
 
 log = logging.getLogger(__name__)
@@ -270,9 +270,9 @@ class AnthropicSource:
             raise ValueError(f"group_by: unknown dimension(s) {unknown_dims}")
         # Two days for 1h buckets too: 48 hourly buckets fit one page (limit 168), so a longer
         # look back at late rows costs no extra request.
-        self.usage_horizon = _horizon(opts, "usage_horizon", 2 * DAY, bucket_width)
-        self.costs_horizon = _horizon(opts, "costs_horizon", 5 * DAY, DAY)
-        self.claude_code_horizon = _horizon(opts, "claude_code_horizon", 3 * DAY, DAY)
+        self.usage_horizon = horizon_option(opts, "usage_horizon", 2 * DAY, bucket_width)
+        self.costs_horizon = horizon_option(opts, "costs_horizon", 5 * DAY, DAY)
+        self.claude_code_horizon = horizon_option(opts, "claude_code_horizon", 3 * DAY, DAY)
         self.claude_code = _flag(opts, "claude_code")
         self.actor_emails = _flag(opts, "claude_code_actor_emails")
 
@@ -485,21 +485,6 @@ class AnthropicSource:
     def _skip(self, endpoint: str, exc: _Malformed) -> None:
         self.payload_errors[endpoint] = self.payload_errors.get(endpoint, 0) + 1
         log.warning("anthropic/%s %s: skipped a malformed row: %s", self.account, endpoint, exc)
-
-
-def _horizon(opts: Mapping[str, Any], name: str, default: int, width: int) -> int:
-    if name not in opts:
-        return default
-    try:
-        seconds = int(parse_duration(opts[name]))
-    except ValueError as exc:
-        raise ValueError(f"options.{name}: {exc}") from None
-    if seconds < width:
-        raise ValueError(
-            f"options.{name}: must be at least the bucket width ({width}s), or buckets "
-            "would be final before they close"
-        )
-    return seconds
 
 
 def _flag(opts: Mapping[str, Any], name: str) -> bool:

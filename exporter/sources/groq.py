@@ -51,8 +51,8 @@ from typing import Any, NoReturn
 
 from exporter import rows
 from exporter.rows import Bucket, Number, Row
-from exporter.settings import GROUPABLE, AccountSettings, parse_duration
-from exporter.sources import DAY, Endpoint
+from exporter.settings import GROUPABLE, AccountSettings
+from exporter.sources import DAY, Endpoint, horizon_option
 from exporter.sources._http import (
     AUTH,
     CLIENT_ERROR,
@@ -152,7 +152,7 @@ class GroqSource:
         if not self.metrics:
             raise ValueError("options.metrics: every metric is disabled; nothing to poll")
         # Two days whatever the width: one query per metric covers it (576 five-minute points).
-        self.usage_horizon = _horizon(opts, "usage_horizon", 2 * DAY, bucket_width)
+        self.usage_horizon = horizon_option(opts, "usage_horizon", 2 * DAY, bucket_width)
         # our dimension -> Prometheus label; only what the account groups by
         self._dims = [
             (dim, label)
@@ -360,18 +360,3 @@ def _label(opts: Mapping[str, Any], name: str, default: str) -> str:
     if not isinstance(value, str) or not _LABEL.match(value):
         raise ValueError(f"options.{name}: {value!r} is not a Prometheus label name")
     return value
-
-
-def _horizon(opts: Mapping[str, Any], name: str, default: int, width: int) -> int:
-    if name not in opts:
-        return default
-    try:
-        seconds = int(parse_duration(opts[name]))
-    except ValueError as exc:
-        raise ValueError(f"options.{name}: {exc}") from None
-    if seconds < width:
-        raise ValueError(
-            f"options.{name}: must be at least the bucket width ({width}s), or buckets "
-            "would be final before they close"
-        )
-    return seconds

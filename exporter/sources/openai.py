@@ -47,8 +47,8 @@ from exporter.rows import (
     Row,
     token_measure,
 )
-from exporter.settings import GROUPABLE, AccountSettings, parse_duration
-from exporter.sources import DAY, HOUR, Endpoint
+from exporter.settings import GROUPABLE, AccountSettings
+from exporter.sources import DAY, HOUR, Endpoint, horizon_option
 from exporter.sources._http import ApiClient, paginate
 
 log = logging.getLogger(__name__)
@@ -427,21 +427,6 @@ ENDPOINTS = tuple(_SPECS)
 # --- options ---------------------------------------------------------------------------------
 
 
-def _horizon(options: Mapping[str, Any], key: str, default: int, width: int) -> int:
-    if key not in options:
-        return default
-    try:
-        seconds = int(parse_duration(options[key]))
-    except ValueError as exc:
-        raise ValueError(f"options.{key}: {exc}") from None
-    if seconds < width:
-        raise ValueError(
-            f"options.{key}: {options[key]!r} is shorter than the bucket width ({width}s), "
-            "so the current bucket would never be fetched"
-        )
-    return seconds
-
-
 def _enabled(options: Mapping[str, Any]) -> tuple[str, ...]:
     names = options.get("endpoints")
     if names is None:
@@ -494,10 +479,10 @@ class OpenAISource:
         self.account = account.account
         self._client = client
         self._width = bucket_width
-        self._usage_horizon = _horizon(
+        self._usage_horizon = horizon_option(
             options, "usage_horizon", DEFAULT_USAGE_HORIZON, bucket_width
         )
-        self._costs_horizon = _horizon(options, "costs_horizon", DEFAULT_COSTS_HORIZON, DAY)
+        self._costs_horizon = horizon_option(options, "costs_horizon", DEFAULT_COSTS_HORIZON, DAY)
         self._enabled = _enabled(options)
         wanted = set(group_by)
         # Per endpoint: the OpenAI group_by values sent, in the spec's order.
