@@ -255,12 +255,16 @@ def _revision_rows(revisions: Sequence[Revision]) -> list[StoredRow]:
     ]
 
 
+_RecKey = tuple[str, str, int]  # (model, token_type, UTC day start)
+
+
 @dataclass
 class _Spend:
-    """Per (provider, account): daily reported and estimated spend (UTC day starts)."""
+    """Per (provider, account): token spend by (model, token type, UTC day start), reported
+    (cost lines that name a model and token type) and estimated, for reconciliation."""
 
-    reported: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    estimated: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    reported: dict[_RecKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    estimated: dict[_RecKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     newest_cost_day: int | None = None  # start of the newest non-empty cost bucket
     cost_dims: set[str] = field(default_factory=set)
 
@@ -296,7 +300,8 @@ def build(inp: ModelInput) -> list[Family]:
             for p in periods:
                 b.add("llm_period_cost_reported_usd", {**labels, "period": p}, usd)
             sp = spend[(sr.provider, sr.account)]
-            sp.reported[utc_day] += usd
+            if row.dim("token_type") and row.dim("model"):
+                sp.reported[(row.dim("model"), row.dim("token_type"), utc_day)] += usd
             sp.cost_dims.update(k for k, _ in row.dims)
             if usd and (sp.newest_cost_day is None or utc_day > sp.newest_cost_day):
                 sp.newest_cost_day = utc_day
@@ -335,6 +340,8 @@ def build(inp: ModelInput) -> list[Family]:
             row_usd = Decimal(0)
             for tt, (usd, source) in est.costs.items():
                 row_usd += usd
+                if not revised:
+                    spend[(sr.provider, sr.account)].estimated[(model, tt, utc_day)] += usd
                 lab = {**labels, "token_type": tt, "price_source": source}
                 b.add("llm_cost_estimated_usd_total", lab, usd)
                 for p in periods:
@@ -351,7 +358,6 @@ def build(inp: ModelInput) -> list[Family]:
             if est.batch_savings:
                 b.add("llm_batch_savings_usd_total", labels, est.batch_savings)
             if not revised:
-                spend[(sr.provider, sr.account)].estimated[utc_day] += row_usd
                 budgets.add(labels, sr.start, estimated=row_usd, unpriced=unpriced)
 
     for (p, a, project), (_, v) in storage.items():
@@ -370,16 +376,34 @@ def build(inp: ModelInput) -> list[Family]:
 
 
 def _reconciliation(b: Builder, spend: Mapping[tuple[str, str], _Spend], month_start: int) -> None:
-    """Estimated / reported over this month's closed cost days (both sides complete)."""
+    """Estimated / reported token cost over this month's closed cost days.
+
+    Like is compared with like: only (model, token type) pairs that the estimate prices and
+    the provider bills as a token line item, so image, storage and tool costs, or a model
+    with no known price, never read as drift (they have their own metrics and alerts). A
+    billed line whose model name differs from the usage's model is left out, not mismatched.
+    """
     month_day = month_start - month_start % 86400
     for (p, a), sp in spend.items():
         if sp.newest_cost_day is None:
             continue
-        days = [d for d in sp.reported if month_day <= d < sp.newest_cost_day]
-        reported = sum((sp.reported[d] for d in days), Decimal(0))
-        estimated = sum((sp.estimated.get(d, Decimal(0)) for d in days), Decimal(0))
-        if reported > 0:
-            b.fam("llm_cost_reconciliation_ratio").set((p, a), estimated / reported)
+        closed = sp.newest_cost_day
+        priced = {(m, tt) for m, tt, d in sp.estimated if month_day <= d < closed}
+        billed = {(m, tt) for m, tt, d in sp.reported if month_day <= d < closed}
+        both = priced & billed
+        per_model: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+        for side, series in ((0, sp.estimated), (1, sp.reported)):
+            for (m, tt, d), usd in series.items():
+                if month_day <= d < closed and (m, tt) in both:
+                    per_model[m][side] += usd
+        est_total = rep_total = Decimal(0)
+        for m, (est, rep) in per_model.items():
+            if rep > 0:
+                b.fam("llm_model_cost_reconciliation_ratio").set((p, a, m), est / rep)
+                est_total += est
+                rep_total += rep
+        if rep_total > 0:
+            b.fam("llm_cost_reconciliation_ratio").set((p, a), est_total / rep_total)
 
 
 _Series = tuple[dict[dt.date, Decimal], dict[dt.date, Decimal], list[int]]

@@ -133,7 +133,14 @@ SPECS: tuple[Spec, ...] = (
         "llm_cost_reconciliation_ratio",
         GAUGE,
         ("provider", "account"),
-        "Estimated / reported cost over closed days of the current month (1 = agree).",
+        "Estimated / reported token cost over closed days of the current month, on the model "
+        "and token types both sides cover (1 = agree).",
+    ),
+    Spec(
+        "llm_model_cost_reconciliation_ratio",
+        GAUGE,
+        ("provider", "account", "model"),
+        "Estimated / reported token cost of one model over closed days of the current month.",
     ),
     Spec(
         "llm_cache_savings_usd_total",

@@ -56,6 +56,7 @@ DIMENSIONS = (
     "source",  # image source (image.generation, ...)
     "tool",  # file_search, web_search, code_execution
     "line_item",  # cost line item / description
+    "token_type",  # on cost rows only: the token type a cost line bills (reconciliation)
     "currency",
 )
 

@@ -92,6 +92,9 @@ _TOKEN_FIELDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("output_tokens",), "output"),
 )
 
+# cost report token_type -> our token type (the same partition as the usage report)
+_COST_TOKEN_TYPES = {".".join(path): tt for path, tt in _TOKEN_FIELDS}
+
 _CC_TOKEN_FIELDS = (
     ("input", "input"),
     ("output", "output"),
@@ -354,9 +357,11 @@ class AnthropicSource:
         currency = result.get("currency") or "usd"  # Anthropic bills in USD
         if not isinstance(currency, str):
             raise _Malformed("currency is not a string")
-        # cost_type and token_type are not dimensions: the description ("Claude Opus 4.6
-        # Usage - Output Tokens") already names them, and extra dims would only split rows.
+        # cost_type is not a dimension: the description ("Claude Opus 4.6 Usage - Output
+        # Tokens") already names it. token_type marks token costs for reconciliation.
+        raw_tt = _dim(result.get("token_type"), "token_type")
         dims = {
+            "token_type": _COST_TOKEN_TYPES.get(raw_tt, raw_tt) if raw_tt else raw_tt,
             "project": _dim(result.get("workspace_id"), "workspace_id"),
             "line_item": _dim(result.get("description"), "description"),
             "model": _dim(result.get("model"), "model"),

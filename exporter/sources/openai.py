@@ -336,7 +336,37 @@ def _parse_costs(r: Mapping[str, Any]) -> _Parsed:
         currency = "usd"  # OpenAI bills in USD; a missing currency is read as usd
     if not isinstance(currency, str):
         raise _Malformed("amount.currency is not a string")
-    return _Parsed({COST: _money(amount.get("value"))}, {"currency": currency.strip().lower()})
+    dims = {"currency": currency.strip().lower()}
+    dims.update(_token_line(r.get("line_item")))
+    return _Parsed({COST: _money(amount.get("value"))}, dims)
+
+
+# Token kinds of cost line items ("<model>, <kind>"): seen live are input, cached input and
+# output; the rest follow the usage fields' naming. A line item that does not parse stays
+# opaque (no model, no token type): it is still counted, only not reconciled per model.
+_LINE_KINDS = {
+    "input": "input",
+    "cached input": "cache_read",
+    "cache write input": "cache_write",
+    "audio input": "input_audio",
+    "cached audio input": "cache_read_audio",
+    "image input": "input_image",
+    "cached image input": "cache_read_image",
+    "output": "output",
+    "audio output": "output_audio",
+    "image output": "output_image",
+}
+
+
+def _token_line(line_item: Any) -> dict[str, str]:
+    """`model` and `token_type` of a token cost line, so it can be reconciled per model."""
+    if not isinstance(line_item, str) or ", " not in line_item:
+        return {}
+    model, kind = line_item.rsplit(", ", 1)
+    token_type = _LINE_KINDS.get(kind.strip().lower())
+    if token_type is None or not model.strip():
+        return {}
+    return {"model": model.strip(), "token_type": token_type}
 
 
 _REQ = ("num_model_requests", REQUESTS)

@@ -343,6 +343,7 @@ def test_costs_cents_strings_to_exact_usd_and_equal_dims_summed() -> None:
         service_tier="standard",
         context_window="0-200k",
         currency="usd",
+        token_type="output",  # the cost report's output_tokens, in our token types
     )
     # "2010.50000" + "0.12345678901234567890" cents (two inference geos, one group), exactly.
     assert day1[("costs", opus_out)].measures == {"cost": Decimal("20.1062345678901234567890")}

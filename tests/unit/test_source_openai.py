@@ -512,7 +512,9 @@ def test_costs_amounts_are_exact_decimals() -> None:
     assert number.dims == (
         ("currency", "usd"),
         ("line_item", "gpt-5.4-2026-03-05, input"),
+        ("model", "gpt-5.4-2026-03-05"),  # a token line item names its model and token type
         ("project", "proj_x"),
+        ("token_type", "input"),
     )
     assert number.measures == {"cost": Decimal("4.60935")}
     string = rows["web search tool calls"]
@@ -657,3 +659,23 @@ def test_malformed_rows_and_buckets_are_skipped_and_counted() -> None:
     fetch(source, "embeddings")
     assert source.payload_errors["embeddings"] == 18  # cumulative
     assert source.payload_errors["completions"] == 0
+
+
+@pytest.mark.parametrize(
+    ("line_item", "expected"),
+    [
+        ("gpt-4o-2024-08-06, input", {"model": "gpt-4o-2024-08-06", "token_type": "input"}),
+        ("gpt-4o, cached input", {"model": "gpt-4o", "token_type": "cache_read"}),
+        ("gpt-realtime, audio output", {"model": "gpt-realtime", "token_type": "output_audio"}),
+        ("gpt-image-1, images 1024x1024", {}),  # not a token line: stays opaque
+        ("web search tool calls", {}),
+        (", input", {}),
+        (None, {}),
+    ],
+)
+def test_token_cost_lines_name_model_and_token_type(
+    line_item: str | None, expected: dict[str, str]
+) -> None:
+    from exporter.sources.openai import _token_line
+
+    assert _token_line(line_item) == expected

@@ -1,0 +1,89 @@
+"""Estimated vs reported cost against the simulator, whose price card is genai-prices'."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.app import App
+from exporter.settings import load
+from exporter.simulator.server import SimulatorServer
+from exporter.sources._http import RetryPolicy
+from tests.helpers import parse, total
+
+NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())
+RETRY = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, retry_after_max=0.02)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorServer]:
+    s = SimulatorServer(port=0, seed=11, start=dt.date(2026, 10, 1), now=NOW).start()
+    yield s
+    s.stop()
+
+
+def exposition(tmp: Path, sim: SimulatorServer, **extra: Any) -> dict[Any, float]:
+    cfg: dict[str, Any] = {
+        "history_start": "2026-11-01",
+        "state_file": str(tmp / "state.db"),
+        "providers": {
+            "openai": [{"account": "o", "base_url": sim.openai_base_url, "key_env": "K_OPENAI"}],
+            "anthropic": [
+                {"account": "a", "base_url": sim.anthropic_base_url, "key_env": "K_ANTHROPIC"}
+            ],
+        },
+        **extra,
+    }
+    (tmp / "c.yml").write_text(yaml.safe_dump(cfg))
+    env = {"K_OPENAI": sim.settings.openai_key, "K_ANTHROPIC": sim.settings.anthropic_key}
+    app = App(load(tmp / "c.yml", env), clock=lambda: float(sim.now()), retry=RETRY)
+    app.poll_once()
+    got = parse(app.exposition.current.body)
+    app.stop()
+    return got
+
+
+def ratio(got: dict[Any, float], **labels: str) -> float:
+    name = (
+        "llm_model_cost_reconciliation_ratio"
+        if "model" in labels
+        else "llm_cost_reconciliation_ratio"
+    )
+    found = [
+        v
+        for (n, ls), v in got.items()
+        if n == name and all((k, v2) in ls for k, v2 in labels.items())
+    ]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def test_ratio_is_one_when_the_price_card_is_the_database(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    got = exposition(tmp_path, sim)
+    for provider in ("openai", "anthropic"):
+        assert ratio(got, provider=provider) == pytest.approx(1.0, abs=1e-9)
+    models = [ls for (n, ls), _ in got.items() if n == "llm_model_cost_reconciliation_ratio"]
+    assert len(models) >= 6
+    for (n, ls), v in got.items():
+        if n == "llm_model_cost_reconciliation_ratio":
+            assert v == pytest.approx(1.0, abs=1e-9), ls
+    # image, storage and tool costs, and the unknown model's cost, are not part of the ratio
+    assert not any(("model", "acme-internal-1") in ls for ls in models)
+    assert total(got, "llm_unpriced_tokens_total", model="acme-internal-1") > 0
+
+
+def test_an_override_shows_up_as_the_expected_ratio(tmp_path: Path, sim: SimulatorServer) -> None:
+    override = {"provider": "openai", "model": "gpt-4o", "multiplier": 0.8}
+    got = exposition(tmp_path, sim, prices={"overrides": [override]})
+    assert ratio(got, provider="openai", model="gpt-4o") == pytest.approx(0.8, abs=1e-9)
+    assert ratio(got, provider="openai", model="gpt-4o-mini") == pytest.approx(1.0, abs=1e-9)
+    assert 0.8 < ratio(got, provider="openai") < 1.0
+    assert total(got, "llm_cost_estimated_usd_total", model="gpt-4o", price_source="override") > 0
+    assert total(got, "llm_cost_estimated_usd_total", model="gpt-4o", price_source="database") == 0
