@@ -32,6 +32,11 @@ from exporter.ledger import Revision, StoredRow
 from exporter.names import OPT
 from exporter.rows import (
     AUDIO_SECONDS,
+    CC_COMMITS,
+    CC_ESTIMATED_COST,
+    CC_LINES_ADDED,
+    CC_LINES_REMOVED,
+    CC_PULL_REQUESTS,
     CHARACTERS,
     COST,
     IMAGES,
@@ -282,10 +287,11 @@ def build(inp: ModelInput) -> list[Family]:
     rows = [(sr, False) for sr in inp.rows] + [(sr, True) for sr in _revision_rows(inp.revisions)]
     for sr, revised in rows:
         row = sr.row
-        if row.operation == "claude_code":
-            continue  # the same requests as the messages report: never added to its tokens
         labels = _labels(sr)
         m = row.measures
+        if row.operation == CLAUDE_CODE:
+            _claude_code(b, labels, m)  # its own metrics: never added to llm_tokens_total
+            continue
         periods = [] if revised else [p for p in PERIODS if sr.start >= start_ts[p]]
         day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
         utc_day = sr.start - sr.start % 86400
@@ -373,6 +379,28 @@ def build(inp: ModelInput) -> list[Family]:
     if inp.health.last_poll is not None:
         b.fam("llm_exporter_last_poll_timestamp_seconds").set((), inp.health.last_poll)
     return list(b.fams.values())
+
+
+CLAUDE_CODE = "claude_code"
+_CC_COUNTERS = {
+    SESSIONS: ("llm_claude_code_sessions_total", {}),
+    CC_LINES_ADDED: ("llm_claude_code_lines_total", {"change": "added"}),
+    CC_LINES_REMOVED: ("llm_claude_code_lines_total", {"change": "removed"}),
+    CC_COMMITS: ("llm_claude_code_commits_total", {}),
+    CC_PULL_REQUESTS: ("llm_claude_code_pull_requests_total", {}),
+}
+
+
+def _claude_code(b: Builder, labels: Mapping[str, str], m: Mapping[str, Number]) -> None:
+    for name, v in m.items():
+        if name in _CC_COUNTERS:
+            metric, extra = _CC_COUNTERS[name]
+            b.add(metric, {**labels, **extra}, int(v))
+        elif name.startswith(TOKENS):
+            tt = name[len(TOKENS) :]
+            b.add("llm_claude_code_tokens_total", {**labels, "token_type": tt}, int(v))
+        elif name == CC_ESTIMATED_COST:
+            b.add("llm_claude_code_estimated_cost_usd_total", labels, Decimal(v))
 
 
 def _reconciliation(b: Builder, spend: Mapping[tuple[str, str], _Spend], month_start: int) -> None:

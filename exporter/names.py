@@ -161,6 +161,45 @@ SPECS: tuple[Spec, ...] = (
         (),
         "When the price data in force was published or last refreshed.",
     ),
+    # --- Claude Code (Anthropic, opt-in) ----------------------------------------------------
+    Spec(
+        "llm_claude_code_sessions_total",
+        COUNTER,
+        ("provider", "account", "user"),
+        f"Claude Code sessions per actor (an API key name, or 'user' unless e-mails are enabled), {_SINCE}.",
+    ),
+    Spec(
+        "llm_claude_code_lines_total",
+        COUNTER,
+        ("provider", "account", "user", "change"),
+        f"Lines of code Claude Code added or removed (change=added|removed), {_SINCE}.",
+    ),
+    Spec(
+        "llm_claude_code_commits_total",
+        COUNTER,
+        ("provider", "account", "user"),
+        f"Commits made by Claude Code, {_SINCE}.",
+    ),
+    Spec(
+        "llm_claude_code_pull_requests_total",
+        COUNTER,
+        ("provider", "account", "user"),
+        f"Pull requests opened by Claude Code, {_SINCE}.",
+    ),
+    Spec(
+        "llm_claude_code_tokens_total",
+        COUNTER,
+        ("provider", "account", "model", "user", "token_type"),
+        "Tokens of Claude Code sessions. The same requests are already in llm_tokens_total "
+        f"(API customers): never add the two, {_SINCE}.",
+    ),
+    Spec(
+        "llm_claude_code_estimated_cost_usd_total",
+        COUNTER,
+        ("provider", "account", "model", "user"),
+        "Anthropic's own cost estimate for Claude Code sessions, in USD (not an invoice; "
+        f"already inside reported cost for API customers), {_SINCE}.",
+    ),
     # --- period gauges -----------------------------------------------------------------
     Spec(
         "llm_period_cost_reported_usd",

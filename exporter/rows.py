@@ -39,6 +39,14 @@ TOOL_CALLS = "tool_calls"  # file search / web search calls; the tool is in dims
 STORAGE_BYTES = "storage_bytes"  # a level, not a flow: never summed over buckets
 COST = "cost"  # money in the currency named by dims["currency"] (lowercase ISO 4217)
 
+# Claude Code usage report (operation "claude_code"): per actor and day. Its tokens are the
+# same requests the messages report counts, so they are never added to llm_tokens_total.
+CC_LINES_ADDED = "claude_code.lines_added"
+CC_LINES_REMOVED = "claude_code.lines_removed"
+CC_COMMITS = "claude_code.commits"
+CC_PULL_REQUESTS = "claude_code.pull_requests"
+CC_ESTIMATED_COST = "claude_code.estimated_cost"  # USD, Anthropic's estimate, not billing
+
 # Measures that are levels (the value at the bucket), not amounts consumed in it.
 LEVEL_MEASURES = frozenset({STORAGE_BYTES})
 

@@ -44,7 +44,16 @@ from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from exporter import rows
-from exporter.rows import Bucket, Number, Row
+from exporter.rows import (
+    CC_COMMITS,
+    CC_ESTIMATED_COST,
+    CC_LINES_ADDED,
+    CC_LINES_REMOVED,
+    CC_PULL_REQUESTS,
+    Bucket,
+    Number,
+    Row,
+)
 from exporter.settings import GROUPABLE, AccountSettings
 from exporter.sources import DAY, HOUR, Endpoint, horizon_option
 from exporter.sources._http import ApiClient, Params, paginate
@@ -63,12 +72,6 @@ _PATHS = {
     CLAUDE_CODE: "/v1/organizations/usage_report/claude_code",
 }
 
-# Claude Code measures (not in rows.py's vocabulary: the lead exposes them separately).
-CC_LINES_ADDED = "claude_code.lines_added"
-CC_LINES_REMOVED = "claude_code.lines_removed"
-CC_COMMITS = "claude_code.commits"
-CC_PULL_REQUESTS = "claude_code.pull_requests"
-CC_ESTIMATED_COST = "claude_code.estimated_cost"  # USD, Anthropic's estimate, not billing
 
 # bucket width -> (API value, max buckets per page)
 _WIDTHS = {DAY: ("1d", 31), HOUR: ("1h", 168)}
