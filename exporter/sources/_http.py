@@ -138,10 +138,18 @@ class ApiClient:
         n, self.requests_made = self.requests_made, 0
         return n
 
-    def get_json(self, endpoint: str, path: str, params: Params = ()) -> Any:
+    def get_json(
+        self,
+        endpoint: str,
+        path: str,
+        params: Params = (),
+        status_reasons: Mapping[int, str] | None = None,
+    ) -> Any:
         """GET `path` (relative to the base URL) and decode JSON.
 
         `endpoint` is a short stable name for accounting (a label value, never the URL).
+        `status_reasons` lets a source name what a 4xx status means for it (Groq's 404 is
+        "not entitled"), so the failure is counted once, under that reason, and not retried.
         """
         last: SourceError | None = None
         for attempt in range(self.retry.attempts):
@@ -183,8 +191,9 @@ class ApiClient:
                         SERVER_ERROR, f"{endpoint}: HTTP {status}: {_error_text(response)}", status
                     )
                 else:
+                    reason = (status_reasons or {}).get(status, CLIENT_ERROR)
                     err = SourceError(
-                        CLIENT_ERROR, f"{endpoint}: HTTP {status}: {_error_text(response)}", status
+                        reason, f"{endpoint}: HTTP {status}: {_error_text(response)}", status
                     )
                     self.recorder.failure(endpoint, err.reason)
                     raise err

@@ -227,9 +227,9 @@ class GroqSource:
             ("step", STEP),
         ]
         try:
-            body = self.client.get_json(USAGE, QUERY_RANGE, params)
+            body = self.client.get_json(USAGE, QUERY_RANGE, params, {404: NOT_ENTITLED})
         except SourceError as exc:
-            if exc.status == 404:
+            if exc.reason == NOT_ENTITLED:
                 raise SourceError(
                     NOT_ENTITLED, f"{USAGE}: HTTP 404: {_NOT_ENTITLED_MSG}", exc.status
                 ) from None
