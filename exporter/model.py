@@ -113,6 +113,10 @@ class Estimator(Protocol):
         self, provider: str, dims: Mapping[str, str], token_counts: Mapping[str, int], day: dt.date
     ) -> EstimateLike: ...
 
+    def estimate_units(
+        self, provider: str, dims: Mapping[str, str], unit_counts: Mapping[str, int], day: dt.date
+    ) -> Mapping[str, tuple[Decimal, str]]: ...
+
     def price_table(
         self, provider_models: Iterable[tuple[str, str]], day: dt.date
     ) -> Sequence[PriceEntryLike]: ...
@@ -365,6 +369,8 @@ def build(inp: ModelInput) -> list[Family]:
                 b.add("llm_batch_savings_usd_total", labels, est.batch_savings)
             if not revised:
                 budgets.add(labels, sr.start, estimated=row_usd, unpriced=unpriced)
+        if inp.estimator is not None:
+            _unit_costs(b, inp.estimator, sr, labels, tokens, day, periods, budgets, revised)
 
     for (p, a, project), (_, v) in storage.items():
         b.fam("llm_vector_store_bytes").set((p, a, project), v)
@@ -379,6 +385,52 @@ def build(inp: ModelInput) -> list[Family]:
     if inp.health.last_poll is not None:
         b.fam("llm_exporter_last_poll_timestamp_seconds").set((), inp.health.last_poll)
     return list(b.fams.values())
+
+
+# Non-token measures with a unit price in the database (pricing.UNITS).
+_UNIT_MEASURES = {REQUESTS: "request", CHARACTERS: "character", AUDIO_SECONDS: "audio_second"}
+
+
+def _unit_costs(
+    b: Builder,
+    est: Estimator,
+    sr: StoredRow,
+    labels: Mapping[str, str],
+    tokens: Mapping[str, int],
+    day: dt.date,
+    periods: Sequence[str],
+    budgets: _BudgetInputs,
+    revised: bool,
+) -> None:
+    """Estimated cost of requests, characters, audio seconds and web searches.
+
+    Exposed with token_type="" on llm_cost_estimated_usd_total. A speech or transcription row
+    (no tokens) whose unit has no price marks its model unpriced, never $0.
+    """
+    m = sr.row.measures
+    counts = {unit: int(m[measure]) for measure, unit in _UNIT_MEASURES.items() if m.get(measure)}
+    if m.get(TOOL_CALLS) and sr.row.dim("tool") == "web_search":
+        counts["web_search"] = int(m[TOOL_CALLS])
+    if not counts:
+        return
+    costs = est.estimate_units(sr.provider, labels, counts, day)
+    row_usd = Decimal(0)
+    for usd, source in costs.values():
+        row_usd += usd
+        b.add(
+            "llm_cost_estimated_usd_total",
+            {**labels, "token_type": "", "price_source": source},
+            usd,
+        )
+        for p in periods:
+            b.add("llm_period_cost_estimated_usd", {**labels, "period": p}, usd)
+    if row_usd and not revised:
+        budgets.add(labels, sr.start, estimated=row_usd)
+    billed_by = [u for u in ("character", "audio_second") if u in counts]
+    if not tokens and billed_by and not any(u in costs for u in billed_by):
+        b.add("llm_unpriced_model_requests_total", labels, int(m.get(REQUESTS, 0)))
+        if not revised:
+            b.fam("llm_unpriced_model_info").set((sr.provider, labels.get("model", "")), 1)
 
 
 CLAUDE_CODE = "claude_code"

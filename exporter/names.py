@@ -39,13 +39,16 @@ SPECS: tuple[Spec, ...] = (
         "llm_tokens_total",
         COUNTER,
         (*_USAGE, "token_type"),
-        f"Tokens billed by the provider, by token type (types never overlap), {_SINCE}.",
+        f"Tokens billed by the provider, by token type (types never overlap), {_SINCE}. "
+        "Groq's are rebuilt from its 5-minute rates: exact to +/-0.5 per bucket when no sample "
+        "is missing, low otherwise.",
     ),
     Spec(
         "llm_model_requests_total",
         COUNTER,
         _USAGE,
-        f"Model requests reported by the provider, {_SINCE}.",
+        f"Model requests reported by the provider, {_SINCE}. Groq's are rebuilt from 5-minute "
+        "rates (an estimate, see llm_tokens_total).",
     ),
     Spec(
         "llm_images_total",
@@ -102,7 +105,8 @@ SPECS: tuple[Spec, ...] = (
         "llm_cost_estimated_usd_total",
         COUNTER,
         (*_USAGE, "token_type", "price_source"),
-        f"Cost estimated from tokens x unit price at each bucket's date, in USD, {_SINCE}. "
+        f"Cost estimated from usage x unit price at each bucket's date, in USD, {_SINCE}. "
+        'token_type="" holds per-request, per-character, per-second and web-search charges. '
         "Unpriced usage is not in here: see llm_unpriced_tokens_total.",
     ),
     Spec(

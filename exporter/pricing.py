@@ -108,6 +108,16 @@ TOKEN_PRICE_KEYS: dict[str, tuple[str, ...]] = {
 }
 assert set(TOKEN_PRICE_KEYS) == set(TOKEN_TYPES)
 
+# Non-token billing units -> (database price fields, units per price): per-request fees,
+# text-to-speech characters, transcription seconds and web search calls.
+UNIT_PRICE_KEYS: dict[str, tuple[tuple[str, ...], Decimal]] = {
+    "request": (("requests_kcount",), Decimal(1000)),
+    "character": (("input_mchars",), Decimal(1_000_000)),
+    "audio_second": (("input_audio_hours", "audio_hours"), Decimal(3600)),
+    "web_search": (("web_searches_kcount",), Decimal(1000)),
+}
+UNITS = tuple(UNIT_PRICE_KEYS)
+
 # (cached type, the uncached type it would otherwise have been billed as)
 CACHE_PAIRS = (
     ("cache_read", "input"),
@@ -406,7 +416,7 @@ class PriceBook:
         )
         rule = BATCH_RULE.get(ctx.provider) if batch else None
         out: dict[str, Quote | None] = {}
-        for tt in TOKEN_TYPES:
+        for tt in (*TOKEN_TYPES, *UNITS):
             if ov is not None and tt in ov.usd_per_mtok:
                 # A configured price is the standard rate; batch gets the provider's discount.
                 price = _D.divide(ov.usd_per_mtok[tt], _MTOK)
@@ -548,6 +558,33 @@ class PriceBook:
                 diff = _D.subtract(qs.usd_per_token, qb.usd_per_token)
                 total = _D.add(total, _D.multiply(Decimal(n), diff))
         return total
+
+    def estimate_units(
+        self,
+        provider: str,
+        dims: Mapping[str, str],
+        unit_counts: Mapping[str, int],
+        day: dt.date,
+    ) -> dict[str, tuple[Decimal, str]]:
+        """Cost of a row's non-token units (requests, characters, seconds, web searches).
+
+        Only units the database (or an override multiplier/alias) prices are returned: most
+        models have no per-request fee, so a missing unit price is no cost, not "unpriced".
+        """
+        quotes = self._quotes(
+            provider,
+            dims.get("model", ""),
+            day,
+            dims.get("service_tier", ""),
+            dims.get("batch", "") == "true",
+            dims.get("context_window", ""),
+        )
+        out: dict[str, tuple[Decimal, str]] = {}
+        for unit, n in unit_counts.items():
+            q = quotes.get(unit)
+            if n and q is not None:
+                out[unit] = (_D.multiply(Decimal(n), q.usd_per_token), q.source)
+        return out
 
     def price_table(
         self,
@@ -702,7 +739,7 @@ def _database_quotes(
 ) -> dict[str, Quote | None]:
     found = _find_model(snapshot, provider, model)
     if found is None:
-        return dict.fromkeys(TOKEN_TYPES)
+        return dict.fromkeys((*TOKEN_TYPES, *UNITS))
     prov, info = found
     at = dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC)
     own = any(m is info for m in prov.models)  # variants only for the provider's own models
@@ -726,5 +763,16 @@ def _database_quotes(
             if rule is not None:
                 price = _D.multiply(price, rule)
             out[tt] = Quote(price, SOURCE_DATABASE, key, info.id, rule is not None)
+            break
+    for unit, (keys, per) in UNIT_PRICE_KEYS.items():
+        out[unit] = None
+        for key in keys:
+            value = getattr(prices, key, None)
+            if value is None:
+                continue
+            price = _D.divide(_tier_price(value, floor), per)
+            if rule is not None:
+                price = _D.multiply(price, rule)
+            out[unit] = Quote(price, SOURCE_DATABASE, key, info.id, rule is not None)
             break
     return out

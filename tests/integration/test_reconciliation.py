@@ -17,6 +17,7 @@ from exporter.sources._http import RetryPolicy
 from tests.helpers import parse, total
 
 NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())
+START = int(dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp())
 RETRY = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, retry_after_max=0.02)
 
 
@@ -87,3 +88,25 @@ def test_an_override_shows_up_as_the_expected_ratio(tmp_path: Path, sim: Simulat
     assert 0.8 < ratio(got, provider="openai") < 1.0
     assert total(got, "llm_cost_estimated_usd_total", model="gpt-4o", price_source="override") > 0
     assert total(got, "llm_cost_estimated_usd_total", model="gpt-4o", price_source="database") == 0
+
+
+def test_non_token_units_are_estimated_at_database_prices(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """Characters (tts), seconds (whisper) and web searches have database prices too."""
+    got = exposition(tmp_path, sim)
+    for operation in ("audio_speeches", "audio_transcriptions", "web_search_calls"):
+        truth = sim.dataset.truth("openai", START, NOW, group=("model",), operation=operation)
+        checked = 0
+        for (model,), measures in truth.items():
+            est = total(
+                got, "llm_cost_estimated_usd_total", operation=operation, model=model, token_type=""
+            )
+            if est == 0:
+                continue  # no unit price in the database: shown as unpriced below
+            assert est == pytest.approx(float(measures["cost"]), rel=1e-9), (operation, model)
+            checked += 1
+        assert checked >= 1, operation
+    # a transcription model the database has no per-second price for is unpriced, not $0
+    unpriced = {dict(ls)["model"] for (n, ls), _ in got.items() if n == "llm_unpriced_model_info"}
+    assert "acme-internal-1" in unpriced

@@ -186,6 +186,11 @@ class FakeEstimator:
             }
         )
 
+    def estimate_units(
+        self, provider: str, dims: Mapping[str, str], unit_counts: Mapping[str, int], day: dt.date
+    ) -> dict[str, tuple[Decimal, str]]:
+        return {}
+
     def price_table(
         self, provider_models: Iterable[tuple[str, str]], day: dt.date
     ) -> list[PriceEntry]:

@@ -777,3 +777,37 @@ def test_failed_refresh_keeps_prices_working() -> None:
         assert b.quote(*GPT4O, "input", DAY) == before
     finally:
         b.stop_refresh()
+
+
+def _db_price(provider: str, model: str, key: str, day: dt.date) -> Decimal:
+    snap = data_snapshot.get_snapshot()
+    found = snap.find_provider_model(model, None, provider, None)
+    assert found is not None
+    prices = found[1].get_prices(dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC), None)
+    return Decimal(str(getattr(prices, key)))
+
+
+def test_non_token_units_use_the_database_unit_prices() -> None:
+    day = dt.date(2026, 11, 10)
+    tts = BOOK.estimate_units(
+        "openai", {"model": "tts-1"}, {"character": 2_000_000, "request": 3}, day
+    )
+    assert tts == {"character": (2 * _db_price("openai", "tts-1", "input_mchars", day), "database")}
+    whisper = BOOK.estimate_units("openai", {"model": "whisper-1"}, {"audio_second": 7200}, day)
+    assert whisper["audio_second"][0] == 2 * _db_price(
+        "openai", "whisper-1", "input_audio_hours", day
+    )
+    search = BOOK.estimate_units("openai", {"model": "gpt-4o"}, {"web_search": 500}, day)
+    assert search["web_search"][0] == _db_price("openai", "gpt-4o", "web_searches_kcount", day) / 2
+    assert BOOK.estimate_units("openai", {"model": "acme-internal-1"}, {"character": 5}, day) == {}
+
+
+def test_a_multiplier_override_applies_to_unit_prices() -> None:
+    day = dt.date(2026, 11, 10)
+    book = PriceBook(
+        PricesSettings(overrides=[PriceOverride(provider="openai", model="tts-1", multiplier=0.5)])
+    )
+    cost, source = book.estimate_units("openai", {"model": "tts-1"}, {"character": 1_000_000}, day)[
+        "character"
+    ]
+    assert (cost, source) == (_db_price("openai", "tts-1", "input_mchars", day) / 2, "override")
