@@ -100,6 +100,12 @@ class DataInfoLike(Protocol):
     def source(self) -> str: ...
 
     @property
+    def refresh(self) -> str: ...
+
+    @property
+    def refresh_time(self) -> float | None: ...
+
+    @property
     def version(self) -> str: ...
 
     @property
@@ -573,7 +579,9 @@ def _prices(b: Builder, est: Estimator, seen: set[tuple[str, str]], day: dt.date
             (e.provider, e.model, e.token_type, e.source), e.usd_per_token
         )
     info = est.data_info()
-    b.fam("llm_price_data_info").set((info.source, info.version), 1)
+    b.fam("llm_price_data_info").set((info.source, info.version, info.refresh), 1)
+    if info.refresh_time is not None:
+        b.fam("llm_price_data_refresh_attempt_timestamp_seconds").set((), info.refresh_time)
     if info.timestamp is not None:
         b.fam("llm_price_data_timestamp_seconds").set((), info.timestamp)
 

@@ -158,7 +158,19 @@ SPECS: tuple[Spec, ...] = (
         ("provider", "account", "model"),
         f"What batch processing saved against standard prices, {_SINCE}.",
     ),
-    Spec("llm_price_data_info", GAUGE, ("source", "version"), "1 for the price database in force."),
+    Spec(
+        "llm_price_data_info",
+        GAUGE,
+        ("source", "version", "refresh"),
+        "1 for the price database in force; refresh = off, pending, ok or failed (the latest "
+        "run-time refresh attempt, prices.refresh).",
+    ),
+    Spec(
+        "llm_price_data_refresh_attempt_timestamp_seconds",
+        GAUGE,
+        (),
+        "When the price data file was last fetched at run time (prices.refresh), successfully or not.",
+    ),
     Spec(
         "llm_price_data_timestamp_seconds",
         GAUGE,

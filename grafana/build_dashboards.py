@@ -1373,7 +1373,13 @@ def prices() -> Json:
         stat(
             "Price database",
             "Which price database and version are in force (genai-prices unless overridden).",
-            [target(dd("llm_price_data_info"), "{{source}} {{version}}", instant=True)],
+            [
+                target(
+                    dd("llm_price_data_info"),
+                    "{{source}} {{version}} (refresh: {{refresh}})",
+                    instant=True,
+                )
+            ],
             "none",
             w=8,
             h=5,

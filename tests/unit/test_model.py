@@ -23,6 +23,8 @@ class DataInfo(NamedTuple):
     source: str
     version: str
     timestamp: float | None
+    refresh: str = "off"
+    refresh_time: float | None = None
 
 
 DAY = 86400
@@ -249,3 +251,14 @@ def test_exposition_passes_promtool_check_metrics() -> None:
     )
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
     assert b'project="we\\"ird\\\\name"' in body
+
+
+def test_price_refresh_result_and_time_are_exposed() -> None:
+    class Refreshing(FakeEstimator):
+        def data_info(self) -> DataInfo:
+            return DataInfo("genai-prices", "0.2.3", None, "failed", 1795000000.0)
+
+    rows = [sr(0, "completions", {"model": "m"}, {"tokens.input": 1})]
+    fams = build(inp(rows, estimator=Refreshing()))
+    assert samples(fams, "llm_price_data_info") == {("genai-prices", "0.2.3", "failed"): 1}
+    assert samples(fams, "llm_price_data_refresh_attempt_timestamp_seconds") == {(): 1795000000.0}
