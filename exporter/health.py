@@ -25,6 +25,7 @@ class EndpointState:
     watermark: int | None = None
     latest_bucket: int | None = None
     rows_ingested: int = 0
+    horizon: int | None = None  # revision horizon, seconds
 
 
 @dataclass
@@ -63,11 +64,12 @@ class Health:
             return self.endpoints.setdefault((provider, account, endpoint), EndpointState())
 
     def register(
-        self, provider: str, account: str, endpoint: str, reasons: tuple[str, ...]
+        self, provider: str, account: str, endpoint: str, reasons: tuple[str, ...], horizon: int
     ) -> None:
         """Pre-create series so alerts and dashboards see zeros before the first failure."""
         with self._lock:
-            self.endpoints.setdefault((provider, account, endpoint), EndpointState())
+            st = self.endpoints.setdefault((provider, account, endpoint), EndpointState())
+            st.horizon = horizon
             self.payload_errors.setdefault((provider, account, endpoint), 0)
             for r in reasons:
                 self.failures.setdefault((provider, account, endpoint, r), 0)

@@ -594,6 +594,8 @@ def _health(b: Builder, h: Health) -> None:
             b.fam("llm_source_last_success_timestamp_seconds").set((p, a, e), st.last_success)
         if st.watermark is not None:
             b.fam("llm_source_watermark_timestamp_seconds").set((p, a, e), st.watermark)
+        if st.horizon is not None:
+            b.fam("llm_source_revision_horizon_seconds").set((p, a, e), st.horizon)
         if st.latest_bucket is not None:
             b.fam("llm_source_latest_bucket_timestamp_seconds").set((p, a, e), st.latest_bucket)
         b.fam("llm_source_rows_ingested_total").set((p, a, e), st.rows_ingested)

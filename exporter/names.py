@@ -321,6 +321,13 @@ SPECS: tuple[Spec, ...] = (
         "Data watermark: end of the newest bucket considered complete (final) for this endpoint.",
     ),
     Spec(
+        "llm_source_revision_horizon_seconds",
+        GAUGE,
+        ("provider", "account", "endpoint"),
+        "Revision horizon: buckets that started longer ago than this are final and never "
+        "fetched again, so the watermark normally trails now by this (plus one bucket).",
+    ),
+    Spec(
         "llm_source_latest_bucket_timestamp_seconds",
         GAUGE,
         ("provider", "account", "endpoint"),

@@ -61,7 +61,9 @@ class Poller:
         self.clock = clock
         for acc in self.accounts:
             for ep in acc.source.endpoints():
-                health.register(acc.source.provider, acc.source.account, ep.name, REASONS)
+                health.register(
+                    acc.source.provider, acc.source.account, ep.name, REASONS, ep.horizon
+                )
 
     def window(self, acc: Account, ep: Endpoint, now: int) -> tuple[int, int]:
         closed = self.ledger.closed_before(acc.source.provider, acc.source.account, ep.name)

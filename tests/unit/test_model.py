@@ -233,7 +233,7 @@ def test_exposition_passes_promtool_check_metrics() -> None:
     rec = h.recorder("openai", "main")
     rec.request("completions", "200", 0.3)
     rec.failure("completions", "rate_limited")
-    h.register("openai", "main", "completions", ("auth",))
+    h.register("openai", "main", "completions", ("auth",), 2 * DAY)
     h.success("openai", "main", "completions", 1.0, T0, T0 + DAY, 3)
     rows = [
         sr(
