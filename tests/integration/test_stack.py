@@ -9,6 +9,7 @@ dashboard panel query returns data.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shutil
@@ -207,6 +208,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             hook.server.shutdown()
 
 
+def _rfc3339(text: str) -> float:
+    """Prometheus' nanosecond RFC 3339 times (Python parses microseconds at most)."""
+    base, _, frac = text.rstrip("Z").partition(".")
+    return dt.datetime.fromisoformat(base).replace(tzinfo=dt.UTC).timestamp() + float(
+        "0." + (frac or "0")
+    )
+
+
 def _ready(ctx: dict[str, Any]) -> bytes:
     def poll_done() -> bytes | None:
         body = http_get(ctx["exporter"] + "/metrics")
@@ -308,3 +317,26 @@ def test_every_dashboard_panel_query_returns_data(stack: dict[str, Any]) -> None
                 if not prom_query(stack["prom"], q):
                     empty.append(f"{path.name}: {panel.get('title')}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+@needs_binaries
+def test_no_alert_is_pending_on_healthy_data_but_the_true_ones(stack: dict[str, Any]) -> None:
+    """Every shipped alert evaluated on a healthy stack: only real conditions are pending."""
+    _ready(stack)
+
+    def alerting() -> set[str]:
+        res = prom_query(stack["prom"], 'ALERTS{alertstate=~"pending|firing"}')
+        return {r["metric"]["alertname"] for r in res}
+
+    # The simulator's unknown model has no price: that one is true and must show.
+    assert wait_for(lambda: "LLMModelUnpriced" in alerting(), timeout=60)
+    # Let every rule group evaluate twice more, then nothing else may be pending or firing.
+    after = time.time() + 2
+
+    def evaluated() -> bool:
+        groups = json.loads(http_get(stack["prom"] + "/api/v1/rules"))["data"]["groups"]
+        stamps = [_rfc3339(g["lastEvaluation"]) for g in groups]
+        return bool(groups) and min(stamps) > after
+
+    wait_for(evaluated, timeout=30)
+    assert alerting() == {"LLMModelUnpriced"}
