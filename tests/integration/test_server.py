@@ -1,0 +1,82 @@
+"""The HTTP surface over real sockets: /metrics (plain and gzip), /, /healthz, /-/ready."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import http.client
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.app import App
+from exporter.settings import load
+from exporter.simulator.server import SimulatorServer
+from exporter.sources._http import RetryPolicy
+
+NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())
+RETRY = RetryPolicy(attempts=1, backoff_base=0.01, backoff_max=0.02, retry_after_max=0.02)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[tuple[App, SimulatorServer, int]]:
+    sim = SimulatorServer(port=0, seed=2, start=dt.date(2026, 11, 1), now=NOW).start()
+    cfg = {
+        "history_start": "2026-11-01",
+        "state_file": str(tmp_path / "s.db"),
+        "providers": {"openai": [{"account": "main", "base_url": sim.openai_base_url}]},
+    }
+    (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
+    settings = load(tmp_path / "c.yml", {"OPENAI_ADMIN_KEY": sim.settings.openai_key})
+    application = App(settings, clock=lambda: float(sim.now()), retry=RETRY)
+    server = application.serve("127.0.0.1:0")
+    yield application, sim, int(server.server_address[1])
+    application.stop()
+    sim.stop()
+
+
+def get(
+    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request(method, path, headers=headers or {})
+    return conn.getresponse()
+
+
+def test_ready_only_after_the_first_exposition(app: tuple[App, SimulatorServer, int]) -> None:
+    application, _, port = app
+    assert get(port, "/healthz").status == 200  # alive from the start
+    assert get(port, "/-/ready").status == 503
+    application.poll_once()
+    assert get(port, "/-/ready").status == 200
+
+
+def test_metrics_plain_and_gzip_are_the_same_bytes(app: tuple[App, SimulatorServer, int]) -> None:
+    application, _, port = app
+    application.poll_once()
+    plain = get(port, "/metrics")
+    assert plain.status == 200
+    assert plain.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+    body = plain.read()
+    assert b"llm_tokens_total{" in body
+    zipped = get(port, "/metrics", {"Accept-Encoding": "gzip"})
+    assert zipped.getheader("Content-Encoding") == "gzip"
+    assert gzip.decompress(zipped.read()) == body
+    head = get(port, "/metrics", method="HEAD")
+    assert head.status == 200 and head.read() == b""
+
+
+def test_landing_page_shows_sources_and_errors_without_secrets(
+    app: tuple[App, SimulatorServer, int],
+) -> None:
+    application, sim, port = app
+    sim.add_fault("500", provider="openai", endpoint="images", count=-1)
+    application.poll_once()
+    page = get(port, "/").read().decode()
+    assert '<a href="/metrics">' in page
+    assert "completions" in page and "images" in page
+    assert "DOWN" in page and "HTTP 500" in page
+    assert sim.settings.openai_key not in page
+    assert get(port, "/nope").status == 404
