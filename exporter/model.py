@@ -182,25 +182,35 @@ def _resolve(labels: tuple[str, ...], opt: tuple[str, ...]) -> tuple[str, ...]:
 def _fold_sets(
     rows: Sequence[StoredRow], opt: tuple[str, ...], max_values: int
 ) -> dict[str, set[str]]:
-    """Per folded label, the values to keep (top-N by tokens plus cost); others become 'other'."""
+    """Per folded label, the values to keep; the others become "other".
+
+    Which values are kept must not change from one poll to the next, or history would move
+    between a value's series and "other" and one of them would go down. So values are ranked
+    by the UTC day they first appear, then by their size (tokens, plus cost) on that day: a
+    closed day never changes, so once kept a value stays kept, and a newcomer only takes a
+    place that is still free. It is a function of the ledger alone, so replicas agree.
+    """
     keep: dict[str, set[str]] = {}
     if max_values <= 0:
         return keep
     for lab in FOLDED:
         if lab not in opt:
             continue
-        score: dict[str, Decimal] = defaultdict(Decimal)
+        first: dict[str, int] = {}
+        size: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
         for sr in rows:
             v = sr.row.dim(lab)
             if not v:
                 continue
+            day = sr.start - sr.start % 86400
+            first[v] = min(first.get(v, day), day)
             m = sr.row.measures
             s = Decimal(sum(int(x) for k, x in m.items() if k.startswith(TOKENS)))
             if COST in m:
                 s += Decimal(m[COST]) * 1_000_000
-            score[v] += s
-        if len(score) > max_values:
-            ranked = sorted(score, key=lambda v: (-score[v], v))
+            size[(v, day)] += s
+        if len(first) > max_values:
+            ranked = sorted(first, key=lambda v: (first[v], -size[(v, first[v])], v))
             keep[lab] = set(ranked[:max_values])
     return keep
 

@@ -262,3 +262,19 @@ def test_price_refresh_result_and_time_are_exposed() -> None:
     fams = build(inp(rows, estimator=Refreshing()))
     assert samples(fams, "llm_price_data_info") == {("genai-prices", "0.2.3", "failed"): 1}
     assert samples(fams, "llm_price_data_refresh_attempt_timestamp_seconds") == {(): 1795000000.0}
+
+
+def test_folding_never_moves_history_between_series() -> None:
+    """A big newcomer does not displace a kept project: no series, "other" included, goes down."""
+    day0 = [
+        sr(0, "completions", {"model": "m", "project": f"p{i}"}, {"tokens.input": 10 - i})
+        for i in range(3)
+    ]
+    before = samples(build(inp(day0, max_values=2)), "llm_tokens_total")
+    newcomer = [sr(5, "completions", {"model": "m", "project": "big"}, {"tokens.input": 10_000})]
+    more = [sr(5, "completions", {"model": "m", "project": "p2"}, {"tokens.input": 1})]
+    after = samples(build(inp(day0 + newcomer + more, max_values=2)), "llm_tokens_total")
+    for key, value in before.items():
+        assert after[key] >= value, key  # type: ignore[operator]
+    assert after[("openai", "main", "completions", "m", "p0", "input")] == 10
+    assert after[("openai", "main", "completions", "m", "other", "input")] == 8 + 1 + 10_000
