@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -94,6 +95,8 @@ class App:
             log.info("history start moved earlier (%s -> %s): refetching", stored, day)
             self.ledger.reset_cursors(self.history_start)
         self.ledger.set_meta("history_start", day.isoformat())
+        for p, a in settings.providers.accounts():
+            self._check_shape(p, a)
         accounts = [
             make_account(settings, p, a, self.health, retry)
             for p, a in settings.providers.accounts()
@@ -111,11 +114,35 @@ class App:
         self.server: MetricsServer | None = None
         self._stop = threading.Event()
 
+    def _check_shape(self, provider: str, acc: AccountSettings) -> None:
+        """Drop an account's rows if its bucket width or grouping changed since they were
+        stored: re-fetched buckets would come back under other keys, and the old rows would
+        then read as revised away (and be counted on top). It is refetched instead."""
+        shape = json.dumps(
+            {
+                "bucket_width": self.settings.bucket_width,
+                "group_by": sorted(self.settings.group_by_for(acc)),
+                "options": acc.options,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        key = f"shape:{provider}/{acc.account}"
+        stored = self.ledger.get_meta(key)
+        if stored is not None and stored != shape:
+            log.warning(
+                "%s/%s: bucket width, grouping or options changed: refetching its history",
+                provider,
+                acc.account,
+            )
+            self.ledger.forget(provider, acc.account)
+        self.ledger.set_meta(key, shape)
+
     def rebuild(self) -> None:
         began = time.monotonic()
         inp = ModelInput(
             rows=list(self.ledger.rows(since=self.history_start)),
-            revisions=self.ledger.revisions(),
+            revisions=self.ledger.revisions(since=self.history_start),
             health=self.health.snapshot(),
             now=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
             tz=self.settings.tz,
@@ -174,7 +201,10 @@ class App:
     def run(self, listen: str) -> None:
         srv = self.serve(listen)
         log.info("listening on %s:%d", *srv.server_address[:2])
-        self.rebuild()  # serve history from the state file before the first poll finishes
+        try:
+            self.rebuild()  # serve history from the state file before the first poll finishes
+        except Exception:
+            log.exception("cannot build the exposition from the state file; polling anyway")
         self.poller.run(self._stop)
 
     def stop(self) -> None:

@@ -26,6 +26,7 @@ class EndpointState:
     latest_bucket: int | None = None
     rows_ingested: int = 0
     horizon: int | None = None  # revision horizon, seconds
+    revisions: int = 0  # downward revisions seen since start
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Health:
         watermark: int,
         latest_bucket: int | None,
         rows: int,
+        revisions: int = 0,
     ) -> None:
         with self._lock:
             st = self.endpoints.setdefault((provider, account, endpoint), EndpointState())
@@ -93,6 +95,7 @@ class Health:
             if latest_bucket is not None:
                 st.latest_bucket = max(st.latest_bucket or 0, latest_bucket)
             st.rows_ingested += rows
+            st.revisions += revisions
 
     def failure(
         self, provider: str, account: str, endpoint: str, reason: str, message: str

@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,7 +26,7 @@ from exporter.rows import LEVEL_MEASURES, Bucket, Number, Row
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,10 +42,10 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (provider, account, endpoint)
 );
 CREATE TABLE IF NOT EXISTS revisions (
-    provider TEXT NOT NULL, account TEXT NOT NULL, operation TEXT NOT NULL,
-    bucket_start INTEGER NOT NULL, bucket_end INTEGER NOT NULL,
+    provider TEXT NOT NULL, account TEXT NOT NULL, endpoint TEXT NOT NULL,
+    bucket_start INTEGER NOT NULL, bucket_end INTEGER NOT NULL, operation TEXT NOT NULL,
     dims TEXT NOT NULL, measure TEXT NOT NULL, amount TEXT NOT NULL,
-    PRIMARY KEY (provider, account, operation, bucket_start, dims, measure)
+    PRIMARY KEY (provider, account, endpoint, bucket_start, operation, dims, measure)
 );
 """
 
@@ -111,12 +112,23 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         version = self.get_meta("schema_version")
-        if version is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
-        elif version != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"state file {self.path} has schema {version}, expected {SCHEMA_VERSION}"
+        if version is not None and version != SCHEMA_VERSION:
+            # The ledger is a cache of provider data: an older layout is dropped and
+            # refetched rather than migrated (history_start is kept, so values come back equal).
+            log.warning(
+                "state file %s has layout %s, not %s: refetching",
+                self.path,
+                version,
+                SCHEMA_VERSION,
             )
+            history = self.get_meta("history_start")
+            self._db.executescript(
+                "DROP TABLE rows; DROP TABLE cursors; DROP TABLE revisions; DELETE FROM meta;"
+                + _SCHEMA
+            )
+            if history is not None:
+                self.set_meta("history_start", history)
+        self.set_meta("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
         with self._lock:
@@ -162,35 +174,58 @@ class Ledger:
     ) -> tuple[int, list[Revision]]:
         """Replace the stored content of each given bucket, in one transaction.
 
-        Returns the number of rows written and the downward revisions found (a measure of a
-        (operation, dims) group that is now lower than before, or a group that vanished).
-        Level measures (storage bytes) are not revisions: levels go up and down.
+        Besides the rows, each (bucket, group, measure) keeps how far its value is below the
+        highest value seen (the "revised" amount), so the counters built on it never go down
+        and a value that dips and recovers is not counted twice. Level measures (storage
+        bytes) go up and down by nature and are never revisions.
+
+        Returns the number of rows written and the new drops found in this write.
         """
         written = 0
-        revisions: list[Revision] = []
+        drops: list[Revision] = []
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 for bucket in buckets:
+                    where = (provider, account, endpoint, bucket.start)
                     new: dict[tuple[str, str], dict[str, Number]] = {}
                     for row in bucket.rows:
-                        key = (row.operation, _dump_dims(row.dims))
-                        _merge(new.setdefault(key, {}), row.measures.items())
-                    old_rows = db.execute(
-                        "SELECT operation, dims, measures FROM rows WHERE provider=? AND account=?"
-                        " AND endpoint=? AND bucket_start=?",
-                        (provider, account, endpoint, bucket.start),
-                    ).fetchall()
-                    for op, dims, measures in old_rows:
-                        old = _load_measures(measures)
-                        now = new.get((op, dims), {})
-                        for m, old_v in old.items():
-                            if m in LEVEL_MEASURES:
-                                continue
-                            drop = old_v - now.get(m, 0)
-                            if drop > 0:
-                                revisions.append(
+                        _merge(
+                            new.setdefault((row.operation, _dump_dims(row.dims)), {}),
+                            row.measures.items(),
+                        )
+                    old: dict[tuple[str, str], dict[str, Number]] = {
+                        (op, dims): _load_measures(measures)
+                        for op, dims, measures in db.execute(
+                            "SELECT operation, dims, measures FROM rows WHERE provider=? AND account=?"
+                            " AND endpoint=? AND bucket_start=?",
+                            where,
+                        )
+                    }
+                    old_rev: dict[tuple[str, str, str], Number] = {
+                        (op, dims, m): _parse_number(amount)
+                        for op, dims, m, amount in db.execute(
+                            "SELECT operation, dims, measure, amount FROM revisions WHERE provider=?"
+                            " AND account=? AND endpoint=? AND bucket_start=?",
+                            where,
+                        )
+                    }
+                    measures_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+                    for key, values in old.items():
+                        measures_of[key].update(values)
+                    for op, dims, m in old_rev:
+                        measures_of[(op, dims)].add(m)
+                    new_rev: dict[tuple[str, str, str], Number] = {}
+                    for (op, dims), names in measures_of.items():
+                        for m in names - LEVEL_MEASURES:
+                            before = old_rev.get((op, dims, m), 0)
+                            peak = old.get((op, dims), {}).get(m, 0) + before
+                            below = peak - new.get((op, dims), {}).get(m, 0)
+                            if below > 0:
+                                new_rev[(op, dims, m)] = below
+                            if below > before:
+                                drops.append(
                                     Revision(
                                         provider,
                                         account,
@@ -199,49 +234,30 @@ class Ledger:
                                         bucket.end,
                                         _load_dims(dims),
                                         m,
-                                        drop,
+                                        below - before,
                                     )
                                 )
-                    db.execute(
-                        "DELETE FROM rows WHERE provider=? AND account=? AND endpoint=? AND bucket_start=?",
-                        (provider, account, endpoint, bucket.start),
-                    )
+                    for table in ("rows", "revisions"):
+                        db.execute(
+                            f"DELETE FROM {table} WHERE provider=? AND account=? AND endpoint=?"
+                            " AND bucket_start=?",
+                            where,
+                        )
                     db.executemany(
                         "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [
-                            (
-                                provider,
-                                account,
-                                endpoint,
-                                bucket.start,
-                                bucket.end,
-                                op,
-                                dims,
-                                _dump_measures(measures),
-                            )
+                            (*where, bucket.end, op, dims, _dump_measures(measures))
                             for (op, dims), measures in new.items()
                         ],
                     )
+                    db.executemany(
+                        "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (*where, bucket.end, op, dims, m, str(amount))
+                            for (op, dims, m), amount in new_rev.items()
+                        ],
+                    )
                     written += len(new)
-                for rev in revisions:
-                    rkey = (
-                        rev.provider,
-                        rev.account,
-                        rev.operation,
-                        rev.start,
-                        _dump_dims(rev.dims),
-                        rev.measure,
-                    )
-                    found = db.execute(
-                        "SELECT amount FROM revisions WHERE provider=? AND account=? AND operation=?"
-                        " AND bucket_start=? AND dims=? AND measure=?",
-                        rkey,
-                    ).fetchone()
-                    total = rev.amount + (_parse_number(found[0]) if found else 0)
-                    db.execute(
-                        "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (*rkey[:4], rev.end, *rkey[4:], str(total)),
-                    )
                 if closed_before is not None:
                     db.execute(
                         "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT (provider, account, endpoint)"
@@ -252,7 +268,7 @@ class Ledger:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        for rev in revisions:
+        for rev in drops:
             log.warning(
                 "provider revised %s/%s %s %s down by %s",
                 provider,
@@ -261,7 +277,15 @@ class Ledger:
                 rev.measure,
                 rev.amount,
             )
-        return written, revisions
+        return written, drops
+
+    def forget(self, provider: str, account: str) -> None:
+        """Drop everything stored for one account (its shape changed): it is refetched."""
+        with self._lock:
+            for table in ("rows", "revisions", "cursors"):
+                self._db.execute(
+                    f"DELETE FROM {table} WHERE provider=? AND account=?", (provider, account)
+                )
 
     # --- reads ---------------------------------------------------------------------------
     def rows(self, since: int = 0) -> Iterator[StoredRow]:
@@ -277,12 +301,14 @@ class Ledger:
                 p, a, e, int(s), int(end), Row(op, _load_dims(dims), _load_measures(measures))
             )
 
-    def revisions(self) -> list[Revision]:
-        """Accumulated downward revisions per group and measure."""
+    def revisions(self, since: int = 0) -> list[Revision]:
+        """How far each (bucket, group, measure) is below the highest value seen for it."""
         with self._lock:
             fetched = self._db.execute(
                 "SELECT provider, account, operation, bucket_start, bucket_end, dims, measure, amount"
-                " FROM revisions ORDER BY provider, account, operation, bucket_start"
+                " FROM revisions WHERE bucket_start >= ? ORDER BY provider, account, endpoint,"
+                " bucket_start",
+                (since,),
             ).fetchall()
         return [
             Revision(p, a, op, int(s), int(e), _load_dims(d), m, _parse_number(v))

@@ -215,6 +215,18 @@ def _fold_sets(
     return keep
 
 
+def calendar_day(sr: StoredRow, tz: ZoneInfo) -> dt.date:
+    """The calendar day a bucket counts in for periods and budgets.
+
+    A daily bucket is a UTC day: it counts as the local day of the same date (a day's total
+    cannot be split by hour). Finer buckets count in the local day their start falls in, so
+    with `bucket_width: 1h` local days are exact.
+    """
+    if sr.end - sr.start >= 86400:
+        return dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
+    return dt.datetime.fromtimestamp(sr.start, tz).date()
+
+
 def period_starts(now: dt.datetime, tz: ZoneInfo) -> dict[str, dt.datetime]:
     local = now.astimezone(tz)
     day = dt.datetime.combine(local.date(), dt.time(), tzinfo=tz)
@@ -299,6 +311,7 @@ def build(inp: ModelInput) -> list[Family]:
     tz = inp.tz
     starts = period_starts(inp.now, tz)
     start_ts = {p: int(s.timestamp()) for p, s in starts.items()}
+    start_day = {p: s.date() for p, s in starts.items()}
     seen_models: set[tuple[str, str]] = set()
     storage: dict[tuple[str, str, str], tuple[int, int]] = {}  # (p, a, project) -> (start, bytes)
     budgets = _BudgetInputs(inp)
@@ -312,7 +325,8 @@ def build(inp: ModelInput) -> list[Family]:
         if row.operation == CLAUDE_CODE:
             _claude_code(b, labels, m)  # its own metrics: never added to llm_tokens_total
             continue
-        periods = [] if revised else [p for p in PERIODS if sr.start >= start_ts[p]]
+        local_day = calendar_day(sr, tz)
+        periods = [] if revised else [p for p in PERIODS if local_day >= start_day[p]]
         day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
         utc_day = sr.start - sr.start % 86400
         if COST in m:
@@ -321,7 +335,7 @@ def build(inp: ModelInput) -> list[Family]:
             usd = Decimal(m[COST])
             b.add("llm_cost_reported_usd_total", labels, usd)
             if revised:
-                b.add("llm_cost_reported_revisions_usd_total", labels, usd)
+                b.add("llm_cost_reported_revised_usd", labels, usd)
                 continue
             for p in periods:
                 b.add("llm_period_cost_reported_usd", {**labels, "period": p}, usd)
@@ -331,12 +345,12 @@ def build(inp: ModelInput) -> list[Family]:
             sp.cost_dims.update(k for k, _ in row.dims)
             if usd and (sp.newest_cost_day is None or utc_day > sp.newest_cost_day):
                 sp.newest_cost_day = utc_day
-            budgets.add(labels, sr.start, reported=usd)
+            budgets.add(labels, local_day, reported=usd)
             continue
         tokens: dict[str, int] = {}
         for name, v in m.items():
             if revised:
-                b.add("llm_usage_revisions_total", {**labels, "measure": name}, v)
+                b.add("llm_usage_revised", {**labels, "measure": name}, v)
             if name.startswith(TOKENS):
                 tt = name[len(TOKENS) :]
                 tokens[tt] = int(v)
@@ -384,7 +398,7 @@ def build(inp: ModelInput) -> list[Family]:
             if est.batch_savings:
                 b.add("llm_batch_savings_usd_total", labels, est.batch_savings)
             if not revised:
-                budgets.add(labels, sr.start, estimated=row_usd, unpriced=unpriced)
+                budgets.add(labels, local_day, estimated=row_usd, unpriced=unpriced)
         if inp.estimator is not None:
             _unit_costs(b, inp.estimator, sr, labels, tokens, day, periods, budgets, revised)
 
@@ -441,7 +455,7 @@ def _unit_costs(
         for p in periods:
             b.add("llm_period_cost_estimated_usd", {**labels, "period": p}, usd)
     if row_usd and not revised:
-        budgets.add(labels, sr.start, estimated=row_usd)
+        budgets.add(labels, calendar_day(sr, budgets.inp.tz), estimated=row_usd)
     billed_by = [u for u in ("character", "audio_second") if u in counts]
     if not tokens and billed_by and not any(u in costs for u in billed_by):
         b.add("llm_unpriced_model_requests_total", labels, int(m.get(REQUESTS, 0)))
@@ -510,24 +524,23 @@ class _BudgetInputs:
 
     def __init__(self, inp: ModelInput) -> None:
         self.inp = inp
-        self.items: list[tuple[BudgetSettings, Selector, int]] = []
+        self.items: list[tuple[BudgetSettings, Selector, dt.date]] = []
         for bs in inp.budgets:
             start, _ = period_bounds(bs.period, inp.now, inp.tz)
-            self.items.append((bs, compile_selector(bs.selector), int(start.timestamp())))
+            self.items.append((bs, compile_selector(bs.selector), start.date()))
         # budget -> (provider, account) -> (reported by day, estimated by day, [unpriced tokens])
         self.data: dict[str, dict[tuple[str, str], _Series]] = {}
 
     def add(
         self,
         labels: Mapping[str, str],
-        start: int,
+        day: dt.date,
         reported: Decimal = Decimal(0),
         estimated: Decimal = Decimal(0),
         unpriced: int = 0,
     ) -> None:
         if not self.items:
             return
-        day = dt.datetime.fromtimestamp(start, self.inp.tz).date()
         for bs, sel, period_start in self.items:
             if not sel.matches(labels):
                 continue
@@ -539,7 +552,7 @@ class _BudgetInputs:
                 rep[day] += reported
             if estimated:
                 est[day] += estimated
-            if unpriced and start >= period_start:
+            if unpriced and day >= period_start:
                 unp[0] += unpriced
 
     def emit(self, b: Builder, spend: Mapping[tuple[str, str], _Spend]) -> None:
@@ -609,6 +622,7 @@ def _health(b: Builder, h: Health) -> None:
         if st.latest_bucket is not None:
             b.fam("llm_source_latest_bucket_timestamp_seconds").set((p, a, e), st.latest_bucket)
         b.fam("llm_source_rows_ingested_total").set((p, a, e), st.rows_ingested)
+        b.fam("llm_source_revisions_total").set((p, a, e), st.revisions)
     for (p, a, e, code), n in h.requests.items():
         b.fam("llm_source_api_requests_total").set((p, a, e, code), n)
     for (p, a, e, reason), n in h.failures.items():

@@ -82,23 +82,23 @@ SPECS: tuple[Spec, ...] = (
         COUNTER,
         ("provider", "account", "project", "model", "line_item"),
         f"Cost the provider reports it will invoice, in USD, {_SINCE}. Lags usage by hours "
-        "to a day; includes any downward revisions, which are also counted in "
-        "llm_cost_reported_revisions_usd_total.",
+        "to a day. Never goes down: an amount the provider revised down stays counted and "
+        "is shown in llm_cost_reported_revised_usd.",
     ),
     Spec(
-        "llm_cost_reported_revisions_usd_total",
-        COUNTER,
+        "llm_cost_reported_revised_usd",
+        GAUGE,
         ("provider", "account", "project", "model", "line_item"),
-        "USD by which the provider revised already-reported cost downward (credits, "
-        "corrections) while this exporter's state lived. Invoice total = "
+        "USD by which reported cost is now below the highest value seen for its buckets "
+        "(credits, corrections) while this exporter's state lived. Invoice total = "
         "llm_cost_reported_usd_total - this.",
     ),
     Spec(
-        "llm_usage_revisions_total",
-        COUNTER,
+        "llm_usage_revised",
+        GAUGE,
         ("provider", "account", "operation", "measure"),
-        "Amount by which a provider revised already-reported usage downward (all counters "
-        "stay monotonic; this shows what was revised away).",
+        "How far usage is now below the highest value seen for its buckets (the usage "
+        "counters keep the highest value, so they never go down; truth = counter - this).",
     ),
     # --- estimated cost and prices -----------------------------------------------------
     Spec(
@@ -368,6 +368,13 @@ SPECS: tuple[Spec, ...] = (
         COUNTER,
         ("provider", "account", "endpoint"),
         "Rows written to the ledger from this endpoint since the exporter started.",
+    ),
+    Spec(
+        "llm_source_revisions_total",
+        COUNTER,
+        ("provider", "account", "endpoint"),
+        "Downward revisions seen (a bucket's group or measure lower than before) since the "
+        "exporter started.",
     ),
     Spec(
         "llm_source_payload_errors_total",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from exporter.sources import Endpoint, Source
 from exporter.sources._http import DECODE, REASONS, ApiClient, SourceError
 
 log = logging.getLogger(__name__)
+
+STORAGE = "storage"  # the state file could not be written (a health reason, not an API one)
 
 
 def align_down(ts: int, width: int) -> int:
@@ -86,10 +89,17 @@ class Poller:
             log.exception("poll failed: %s %s: unexpected error", acc.name, ep.name)
             return False
         closed = max(start, align_down(now - ep.horizon, ep.width))
-        written, _ = self.ledger.replace(src.provider, src.account, ep.name, buckets, closed)
+        try:
+            written, drops = self.ledger.replace(
+                src.provider, src.account, ep.name, buckets, closed
+            )
+        except (sqlite3.Error, OSError) as exc:  # disk full, read-only volume, locked file
+            self.health.failure(src.provider, src.account, ep.name, STORAGE, f"state file: {exc}")
+            log.error("cannot write the state file for %s %s: %s", acc.name, ep.name, exc)
+            return False
         latest = max((b.end for b in buckets if b.rows), default=None)
         self.health.success(
-            src.provider, src.account, ep.name, self.clock(), closed, latest, written
+            src.provider, src.account, ep.name, self.clock(), closed, latest, written, len(drops)
         )
         log.debug(
             "polled %s %s: %d buckets, %d rows, window %d..%d",
@@ -130,11 +140,11 @@ class Poller:
         """Poll every (due) account concurrently, then rebuild the exposition once."""
         now = self.clock()
         due = [a for a in self.accounts if not only_due or a.next_due <= now]
+        for a in due:  # scheduled before polling: a failure never makes the loop spin
+            a.next_due = now + a.interval
         if due:
             with ThreadPoolExecutor(max_workers=min(8, len(due))) as pool:
                 list(pool.map(self.poll_account, due))
-            for a in due:
-                a.next_due = now + a.interval
         self.health.last_poll = self.clock()
         self._rebuild()
 

@@ -75,6 +75,11 @@ def token_measure(token_type: str) -> str:
     return TOKENS + token_type
 
 
+def _text(value: object) -> str:
+    """A label value that always encodes as UTF-8 (JSON may carry lone surrogates)."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """One group's measures in one bucket. `dims` holds only non-empty dimension values."""
@@ -85,7 +90,7 @@ class Row:
 
     @staticmethod
     def make(operation: str, dims: Mapping[str, str | None], measures: Mapping[str, Number]) -> Row:
-        clean = tuple(sorted((k, str(v)) for k, v in dims.items() if v not in (None, "")))
+        clean = tuple(sorted((k, _text(v)) for k, v in dims.items() if v not in (None, "")))
         return Row(operation, clean, dict(measures))
 
     def dim(self, name: str) -> str:

@@ -85,7 +85,12 @@ class AccountSettings(Strict):
     @field_validator("poll_interval", "timeout", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float | None:
-        return None if v is None else parse_duration(v)
+        if v is None:
+            return None
+        seconds = parse_duration(v)
+        if seconds < 1:
+            raise ValueError("must be at least 1s")
+        return seconds
 
 
 # provider -> (default key env var, default base URL)

@@ -1399,11 +1399,12 @@ def prices() -> Json:
         ),
         stat(
             "Reported cost revised away",
-            "Downward revisions (credits, corrections) of already-reported cost in the selected "
-            "range. Invoice total = reported cost - revisions.",
+            "How far reported cost is now below the highest value seen (credits, corrections). "
+            "The reported-cost counter keeps the highest value: invoice total = reported cost "
+            "- this.",
             [
                 target(
-                    f"sum({inc('llm_cost_reported_revisions_usd_total', '$__range')}) or vector(0)",
+                    f"sum({dd(sel('llm_cost_reported_revised_usd'))}) or vector(0)",
                     instant=True,
                 )
             ],

@@ -364,6 +364,28 @@ def test_groq_integrated_rates_stay_within_the_documented_bound(
     app.stop()
 
 
+def test_groq_missing_samples_that_come_back_are_not_counted_twice(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """A NaN window dips a bucket; when the sample returns the counter is the truth again."""
+    start = dt.date(2026, 11, 14)
+    groq = account("org", sim.groq_base_url, GROQ_ENV)
+    app = make_app(tmp_path, sim, {"groq": [groq]}, history_start=start)
+    app.poll_once()
+    before = total(exposed(app), "llm_tokens_total")
+    sim.add_fault("nan", provider="groq", count=-1)
+    app.poll_once()
+    dipped = exposed(app)
+    assert total(dipped, "llm_tokens_total") == before  # the counter keeps its highest value
+    assert total(dipped, "llm_usage_revised") > 0  # and says how far below it the data is
+    sim.faults.clear()
+    app.poll_once()
+    again = exposed(app)
+    assert total(again, "llm_tokens_total") == before
+    assert total(again, "llm_usage_revised") == 0
+    app.stop()
+
+
 # --- 4. several accounts per provider -----------------------------------------------------------
 
 

@@ -164,8 +164,8 @@ def test_downward_revision_keeps_counters_monotonic(tmp_path: Path, sim: Simulat
     for key, value in stable(before).items():
         if key[0].endswith("_total"):
             assert after[key] >= value, key
-    assert total(after, "llm_usage_revisions_total") > 0
-    assert total(after, "llm_cost_reported_revisions_usd_total") > 0
+    assert total(after, "llm_usage_revised") > 0
+    assert total(after, "llm_cost_reported_revised_usd") > 0
     app.stop()
 
 
@@ -250,3 +250,20 @@ def test_estimated_cost_matches_the_price_card_per_model(
         checked += 1
     assert checked >= 3
     app.stop()
+
+
+def test_changing_grouping_or_width_refetches_instead_of_double_counting(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    app = make_app(tmp_path, sim)
+    app.poll_once()
+    app.stop()
+    truth = sim.dataset.totals("openai", START_TS, NOW)
+    for extra in ({"group_by": ["model", "project", "user"]}, {"bucket_width": "1h"}):
+        again = make_app(tmp_path, sim, **extra)  # same state file, new shape
+        again.poll_once()
+        got = exposed(again)
+        assert total(got, "llm_tokens_total", token_type="output") == truth["tokens.output"], extra
+        assert total(got, "llm_model_requests_total") == truth["requests"], extra
+        assert total(got, "llm_usage_revised") == 0, extra
+        again.stop()

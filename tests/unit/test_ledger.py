@@ -134,3 +134,46 @@ def test_accounts_and_endpoints_are_separate(tmp_path: Path) -> None:
         ("a", 4),
         ("b", 2),
     ]
+
+
+def test_a_dip_that_recovers_leaves_no_revision(tmp_path: Path) -> None:
+    """A missing sample (Groq NaN, a skipped row) dips a bucket; its return is not new usage."""
+    led = Ledger(tmp_path / "s.db")
+    for n, below in ((10, 0), (4, 6), (7, 3), (10, 0), (12, 0)):
+        led.replace("groq", "main", "usage", [Bucket("usage", 0, DAY, [_tokens(n)])])
+        current = {(r.measure): r.amount for r in led.revisions()}
+        assert current.get("tokens.input", 0) == below, n
+    assert _totals(led)["tokens.input"] == 12
+
+
+def test_an_older_state_layout_is_dropped_and_refetched(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    led = Ledger(path)
+    led.replace(
+        "openai",
+        "main",
+        "completions",
+        [Bucket("completions", 0, DAY, [_tokens(5)])],
+        closed_before=DAY,
+    )
+    led.set_meta("history_start", "2026-11-01")
+    led.set_meta("schema_version", "0")
+    led.close()
+    again = Ledger(path)
+    assert again.count() == 0 and again.closed_before("openai", "main", "completions") is None
+    assert again.get_meta("history_start") == "2026-11-01"
+
+
+def test_forget_drops_one_account(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "s.db")
+    for acc in ("a", "b"):
+        led.replace(
+            "openai",
+            acc,
+            "completions",
+            [Bucket("completions", 0, DAY, [_tokens(1)])],
+            closed_before=DAY,
+        )
+    led.forget("openai", "a")
+    assert [sr.account for sr in led.rows()] == ["b"]
+    assert led.closed_before("openai", "a", "completions") is None

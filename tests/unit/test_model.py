@@ -134,26 +134,48 @@ def test_revisions_keep_counters_monotonic() -> None:
     fams = build(inp(rows, revisions=revs))
     key = ("openai", "main", "p", "", "")
     assert samples(fams, "llm_cost_reported_usd_total")[key] == Decimal("10.00")
-    assert samples(fams, "llm_cost_reported_revisions_usd_total")[key] == Decimal("1.00")
+    assert samples(fams, "llm_cost_reported_revised_usd")[key] == Decimal("1.00")
 
 
 def test_period_gauges_follow_timezone() -> None:
     tz = ZoneInfo("America/Los_Angeles")
-    # 2026-11-23 12:00 UTC is 04:00 in Los Angeles: "today" there started 2026-11-23 08:00 UTC.
+    # 2026-11-23 12:00 UTC is Monday 04:00 in Los Angeles.
     rows = [
-        sr(22, "completions", {"model": "m"}, {"tokens.input": 1}),  # Nov 23 00:00 UTC bucket
+        sr(22, "completions", {"model": "m"}, {"tokens.input": 1}),  # the Nov 23 UTC day
         sr(21, "completions", {"model": "m"}, {"tokens.input": 10}),  # Nov 22
-        sr(
-            0, "completions", {"model": "m"}, {"tokens.input": 100}
-        ),  # Nov 1 00:00 UTC = Oct 31 local
+        sr(0, "completions", {"model": "m"}, {"tokens.input": 100}),  # Nov 1
     ]
     period = samples(build(inp(rows, tz=tz)), "llm_period_tokens")
-    # buckets are counted in the period their start falls in
-    assert period[("openai", "main", "", "m", "input", "month")] == 11
-    # Monday Nov 23 00:00 local is 08:00 UTC: the UTC-day bucket that started before it is
-    # last week's, so neither today nor this week holds anything yet.
-    assert ("openai", "main", "", "m", "input", "week") not in period
-    assert ("openai", "main", "", "m", "input", "day") not in period
+    # A daily bucket is a UTC day and counts as the local day of the same date.
+    assert period[("openai", "main", "", "m", "input", "day")] == 1
+    assert period[("openai", "main", "", "m", "input", "week")] == 1  # the week began Monday
+    assert period[("openai", "main", "", "m", "input", "month")] == 111
+
+
+def test_hourly_buckets_count_in_their_local_day() -> None:
+    tz = ZoneInfo("America/Los_Angeles")
+    hour = 3600
+    today_utc = T0 + 22 * DAY  # Nov 23 00:00 UTC = Nov 22 16:00 in Los Angeles
+
+    def hourly(start: int, n: int) -> StoredRow:
+        return StoredRow(
+            "openai",
+            "main",
+            "completions",
+            start,
+            start + hour,
+            Row.make("completions", {"model": "m"}, {"tokens.input": n}),
+        )
+
+    rows = [
+        hourly(today_utc + 7 * hour, 5),
+        hourly(today_utc + 8 * hour, 7),
+        hourly(today_utc + 11 * hour, 1),
+    ]
+    period = samples(build(inp(rows, tz=tz)), "llm_period_tokens")
+    # 07:00 UTC is Nov 22 23:00 local (yesterday); 08:00 and 11:00 UTC are today.
+    assert period[("openai", "main", "", "m", "input", "day")] == 8
+    assert period[("openai", "main", "", "m", "input", "month")] == 13
 
 
 def test_storage_is_latest_level_not_a_sum() -> None:

@@ -1,0 +1,75 @@
+"""The poll loop: windows, and a failure that never makes it spin or stop."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from exporter.health import Health
+from exporter.poller import Account, Poller
+from exporter.rows import Bucket, Row
+from exporter.sources import DAY, Endpoint
+from exporter.sources._http import ApiClient
+
+
+class FakeSource:
+    provider = "fake"
+    account = "a"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def endpoints(self) -> Sequence[Endpoint]:
+        return [Endpoint("usage", DAY, 2 * DAY)]
+
+    def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
+        self.calls.append((start, end))
+        return [
+            Bucket("usage", start, start + DAY, [Row.make("completions", {}, {"tokens.input": 1})])
+        ]
+
+
+class BrokenLedger:
+    def closed_before(self, provider: str, account: str, endpoint: str) -> int | None:
+        return None
+
+    def replace(self, *args: object, **kwargs: object) -> tuple[int, list[object]]:
+        raise sqlite3.OperationalError("database is locked")
+
+
+def test_a_state_file_error_is_reported_and_does_not_make_the_loop_spin() -> None:
+    clock = [10 * DAY + 5.0]
+    src = FakeSource()
+    health = Health()
+    acc = Account(src, ApiClient("http://unused.test/", {}), interval=300)
+    rebuilds: list[int] = []
+    poller = Poller(
+        BrokenLedger(),
+        health,
+        [acc],
+        history_start=8 * DAY,  # type: ignore[arg-type]
+        rebuild=lambda: rebuilds.append(1),
+        clock=lambda: clock[0],
+    )
+    poller.poll_once(only_due=True)
+    poller.poll_once(only_due=True)  # not due yet: no second fetch
+    assert len(src.calls) == 1
+    state = health.snapshot().endpoints[("fake", "a", "usage")]
+    assert state.up == 0 and state.last_error_reason == "storage"
+    clock[0] += 300
+    poller.poll_once(only_due=True)
+    assert len(src.calls) == 2 and len(rebuilds) == 3
+
+
+def test_first_window_starts_at_history_start_aligned() -> None:
+    src = FakeSource()
+    poller = Poller(
+        BrokenLedger(),
+        Health(),
+        [Account(src, ApiClient("http://unused.test/", {}), 300)],  # type: ignore[arg-type]
+        history_start=8 * DAY + 7,
+        rebuild=lambda: None,
+        clock=lambda: 10 * DAY + 5.0,
+    )
+    poller.poll_once()
+    assert src.calls == [(8 * DAY, 10 * DAY + 5)]
