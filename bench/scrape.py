@@ -257,7 +257,9 @@ def make_health() -> Health:
     for p, a in ACCOUNTS:
         rec = h.recorder(p, a)
         for e in HEALTH_ENDPOINTS[p]:
-            h.register(p, a, e, ("auth", "rate_limited", "server_error", "timeout", "payload"))
+            h.register(
+                p, a, e, ("auth", "rate_limited", "server_error", "timeout", "payload"), 2 * 86400
+            )
             pages = rng.randint(1, 4)
             for _ in range(pages):
                 rec.request(e, "200", rng.uniform(0.2, 3.0))

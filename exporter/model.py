@@ -262,8 +262,16 @@ class Builder:
             return OTHER
         return v
 
+    def folded(self, labels: dict[str, str]) -> dict[str, str]:
+        """Label values with the long tail folded, once per row, so `add` is a plain lookup.
+        Budgets and pricing keep reading the unfolded values."""
+        if not self.keep:
+            return labels
+        return {lab: self.label_value(lab, labels) for lab in labels}
+
     def key(self, name: str, labels: Mapping[str, str]) -> tuple[str, ...]:
-        return tuple(self.label_value(lab, labels) for lab in self.fam(name).labels)
+        get = labels.get
+        return tuple([get(lab, "") for lab in self.fam(name).labels])
 
     def add(self, name: str, labels: Mapping[str, str], value: int | Decimal) -> None:
         f = self.fam(name)
@@ -320,7 +328,8 @@ def build(inp: ModelInput) -> list[Family]:
     rows = [(sr, False) for sr in inp.rows] + [(sr, True) for sr in _revision_rows(inp.revisions)]
     for sr, revised in rows:
         row = sr.row
-        labels = _labels(sr)
+        raw = _labels(sr)
+        labels = b.folded(raw)
         m = row.measures
         if row.operation == CLAUDE_CODE:
             _claude_code(b, labels, m)  # its own metrics: never added to llm_tokens_total
@@ -345,7 +354,7 @@ def build(inp: ModelInput) -> list[Family]:
             sp.cost_dims.update(k for k, _ in row.dims)
             if usd and (sp.newest_cost_day is None or utc_day > sp.newest_cost_day):
                 sp.newest_cost_day = utc_day
-            budgets.add(labels, local_day, reported=usd)
+            budgets.add(raw, local_day, reported=usd)
             continue
         tokens: dict[str, int] = {}
         for name, v in m.items():
@@ -366,7 +375,7 @@ def build(inp: ModelInput) -> list[Family]:
             elif name == TOOL_CALLS:
                 b.add("llm_tool_calls_total", labels, int(v))
             elif name == STORAGE_BYTES and not revised:
-                k = (sr.provider, sr.account, b.label_value("project", labels))
+                k = (sr.provider, sr.account, labels.get("project", ""))
                 prev = storage.get(k)
                 if prev is None or sr.start > prev[0]:
                     storage[k] = (sr.start, 0)
@@ -376,7 +385,7 @@ def build(inp: ModelInput) -> list[Family]:
         if tokens and inp.estimator is not None:
             model = labels.get("model", "")
             seen_models.add((sr.provider, model))
-            est = inp.estimator.estimate_dims(sr.provider, labels, tokens, day)
+            est = inp.estimator.estimate_dims(sr.provider, raw, tokens, day)
             row_usd = Decimal(0)
             for tt, (usd, source) in est.costs.items():
                 row_usd += usd
@@ -398,9 +407,9 @@ def build(inp: ModelInput) -> list[Family]:
             if est.batch_savings:
                 b.add("llm_batch_savings_usd_total", labels, est.batch_savings)
             if not revised:
-                budgets.add(labels, local_day, estimated=row_usd, unpriced=unpriced)
+                budgets.add(raw, local_day, estimated=row_usd, unpriced=unpriced)
         if inp.estimator is not None:
-            _unit_costs(b, inp.estimator, sr, labels, tokens, day, periods, budgets, revised)
+            _unit_costs(b, inp.estimator, sr, labels, raw, tokens, day, periods, budgets, revised)
 
     for (p, a, project), (_, v) in storage.items():
         b.fam("llm_vector_store_bytes").set((p, a, project), v)
@@ -426,6 +435,7 @@ def _unit_costs(
     est: Estimator,
     sr: StoredRow,
     labels: Mapping[str, str],
+    raw: Mapping[str, str],
     tokens: Mapping[str, int],
     day: dt.date,
     periods: Sequence[str],
@@ -443,7 +453,7 @@ def _unit_costs(
         counts["web_search"] = int(m[TOOL_CALLS])
     if not counts:
         return
-    costs = est.estimate_units(sr.provider, labels, counts, day)
+    costs = est.estimate_units(sr.provider, raw, counts, day)
     row_usd = Decimal(0)
     for usd, source in costs.values():
         row_usd += usd
@@ -455,7 +465,7 @@ def _unit_costs(
         for p in periods:
             b.add("llm_period_cost_estimated_usd", {**labels, "period": p}, usd)
     if row_usd and not revised:
-        budgets.add(labels, calendar_day(sr, budgets.inp.tz), estimated=row_usd)
+        budgets.add(raw, calendar_day(sr, budgets.inp.tz), estimated=row_usd)
     billed_by = [u for u in ("character", "audio_second") if u in counts]
     if not tokens and billed_by and not any(u in costs for u in billed_by):
         b.add("llm_unpriced_model_requests_total", labels, int(m.get(REQUESTS, 0)))

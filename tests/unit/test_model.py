@@ -300,3 +300,23 @@ def test_folding_never_moves_history_between_series() -> None:
         assert after[key] >= value, key  # type: ignore[operator]
     assert after[("openai", "main", "completions", "m", "p0", "input")] == 10
     assert after[("openai", "main", "completions", "m", "other", "input")] == 8 + 1 + 10_000
+
+
+def test_budgets_see_projects_that_the_cardinality_guard_folds() -> None:
+    from exporter.settings import BudgetSettings
+
+    rows = [
+        sr(
+            22,
+            "completions",
+            {"model": "m", "project": f"p{i}"},
+            {"tokens.input": 1_000_000 * (5 - i)},
+        )
+        for i in range(5)
+    ]
+    budget = BudgetSettings(name="small", selector={"project": "p4"}, period="month", limit_usd=100)
+    fams = build(inp(rows, max_values=2, estimator=FakeEstimator(), budgets=[budget]))
+    assert ("openai", "main", "completions", "m", "p4", "input") not in samples(
+        fams, "llm_tokens_total"
+    )
+    assert samples(fams, "llm_budget_spent_usd")[("small",)] == Decimal("1.000000")
