@@ -194,7 +194,9 @@ class App:
         }
 
     def serve(self, listen: str) -> MetricsServer:
-        self.server = MetricsServer(parse_listen(listen), self.exposition, self.status)
+        self.server = MetricsServer(
+            parse_listen(listen), self.exposition, self.status, lambda: self.poller.cycles > 0
+        )
         self.server.start()
         return self.server
 

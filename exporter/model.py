@@ -565,9 +565,28 @@ class _BudgetInputs:
             if unpriced and day >= period_start:
                 unp[0] += unpriced
 
+    def known_accounts(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """Configured accounts, and those whose spend is known (data stored, or polled OK)."""
+        h = self.inp.health
+        configured = {(p, a) for p, a, _ in h.endpoints}
+        known = {(sr.provider, sr.account) for sr in self.inp.rows}
+        known |= {(p, a) for (p, a, _), st in h.endpoints.items() if st.last_success is not None}
+        return configured, known
+
     def emit(self, b: Builder, spend: Mapping[tuple[str, str], _Spend]) -> None:
         inp = self.inp
+        configured, known = self.known_accounts()
         for bs, _, _ in self.items:
+            # No figure rather than a false $0: a budget whose accounts have neither stored
+            # data nor a successful poll yet (a fresh state file, a provider down) is not shown.
+            where = compile_selector(
+                {k: v for k, v in bs.selector.items() if k in ("provider", "account")}
+            )
+            in_scope = {
+                (p, a) for p, a in configured if where.matches({"provider": p, "account": a})
+            }
+            if in_scope - known:
+                continue
             parts = []
             for (p, a), (rep, est, unp) in self.data.get(bs.name, {}).items():
                 sp = spend.get((p, a))

@@ -62,6 +62,7 @@ class Poller:
         self.history_start = history_start
         self._rebuild = rebuild
         self.clock = clock
+        self.cycles = 0  # completed poll cycles (readiness: the first one has finished)
         for acc in self.accounts:
             for ep in acc.source.endpoints():
                 health.register(
@@ -147,6 +148,7 @@ class Poller:
                 list(pool.map(self.poll_account, due))
         self.health.last_poll = self.clock()
         self._rebuild()
+        self.cycles += 1
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

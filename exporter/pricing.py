@@ -69,6 +69,11 @@ log = logging.getLogger(__name__)
 
 SOURCE_DATABASE = "database"
 SOURCE_OVERRIDE = "override"
+SOURCE_FREE = "free"  # the provider does not bill this operation
+
+# Operations the provider does not bill, whatever the model: their tokens cost $0 (priced,
+# not "unpriced"). OpenAI's moderation endpoint is free of charge.
+FREE_OPERATIONS = frozenset({("openai", "moderations")})
 DATA_SOURCE = "genai-prices"  # bundled with the installed package
 DATA_SOURCE_REFRESHED = "genai-prices-remote"  # fetched at run time (prices.refresh)
 
@@ -504,6 +509,13 @@ class PriceBook:
         day: dt.date,
     ) -> Estimate:
         """`estimate` with model and context read from a row's dimensions (or labels)."""
+        if (provider, dims.get("operation", "")) in FREE_OPERATIONS:
+            free = {
+                tt: PricedTokens(n, Decimal(0), Decimal(0), SOURCE_FREE)
+                for tt, raw in token_counts.items()
+                if (n := _count(tt, raw))
+            }
+            return Estimate(free, {}, cache_savings=Decimal(0), batch_savings=Decimal(0))
         return self.estimate(
             provider,
             dims.get("model", ""),

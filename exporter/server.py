@@ -110,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
         elif path == "/-/ready":
-            if srv.exposition.current.body:
+            if srv.ready():
                 self._send(200, b"ready\n", "text/plain; charset=utf-8")
             else:
                 self._send(
@@ -124,7 +124,13 @@ class MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], exposition: Exposition, status: StatusFn) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        exposition: Exposition,
+        status: StatusFn,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
         if ":" in address[0]:
             import socket
 
@@ -132,6 +138,7 @@ class MetricsServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.exposition = exposition
         self.status = status
+        self.ready = ready or (lambda: bool(exposition.current.body))
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="http", daemon=True)

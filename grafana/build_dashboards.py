@@ -583,8 +583,9 @@ def overview() -> Json:
         ),
         stat(
             "Cost per 1k tokens",
-            "Estimated cost / tokens for the current month. Tokens of unpriced models count in "
-            "the denominator, so unpriced usage lowers it.",
+            "Estimated cost / tokens for the current month. The cost includes the few "
+            "non-token charges (per request, character, second, web search); tokens of unpriced "
+            "models count in the denominator, so unpriced usage lowers it.",
             [target(f"1000 * sum({dd(est_month)}) / sum({dd(tok_month)})", instant=True)],
             USD,
             extra_defaults={"decimals": 4},

@@ -336,15 +336,19 @@ def test_alertmanager_inhibits_lower_severities_and_stale_data_of_a_down_source(
         (tuple(r["source_matchers"]), tuple(r["target_matchers"]), tuple(r["equal"])) for r in rules
     }
     assert (
-        ('severity="critical"',),
-        ('severity=~"warning|info"',),
+        ('alertname=~"LLM.*"', 'severity="critical"'),
+        ('alertname=~"LLM.*"', 'severity=~"warning|info"'),
         ("alertname", "budget"),
     ) in as_tuples
     assert (
         ('alertname="LLMSourceDown"',),
         ('alertname="LLMSourceDataStale"',),
-        ("provider", "account"),
+        ("provider", "account", "endpoint"),
     ) in as_tuples
+    # Every rule is scoped to this bundle's alerts, so it can join an existing Alertmanager.
+    for r in rules:
+        for side in ("source_matchers", "target_matchers"):
+            assert any(m.startswith("alertname") for m in r[side]), r
 
 
 def test_every_webhook_uses_the_one_overridable_url() -> None:

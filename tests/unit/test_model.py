@@ -320,3 +320,16 @@ def test_budgets_see_projects_that_the_cardinality_guard_folds() -> None:
         fams, "llm_tokens_total"
     )
     assert samples(fams, "llm_budget_spent_usd")[("small",)] == Decimal("1.000000")
+
+
+def test_a_budget_is_not_shown_as_zero_before_its_accounts_are_known() -> None:
+    from exporter.settings import BudgetSettings
+
+    budget = BudgetSettings(name="b", selector={"provider": "openai"}, limit_usd=10)
+    h = Health()
+    h.register("openai", "main", "completions", ("auth",), 2 * DAY)
+    fresh = build(inp([], health=h, budgets=[budget]))  # empty state, no poll succeeded yet
+    assert samples(fresh, "llm_budget_spent_usd") == {}
+    h.success("openai", "main", "completions", 1.0, T0, None, 0)
+    polled = build(inp([], health=h, budgets=[budget]))  # polled: the provider reports nothing
+    assert samples(polled, "llm_budget_spent_usd") == {("b",): 0}

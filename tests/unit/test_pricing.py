@@ -811,3 +811,13 @@ def test_a_multiplier_override_applies_to_unit_prices() -> None:
         "character"
     ]
     assert (cost, source) == (_db_price("openai", "tts-1", "input_mchars", day) / 2, "override")
+
+
+def test_openai_moderations_are_free_not_unpriced() -> None:
+    day = dt.date(2026, 11, 10)
+    dims = {"operation": "moderations", "model": "omni-moderation-latest"}
+    est = BOOK.estimate_dims("openai", dims, {"input": 5000}, day)
+    assert est.unpriced == {} and est.costs == {"input": (Decimal(0), "free")}
+    # the same model through another operation is priced (or unpriced) as usual
+    other = BOOK.estimate_dims("openai", {**dims, "operation": "completions"}, {"input": 5000}, day)
+    assert other.costs.get("input", (None, ""))[1] != "free"
