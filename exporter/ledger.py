@@ -296,10 +296,12 @@ class Ledger:
                 " FROM rows WHERE bucket_start >= ? ORDER BY provider, account, endpoint, bucket_start",
                 (since,),
             ).fetchall()
+        parsed: dict[str, tuple[tuple[str, str], ...]] = {}  # a group recurs every bucket
         for p, a, e, s, end, op, dims, measures in fetched:
-            yield StoredRow(
-                p, a, e, int(s), int(end), Row(op, _load_dims(dims), _load_measures(measures))
-            )
+            key = parsed.get(dims)
+            if key is None:
+                key = parsed[dims] = _load_dims(dims)
+            yield StoredRow(p, a, e, int(s), int(end), Row(op, key, _load_measures(measures)))
 
     def revisions(self, since: int = 0) -> list[Revision]:
         """How far each (bucket, group, measure) is below the highest value seen for it."""
