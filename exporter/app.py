@@ -19,10 +19,12 @@ from prometheus_client import (
 )
 
 from exporter import __version__
+from exporter.aggregates import Aggregates
 from exporter.exposition import Exposition
+from exporter.fold import FoldContext
 from exporter.health import Health
 from exporter.ledger import Ledger
-from exporter.model import ModelInput, build, opt_labels_for
+from exporter.model import RenderInput, opt_labels_for, render_model
 from exporter.poller import Account, Poller, history_start_ts
 from exporter.pricing import PriceBook
 from exporter.server import MetricsServer, parse_listen
@@ -105,14 +107,24 @@ class App:
             settings.group_by_for(a) for _, a in settings.providers.accounts()
         )
         self.estimator = make_estimator(settings)
+        ctx = FoldContext(settings.tz, self.opt_labels, self.estimator, settings.budgets)
+        self.aggregates = Aggregates(ctx, self.ledger, self.history_start)
+        self._prices: str | None = None  # the prices the aggregates were folded with
         self.poller = Poller(
-            self.ledger, self.health, accounts, self.history_start, self.rebuild, clock
+            self.ledger,
+            self.health,
+            accounts,
+            self.history_start,
+            self.rebuild,
+            clock,
+            self.aggregates,
         )
         self._process = CollectorRegistry()
         ProcessCollector(registry=self._process)
         PlatformCollector(registry=self._process)
         self.server: MetricsServer | None = None
         self._stop = threading.Event()
+        self._has_history = False
 
     def _check_shape(self, provider: str, acc: AccountSettings) -> None:
         """Drop an account's rows if its bucket width or grouping changed since they were
@@ -138,22 +150,38 @@ class App:
             self.ledger.forget(provider, acc.account)
         self.ledger.set_meta(key, shape)
 
+    def open_state(self) -> bool:
+        """Load the persisted aggregates (or fold the ledger if they do not fit); once.
+        Returns whether the ledger holds any data."""
+        if self._prices is None:
+            self._prices = self.estimator.fingerprint()
+            now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+            self.aggregates.open(now, self._prices)
+        return bool(self.aggregates.sums("t:_account"))
+
     def rebuild(self) -> None:
+        """Render the exposition from the aggregates: work in proportion to the series."""
         began = time.monotonic()
-        inp = ModelInput(
-            rows=list(self.ledger.rows(since=self.history_start)),
-            revisions=self.ledger.revisions(since=self.history_start),
-            health=self.health.snapshot(),
-            now=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
-            tz=self.settings.tz,
-            history_start=self.history_start,
-            opt_labels=self.opt_labels,
-            max_values=self.settings.cardinality.max_values,
-            estimator=self.estimator,
-            budgets=self.settings.budgets,
-            revision=os.environ.get("LLM_EXPORTER_REVISION", ""),
+        self.open_state()
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        prices = self.estimator.fingerprint()
+        if prices != self._prices:  # a price refresh changed the data: estimates are stale
+            self.aggregates.refold(now, prices, "the price data changed")
+            self._prices = prices
+        self.aggregates.roll(now)
+        families = render_model(
+            self.aggregates,
+            RenderInput(
+                health=self.health.snapshot(),
+                now=now,
+                tz=self.settings.tz,
+                opt_labels=self.opt_labels,
+                max_values=self.settings.cardinality.max_values,
+                estimator=self.estimator,
+                budgets=self.settings.budgets,
+                revision=os.environ.get("LLM_EXPORTER_REVISION", ""),
+            ),
         )
-        families = build(inp)
         # Process metrics are rendered with the rest, so a scrape stays a memory copy.
         rendered = self.exposition.update(families, generate_latest(self._process))
         log.debug(
@@ -164,6 +192,7 @@ class App:
         )
 
     def poll_once(self) -> None:
+        self.open_state()
         self.poller.poll_once()
 
     def status(self) -> dict[str, Any]:
@@ -194,9 +223,7 @@ class App:
         }
 
     def serve(self, listen: str) -> MetricsServer:
-        self.server = MetricsServer(
-            parse_listen(listen), self.exposition, self.status, lambda: self.poller.cycles > 0
-        )
+        self.server = MetricsServer(parse_listen(listen), self.exposition, self.status, self.ready)
         self.server.start()
         return self.server
 
@@ -204,10 +231,19 @@ class App:
         srv = self.serve(listen)
         log.info("listening on %s:%d", *srv.server_address[:2])
         try:
-            self.rebuild()  # serve history from the state file before the first poll finishes
+            # Serve history from the state file before the first poll finishes.
+            self._has_history = self.open_state()
+            self.rebuild()
         except Exception:
             log.exception("cannot build the exposition from the state file; polling anyway")
         self.poller.run(self._stop)
+
+    def ready(self) -> bool:
+        """Ready once an exposition exists that shows data: the state file's history, or
+        (for a fresh state file) the first poll's."""
+        if not self.exposition.current.body:
+            return False
+        return self._has_history or self.poller.cycles > 0
 
     def stop(self) -> None:
         self._stop.set()

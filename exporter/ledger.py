@@ -17,10 +17,11 @@ import logging
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from exporter.rows import LEVEL_MEASURES, Bucket, Number, Row
 
@@ -47,7 +48,10 @@ CREATE TABLE IF NOT EXISTS revisions (
     dims TEXT NOT NULL, measure TEXT NOT NULL, amount TEXT NOT NULL,
     PRIMARY KEY (provider, account, endpoint, bucket_start, operation, dims, measure)
 );
+CREATE INDEX IF NOT EXISTS rows_by_start ON rows (bucket_start);
 """
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,27 @@ class Revision:
     dims: tuple[tuple[str, str], ...]
     measure: str
     amount: Number  # how much was revised away (positive)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A row whose content a write changed: its old content goes out (-1), its new in (+1)."""
+
+    sign: int  # -1: content removed, +1: content added
+    revised: bool  # a revised-away amount rather than a stored value
+    stored: StoredRow
+
+
+class ChangeObserver(Protocol):
+    """Told of every changed row inside the write's transaction (the aggregates)."""
+
+    def stage(self, db: sqlite3.Connection, changes: list[Change], rows_delta: int) -> object:
+        """Write what follows from `changes` with `db`; return what `commit` applies."""
+        ...
+
+    def commit(self, staged: object) -> None:
+        """The transaction committed: apply `staged` in memory."""
+        ...
 
 
 def _dump_measures(measures: dict[str, Number]) -> str:
@@ -106,7 +131,7 @@ class Ledger:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: `write` callbacks may read rows
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -171,6 +196,7 @@ class Ledger:
         endpoint: str,
         buckets: Iterable[Bucket],
         closed_before: int | None = None,
+        observer: ChangeObserver | None = None,
     ) -> tuple[int, list[Revision]]:
         """Replace the stored content of each given bucket, in one transaction.
 
@@ -179,10 +205,16 @@ class Ledger:
         and a value that dips and recovers is not counted twice. Level measures (storage
         bytes) go up and down by nature and are never revisions.
 
+        `observer` is told, inside the same transaction, of each row whose content changed
+        (and of each changed revised-away amount), so derived aggregates stay consistent with
+        the rows whatever the moment the process dies.
+
         Returns the number of rows written and the new drops found in this write.
         """
         written = 0
         drops: list[Revision] = []
+        changes: list[Change] = []
+        rows_delta = 0
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -258,16 +290,24 @@ class Ledger:
                         ],
                     )
                     written += len(new)
+                    if observer is not None:
+                        rows_delta += len(new) - len(old)
+                        head = (provider, account, endpoint, bucket.start, bucket.end)
+                        _diff(changes, head, old, new, False)
+                        _diff(changes, head, _by_group(old_rev), _by_group(new_rev), True)
                 if closed_before is not None:
                     db.execute(
                         "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT (provider, account, endpoint)"
                         " DO UPDATE SET closed_before = max(closed_before, excluded.closed_before)",
                         (provider, account, endpoint, closed_before),
                     )
+                staged = None if observer is None else observer.stage(db, changes, rows_delta)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            if observer is not None:
+                observer.commit(staged)
         for rev in drops:
             log.warning(
                 "provider revised %s/%s %s %s down by %s",
@@ -278,6 +318,24 @@ class Ledger:
                 rev.amount,
             )
         return written, drops
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one write transaction (committed if it returns, rolled back if not)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return result
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the connection, alone (reads see one consistent state)."""
+        with self._lock:
+            return fn(self._db)
 
     def forget(self, provider: str, account: str) -> None:
         """Drop everything stored for one account (its shape changed): it is refetched."""
@@ -303,6 +361,44 @@ class Ledger:
                 key = parsed[dims] = _load_dims(dims)
             yield StoredRow(p, a, e, int(s), int(end), Row(op, key, _load_measures(measures)))
 
+    def iter_rows(self, since: int = 0, batch: int = 20_000) -> Iterator[StoredRow]:
+        """Every stored row whose bucket starts at or after `since`, streamed (constant
+        memory, for folding the whole ledger). Holds the ledger while it runs."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
+                " measures FROM rows WHERE bucket_start >= ?",
+                (since,),
+            )
+            parsed: dict[str, tuple[tuple[str, str], ...]] = {}
+            while chunk := cur.fetchmany(batch):
+                for p, a, e, s, end, op, dims, measures in chunk:
+                    key = parsed.get(dims)
+                    if key is None:
+                        if len(parsed) > 100_000:
+                            parsed.clear()
+                        key = parsed[dims] = _load_dims(dims)
+                    yield StoredRow(
+                        p, a, e, int(s), int(end), Row(op, key, _load_measures(measures))
+                    )
+
+    def revision_rows(self, since: int = 0) -> list[StoredRow]:
+        """Revised-away amounts as rows, one per (endpoint, bucket, group), as `replace`
+        reports them to its observer."""
+        with self._lock:
+            fetched = self._db.execute(
+                "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
+                " measure, amount FROM revisions WHERE bucket_start >= ?",
+                (since,),
+            ).fetchall()
+        grouped: dict[tuple[str, str, str, int, int, str, str], dict[str, Number]] = {}
+        for p, a, e, s, end, op, dims, m, amount in fetched:
+            grouped.setdefault((p, a, e, int(s), int(end), op, dims), {})[m] = _parse_number(amount)
+        return [
+            StoredRow(p, a, e, s, end, Row(op, _load_dims(dims), measures))
+            for (p, a, e, s, end, op, dims), measures in grouped.items()
+        ]
+
     def revisions(self, since: int = 0) -> list[Revision]:
         """How far each (bucket, group, measure) is below the highest value seen for it."""
         with self._lock:
@@ -317,9 +413,42 @@ class Ledger:
             for p, a, op, s, e, d, m, v in fetched
         ]
 
-    def count(self) -> int:
+    def count(self, since: int = 0) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM rows").fetchone()[0])
+            return int(
+                self._db.execute(
+                    "SELECT count(*) FROM rows WHERE bucket_start >= ?", (since,)
+                ).fetchone()[0]
+            )
+
+
+_Groups = dict[tuple[str, str], dict[str, Number]]  # (operation, dims json) -> measures
+
+
+def _by_group(amounts: dict[tuple[str, str, str], Number]) -> _Groups:
+    out: _Groups = {}
+    for (op, dims, m), v in amounts.items():
+        out.setdefault((op, dims), {})[m] = v
+    return out
+
+
+def _diff(
+    changes: list[Change],
+    head: tuple[str, str, str, int, int],
+    old: _Groups,
+    new: _Groups,
+    revised: bool,
+) -> None:
+    """The groups of one bucket whose measures differ between `old` and `new`."""
+    for key in old.keys() | new.keys():
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        op, dims = key
+        for sign, measures in ((-1, before), (1, after)):
+            if measures is not None:
+                row = Row(op, _load_dims(dims), dict(measures))
+                changes.append(Change(sign, revised, StoredRow(*head, row)))
 
 
 def _parse_number(text: str) -> Number:

@@ -1,9 +1,14 @@
-"""The metric model: pure functions from the ledger (plus prices, budgets, health) to families.
+"""The metric model: families rendered from the aggregates (plus prices, budgets, health).
 
 Counters are sums over every stored bucket since the history start, plus the downward
 revisions the ledger has seen (so a counter never goes down while the state lives; the
 revised amount is exposed on its own). Period gauges are exact sums of the buckets that start
-in the period, in the configured time zone. Nothing here does I/O or knows provider JSON.
+in the period, in the configured time zone. The sums themselves are kept by
+`exporter.aggregates` (row by row, see `exporter.fold`); this module only reads them, so a
+render costs in proportion to the series exposed, not to the history behind them. Nothing
+here does I/O or knows provider JSON. One function per metric family group, each reading
+the sums it needs: `_counters`, `_periods`, `_storage`, `_prices`, `_reconciliation`,
+`_budgets`, `_health`.
 
 Example exposition:
 
@@ -25,57 +30,37 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from exporter import __version__
-from exporter.budgets import ScopePart, Selector, compile_selector, evaluate, period_bounds
+from exporter.aggregates import Aggregates, period_starts
+from exporter.budgets import ScopePart, compile_selector, evaluate, period_bounds
 from exporter.exposition import Family, format_value
+from exporter.fold import (
+    FOLDED,
+    OPT_IN,
+    EstimateLike,
+    FoldContext,
+    Key,
+    RowPricer,
+    opt_labels_for,
+    resolve_labels,
+)
 from exporter.health import Health
 from exporter.ledger import Revision, StoredRow
-from exporter.names import OPT
-from exporter.rows import (
-    AUDIO_SECONDS,
-    CC_COMMITS,
-    CC_ESTIMATED_COST,
-    CC_LINES_ADDED,
-    CC_LINES_REMOVED,
-    CC_PULL_REQUESTS,
-    CHARACTERS,
-    COST,
-    IMAGES,
-    REQUESTS,
-    SESSIONS,
-    STORAGE_BYTES,
-    TOKENS,
-    TOOL_CALLS,
-    Number,
-    Row,
-)
+from exporter.names import BY_NAME
+from exporter.rows import Number, Row
 from exporter.settings import BudgetSettings
 
-# Opt-in dimension labels, in label order. `project` is on by default (settings.group_by).
-OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window")
-# Labels whose long tail is folded into "other" past the configured top-N.
-FOLDED = ("project", "user", "api_key")
+__all__ = [
+    "OPT_IN",
+    "EstimateLike",
+    "ModelInput",
+    "PriceEntry",
+    "RowEstimate",
+    "build",
+    "opt_labels_for",
+    "render_model",
+]
+
 OTHER = "other"
-PERIODS = ("day", "week", "month")
-
-SIMPLE_MEASURES = {
-    REQUESTS: "llm_model_requests_total",
-    CHARACTERS: "llm_characters_total",
-    AUDIO_SECONDS: "llm_audio_seconds_total",
-}
-
-
-class EstimateLike(Protocol):
-    @property
-    def costs(self) -> Mapping[str, tuple[Decimal, str]]: ...  # token_type -> (usd, source)
-
-    @property
-    def unpriced(self) -> Mapping[str, int]: ...  # token_type -> tokens
-
-    @property
-    def cache_savings(self) -> Decimal: ...
-
-    @property
-    def batch_savings(self) -> Decimal: ...
 
 
 class PriceEntryLike(Protocol):
@@ -112,16 +97,8 @@ class DataInfoLike(Protocol):
     def timestamp(self) -> float | None: ...
 
 
-class Estimator(Protocol):
+class Estimator(RowPricer, Protocol):
     """What the model needs from pricing (implemented by `exporter.pricing.PriceBook`)."""
-
-    def estimate_dims(
-        self, provider: str, dims: Mapping[str, str], token_counts: Mapping[str, int], day: dt.date
-    ) -> EstimateLike: ...
-
-    def estimate_units(
-        self, provider: str, dims: Mapping[str, str], unit_counts: Mapping[str, int], day: dt.date
-    ) -> Mapping[str, tuple[Decimal, str]]: ...
 
     def price_table(
         self, provider_models: Iterable[tuple[str, str]], day: dt.date
@@ -150,13 +127,12 @@ class PriceEntry:
 
 
 @dataclass
-class ModelInput:
-    rows: Sequence[StoredRow]
-    revisions: Sequence[Revision]
+class RenderInput:
+    """What a render needs besides the sums."""
+
     health: Health
     now: dt.datetime  # aware
     tz: ZoneInfo
-    history_start: int  # unix seconds
     opt_labels: tuple[str, ...]  # enabled opt-in labels, in OPT_IN order
     max_values: int = 50
     estimator: Estimator | None = None
@@ -164,126 +140,21 @@ class ModelInput:
     revision: str = ""
 
 
-def opt_labels_for(group_bys: Iterable[Iterable[str]]) -> tuple[str, ...]:
-    enabled = {d for g in group_bys for d in g}
-    return tuple(d for d in OPT_IN if d in enabled)
+@dataclass
+class ModelInput:
+    """Rows and revisions folded from scratch (tests, benchmarks): see `build`."""
 
-
-def _resolve(labels: tuple[str, ...], opt: tuple[str, ...]) -> tuple[str, ...]:
-    out: list[str] = []
-    for lab in labels:
-        if lab == OPT:
-            out.extend(opt)
-        else:
-            out.append(lab)
-    return tuple(out)
-
-
-def _fold_sets(
-    rows: Sequence[StoredRow], opt: tuple[str, ...], max_values: int
-) -> dict[str, set[str]]:
-    """Per folded label, the values to keep; the others become "other".
-
-    Which values are kept must not change from one poll to the next, or history would move
-    between a value's series and "other" and one of them would go down. So values are ranked
-    by the UTC day they first appear, then by their size (tokens, plus cost) on that day: a
-    closed day never changes, so once kept a value stays kept, and a newcomer only takes a
-    place that is still free. It is a function of the ledger alone, so replicas agree.
-    """
-    keep: dict[str, set[str]] = {}
-    if max_values <= 0:
-        return keep
-    for lab in FOLDED:
-        if lab not in opt:
-            continue
-        first: dict[str, int] = {}
-        size: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
-        for sr in rows:
-            v = sr.row.dim(lab)
-            if not v:
-                continue
-            day = sr.start - sr.start % 86400
-            first[v] = min(first.get(v, day), day)
-            m = sr.row.measures
-            s = Decimal(sum(int(x) for k, x in m.items() if k.startswith(TOKENS)))
-            if COST in m:
-                s += Decimal(m[COST]) * 1_000_000
-            size[(v, day)] += s
-        if len(first) > max_values:
-            ranked = sorted(first, key=lambda v: (first[v], -size[(v, first[v])], v))
-            keep[lab] = set(ranked[:max_values])
-    return keep
-
-
-def calendar_day(sr: StoredRow, tz: ZoneInfo) -> dt.date:
-    """The calendar day a bucket counts in for periods and budgets.
-
-    A daily bucket is a UTC day: it counts as the local day of the same date (a day's total
-    cannot be split by hour). Finer buckets count in the local day their start falls in, so
-    with `bucket_width: 1h` local days are exact.
-    """
-    if sr.end - sr.start >= 86400:
-        return dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
-    return dt.datetime.fromtimestamp(sr.start, tz).date()
-
-
-def period_starts(now: dt.datetime, tz: ZoneInfo) -> dict[str, dt.datetime]:
-    local = now.astimezone(tz)
-    day = dt.datetime.combine(local.date(), dt.time(), tzinfo=tz)
-    week = dt.datetime.combine(
-        local.date() - dt.timedelta(days=local.weekday()), dt.time(), tzinfo=tz
-    )
-    month = dt.datetime.combine(local.date().replace(day=1), dt.time(), tzinfo=tz)
-    return {"day": day, "week": week, "month": month}
-
-
-class Builder:
-    """Accumulates families from rows; one instance per rebuild."""
-
-    def __init__(self, inp: ModelInput) -> None:
-        self.inp = inp
-        self.opt = inp.opt_labels
-        self.fams: dict[str, Family] = {}
-        self.keep = _fold_sets(inp.rows, self.opt, inp.max_values)
-
-    def fam(self, name: str) -> Family:
-        f = self.fams.get(name)
-        if f is None:
-            from exporter.names import BY_NAME
-
-            f = Family(BY_NAME[name], _resolve(BY_NAME[name].labels, self.opt))
-            self.fams[name] = f
-        return f
-
-    def label_value(self, lab: str, labels: Mapping[str, str]) -> str:
-        v = labels.get(lab, "")
-        keep = self.keep.get(lab)
-        if keep is not None and v and v not in keep:
-            return OTHER
-        return v
-
-    def folded(self, labels: dict[str, str]) -> dict[str, str]:
-        """Label values with the long tail folded, once per row, so `add` is a plain lookup.
-        Budgets and pricing keep reading the unfolded values."""
-        if not self.keep:
-            return labels
-        return {lab: self.label_value(lab, labels) for lab in labels}
-
-    def key(self, name: str, labels: Mapping[str, str]) -> tuple[str, ...]:
-        get = labels.get
-        return tuple([get(lab, "") for lab in self.fam(name).labels])
-
-    def add(self, name: str, labels: Mapping[str, str], value: int | Decimal) -> None:
-        f = self.fam(name)
-        f.add(self.key(name, labels), value)
-
-
-def _labels(sr: StoredRow) -> dict[str, str]:
-    labels = dict(sr.row.dims)
-    labels["provider"] = sr.provider
-    labels["account"] = sr.account
-    labels["operation"] = sr.row.operation
-    return labels
+    rows: Sequence[StoredRow]
+    revisions: Sequence[Revision]
+    health: Health
+    now: dt.datetime  # aware
+    tz: ZoneInfo
+    history_start: int  # unix seconds
+    opt_labels: tuple[str, ...]
+    max_values: int = 50
+    estimator: Estimator | None = None
+    budgets: Sequence[BudgetSettings] = ()
+    revision: str = ""
 
 
 def _revision_rows(revisions: Sequence[Revision]) -> list[StoredRow]:
@@ -300,202 +171,180 @@ def _revision_rows(revisions: Sequence[Revision]) -> list[StoredRow]:
     ]
 
 
-_RecKey = tuple[str, str, int]  # (model, token_type, UTC day start)
-
-
-@dataclass
-class _Spend:
-    """Per (provider, account): token spend by (model, token type, UTC day start), reported
-    (cost lines that name a model and token type) and estimated, for reconciliation."""
-
-    reported: dict[_RecKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    estimated: dict[_RecKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    newest_cost_day: int | None = None  # start of the newest non-empty cost bucket
-    cost_dims: set[str] = field(default_factory=set)
-
-
 def build(inp: ModelInput) -> list[Family]:
-    b = Builder(inp)
-    tz = inp.tz
-    starts = period_starts(inp.now, tz)
-    start_ts = {p: int(s.timestamp()) for p, s in starts.items()}
-    start_day = {p: s.date() for p, s in starts.items()}
-    seen_models: set[tuple[str, str]] = set()
-    storage: dict[tuple[str, str, str], tuple[int, int]] = {}  # (p, a, project) -> (start, bytes)
-    budgets = _BudgetInputs(inp)
-    spend: dict[tuple[str, str], _Spend] = defaultdict(_Spend)
+    """Fold `inp.rows` and `inp.revisions` from scratch, then render."""
+    ctx = FoldContext(inp.tz, inp.opt_labels, inp.estimator, inp.budgets)
+    agg = Aggregates(ctx, history_start=inp.history_start)
+    agg.roll(inp.now)
+    agg.fold(sr for sr in inp.rows if sr.start >= inp.history_start)
+    agg.fold(
+        (sr for sr in _revision_rows(inp.revisions) if sr.start >= inp.history_start),
+        revised=True,
+    )
+    return render_model(
+        agg,
+        RenderInput(
+            inp.health,
+            inp.now,
+            inp.tz,
+            inp.opt_labels,
+            inp.max_values,
+            inp.estimator,
+            inp.budgets,
+            inp.revision,
+        ),
+    )
 
-    rows = [(sr, False) for sr in inp.rows] + [(sr, True) for sr in _revision_rows(inp.revisions)]
-    for sr, revised in rows:
-        row = sr.row
-        raw = _labels(sr)
-        labels = b.folded(raw)
-        m = row.measures
-        if row.operation == CLAUDE_CODE:
-            _claude_code(b, labels, m)  # its own metrics: never added to llm_tokens_total
-            continue
-        local_day = calendar_day(sr, tz)
-        periods = [] if revised else [p for p in PERIODS if local_day >= start_day[p]]
-        day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
-        utc_day = sr.start - sr.start % 86400
-        if COST in m:
-            if row.dim("currency") not in ("", "usd"):
-                continue  # non-USD costs are not converted (no provider reports them today)
-            usd = Decimal(m[COST])
-            b.add("llm_cost_reported_usd_total", labels, usd)
-            if revised:
-                b.add("llm_cost_reported_revised_usd", labels, usd)
-                continue
-            for p in periods:
-                b.add("llm_period_cost_reported_usd", {**labels, "period": p}, usd)
-            sp = spend[(sr.provider, sr.account)]
-            if row.dim("token_type") and row.dim("model"):
-                sp.reported[(row.dim("model"), row.dim("token_type"), utc_day)] += usd
-            sp.cost_dims.update(k for k, _ in row.dims)
-            if usd and (sp.newest_cost_day is None or utc_day > sp.newest_cost_day):
-                sp.newest_cost_day = utc_day
-            budgets.add(raw, local_day, reported=usd)
-            continue
-        tokens: dict[str, int] = {}
-        for name, v in m.items():
-            if revised:
-                b.add("llm_usage_revised", {**labels, "measure": name}, v)
-            if name.startswith(TOKENS):
-                tt = name[len(TOKENS) :]
-                tokens[tt] = int(v)
-                b.add("llm_tokens_total", {**labels, "token_type": tt}, int(v))
-                for p in periods:
-                    b.add("llm_period_tokens", {**labels, "token_type": tt, "period": p}, int(v))
-            elif name in SIMPLE_MEASURES:
-                b.add(SIMPLE_MEASURES[name], labels, int(v))
-            elif name == IMAGES:
-                b.add("llm_images_total", labels, int(v))
-            elif name == SESSIONS:
-                b.add("llm_code_interpreter_sessions_total", labels, int(v))
-            elif name == TOOL_CALLS:
-                b.add("llm_tool_calls_total", labels, int(v))
-            elif name == STORAGE_BYTES and not revised:
-                k = (sr.provider, sr.account, labels.get("project", ""))
-                prev = storage.get(k)
-                if prev is None or sr.start > prev[0]:
-                    storage[k] = (sr.start, 0)
-                    prev = storage[k]
-                if sr.start == prev[0]:
-                    storage[k] = (sr.start, prev[1] + int(v))
-        if tokens and inp.estimator is not None:
-            model = labels.get("model", "")
-            seen_models.add((sr.provider, model))
-            est = inp.estimator.estimate_dims(sr.provider, raw, tokens, day)
-            row_usd = Decimal(0)
-            for tt, (usd, source) in est.costs.items():
-                row_usd += usd
-                if not revised:
-                    spend[(sr.provider, sr.account)].estimated[(model, tt, utc_day)] += usd
-                lab = {**labels, "token_type": tt, "price_source": source}
-                b.add("llm_cost_estimated_usd_total", lab, usd)
-                for p in periods:
-                    b.add("llm_period_cost_estimated_usd", {**labels, "period": p}, usd)
-            unpriced = sum(est.unpriced.values())
-            for tt, n in est.unpriced.items():
-                b.add("llm_unpriced_tokens_total", {**labels, "token_type": tt}, n)
-            if est.unpriced:
-                b.add("llm_unpriced_model_requests_total", labels, int(m.get(REQUESTS, 0)))
-                if not revised:
-                    b.fam("llm_unpriced_model_info").set((sr.provider, model), 1)
-            if est.cache_savings:
-                b.add("llm_cache_savings_usd_total", labels, est.cache_savings)
-            if est.batch_savings:
-                b.add("llm_batch_savings_usd_total", labels, est.batch_savings)
-            if not revised:
-                budgets.add(raw, local_day, estimated=row_usd, unpriced=unpriced)
+
+class _Out:
+    """The families of one render."""
+
+    def __init__(self, opt: tuple[str, ...]) -> None:
+        self.opt = opt
+        self.fams: dict[str, Family] = {}
+
+    def fam(self, name: str) -> Family:
+        f = self.fams.get(name)
+        if f is None:
+            spec = BY_NAME[name]
+            f = self.fams[name] = Family(spec, resolve_labels(spec.labels, self.opt))
+        return f
+
+
+def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
+    """Every family, from the current sums. Holds the aggregates' lock while it reads."""
+    out = _Out(inp.opt_labels)
+    with agg.lock:
+        keep = _fold_sets(agg, inp.opt_labels, inp.max_values)
+        _counters(out, agg, keep)
+        _periods(out, agg, keep, inp)
+        _storage(out, agg, keep)
         if inp.estimator is not None:
-            _unit_costs(b, inp.estimator, sr, labels, raw, tokens, day, periods, budgets, revised)
-
-    for (p, a, project), (_, v) in storage.items():
-        b.fam("llm_vector_store_bytes").set((p, a, project), v)
-    for p, s in start_ts.items():
-        b.fam("llm_period_start_timestamp_seconds").set((p,), s)
-    if inp.estimator is not None:
-        _prices(b, inp.estimator, seen_models, inp.now.astimezone(tz).date())
-        _reconciliation(b, spend, int(starts["month"].timestamp()))
-    budgets.emit(b, spend)
-    _health(b, inp.health)
-    b.fam("llm_exporter_build_info").set((__version__, inp.revision, platform.python_version()), 1)
+            _prices(out, agg, inp.estimator, inp.now.astimezone(inp.tz).date())
+            _reconciliation(out, agg, inp)
+        _budgets(out, agg, inp)
+    _health(out, inp.health)
+    out.fam("llm_exporter_build_info").set(
+        (__version__, inp.revision, platform.python_version()), 1
+    )
     if inp.health.last_poll is not None:
-        b.fam("llm_exporter_last_poll_timestamp_seconds").set((), inp.health.last_poll)
-    return list(b.fams.values())
+        out.fam("llm_exporter_last_poll_timestamp_seconds").set((), inp.health.last_poll)
+    return list(out.fams.values())
 
 
-# Non-token measures with a unit price in the database (pricing.UNITS).
-_UNIT_MEASURES = {REQUESTS: "request", CHARACTERS: "character", AUDIO_SECONDS: "audio_second"}
+def _fold_sets(agg: Aggregates, opt: tuple[str, ...], max_values: int) -> dict[str, set[str]]:
+    """Per folded label, the values to keep; the others become "other".
 
-
-def _unit_costs(
-    b: Builder,
-    est: Estimator,
-    sr: StoredRow,
-    labels: Mapping[str, str],
-    raw: Mapping[str, str],
-    tokens: Mapping[str, int],
-    day: dt.date,
-    periods: Sequence[str],
-    budgets: _BudgetInputs,
-    revised: bool,
-) -> None:
-    """Estimated cost of requests, characters, audio seconds and web searches.
-
-    Exposed with token_type="" on llm_cost_estimated_usd_total. A speech or transcription row
-    (no tokens) whose unit has no price marks its model unpriced, never $0.
+    Which values are kept must not change from one poll to the next, or history would move
+    between a value's series and "other" and one of them would go down. So values are ranked
+    by the UTC day they first appear, then by their size (tokens, plus cost) on that day: a
+    closed day never changes, so once kept a value stays kept, and a newcomer only takes a
+    place that is still free. It is a function of the ledger alone, so replicas agree.
     """
-    m = sr.row.measures
-    counts = {unit: int(m[measure]) for measure, unit in _UNIT_MEASURES.items() if m.get(measure)}
-    if m.get(TOOL_CALLS) and sr.row.dim("tool") == "web_search":
-        counts["web_search"] = int(m[TOOL_CALLS])
-    if not counts:
-        return
-    costs = est.estimate_units(sr.provider, raw, counts, day)
-    row_usd = Decimal(0)
-    for usd, source in costs.values():
-        row_usd += usd
-        b.add(
-            "llm_cost_estimated_usd_total",
-            {**labels, "token_type": "", "price_source": source},
-            usd,
+    keep: dict[str, set[str]] = {}
+    if max_values <= 0:
+        return keep
+    first: dict[str, dict[str, tuple[int, Number]]] = defaultdict(dict)
+    for (lab, value, day), (size, _) in agg.sums("f").items():
+        seen = first[str(lab)].get(str(value))
+        if seen is None or int(day) < seen[0]:  # type: ignore[call-overload]
+            first[str(lab)][str(value)] = (int(day), size)  # type: ignore[call-overload]
+    for lab in FOLDED:
+        values = first.get(lab, {})
+        if lab in opt and len(values) > max_values:
+            ranked = sorted(values, key=lambda v: (values[v][0], -values[v][1], v))
+            keep[lab] = set(ranked[:max_values])
+    return keep
+
+
+def _folder(labels: tuple[str, ...], keep: Mapping[str, set[str]]) -> list[tuple[int, set[str]]]:
+    return [(i, keep[lab]) for i, lab in enumerate(labels) if lab in keep]
+
+
+def _folded(key: Key, positions: list[tuple[int, set[str]]]) -> tuple[str, ...]:
+    if not positions:
+        return key  # type: ignore[return-value]
+    out = list(key)
+    for i, kept in positions:
+        if out[i] and out[i] not in kept:
+            out[i] = OTHER
+    return tuple(out)  # type: ignore[arg-type]
+
+
+def _counters(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]]) -> None:
+    """All-time counters (and revised-away gauges), long tail folded."""
+    for kind, sums in agg.cells.items():
+        if not kind.startswith("t:") or kind[2] == "_":
+            continue
+        fam = out.fam(kind[2:])
+        positions = _folder(fam.labels, keep)
+        for key, (value, _) in sums.items():
+            fam.add(_folded(key, positions), value)
+    for p, model in agg.sums("t:_unpriced_model"):
+        out.fam("llm_unpriced_model_info").set((str(p), str(model)), 1)
+
+
+def _periods(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]], inp: RenderInput) -> None:
+    """Day, week and month to date (the sums of the open periods)."""
+    for kind, sums in agg.cells.items():
+        if not kind.startswith("p:"):
+            continue
+        _, period, name = kind.split(":", 2)
+        fam = out.fam(name)
+        at = fam.labels.index("period")
+        positions = _folder(fam.labels, keep)
+        for key, (value, _) in sums.items():
+            k = list(_folded(key, positions))
+            k[at] = period
+            fam.add(tuple(k), value)
+    for p, start in period_starts(inp.now, inp.tz).items():
+        midnight = dt.datetime.combine(start, dt.time(), tzinfo=inp.tz)
+        out.fam("llm_period_start_timestamp_seconds").set((p,), int(midnight.timestamp()))
+
+
+def _storage(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]]) -> None:
+    """Vector-store bytes: a level, so the newest bucket's value, never a sum over days."""
+    latest: dict[tuple[str, str, str], tuple[int, int]] = {}
+    kept = keep.get("project")
+    for (p, a, project, start), (value, _) in agg.sums("l").items():
+        proj = str(project)
+        if kept is not None and proj and proj not in kept:
+            proj = OTHER
+        k = (str(p), str(a), proj)
+        s = int(start)  # type: ignore[call-overload]
+        prev = latest.get(k)
+        if prev is None or s > prev[0]:
+            latest[k] = (s, int(value))
+        elif s == prev[0]:
+            latest[k] = (s, prev[1] + int(value))
+    for k, (_, v) in latest.items():
+        out.fam("llm_vector_store_bytes").set(k, v)
+
+
+def _prices(out: _Out, agg: Aggregates, est: Estimator, day: dt.date) -> None:
+    seen = sorted((str(p), str(m)) for p, m in agg.sums("t:_seen_model"))
+    for e in est.price_table(seen, day):
+        out.fam("llm_price_usd_per_token").set(
+            (e.provider, e.model, e.token_type, e.source), e.usd_per_token
         )
-        for p in periods:
-            b.add("llm_period_cost_estimated_usd", {**labels, "period": p}, usd)
-    if row_usd and not revised:
-        budgets.add(raw, calendar_day(sr, budgets.inp.tz), estimated=row_usd)
-    billed_by = [u for u in ("character", "audio_second") if u in counts]
-    if not tokens and billed_by and not any(u in costs for u in billed_by):
-        b.add("llm_unpriced_model_requests_total", labels, int(m.get(REQUESTS, 0)))
-        if not revised:
-            b.fam("llm_unpriced_model_info").set((sr.provider, labels.get("model", "")), 1)
+    info = est.data_info()
+    out.fam("llm_price_data_info").set((info.source, info.version, info.refresh), 1)
+    if info.refresh_time is not None:
+        out.fam("llm_price_data_refresh_attempt_timestamp_seconds").set((), info.refresh_time)
+    if info.timestamp is not None:
+        out.fam("llm_price_data_timestamp_seconds").set((), info.timestamp)
 
 
-CLAUDE_CODE = "claude_code"
-_CC_COUNTERS = {
-    SESSIONS: ("llm_claude_code_sessions_total", {}),
-    CC_LINES_ADDED: ("llm_claude_code_lines_total", {"change": "added"}),
-    CC_LINES_REMOVED: ("llm_claude_code_lines_total", {"change": "removed"}),
-    CC_COMMITS: ("llm_claude_code_commits_total", {}),
-    CC_PULL_REQUESTS: ("llm_claude_code_pull_requests_total", {}),
-}
+def _newest_cost_day(agg: Aggregates) -> dict[tuple[str, str], int]:
+    """Per account, the start of the newest UTC day with a non-zero reported cost."""
+    newest: dict[tuple[str, str], int] = {}
+    for p, a, day in agg.sums("c"):
+        k = (str(p), str(a))
+        newest[k] = max(newest.get(k, int(day)), int(day))  # type: ignore[call-overload]
+    return newest
 
 
-def _claude_code(b: Builder, labels: Mapping[str, str], m: Mapping[str, Number]) -> None:
-    for name, v in m.items():
-        if name in _CC_COUNTERS:
-            metric, extra = _CC_COUNTERS[name]
-            b.add(metric, {**labels, **extra}, int(v))
-        elif name.startswith(TOKENS):
-            tt = name[len(TOKENS) :]
-            b.add("llm_claude_code_tokens_total", {**labels, "token_type": tt}, int(v))
-        elif name == CC_ESTIMATED_COST:
-            b.add("llm_claude_code_estimated_cost_usd_total", labels, Decimal(v))
-
-
-def _reconciliation(b: Builder, spend: Mapping[tuple[str, str], _Spend], month_start: int) -> None:
+def _reconciliation(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
     """Estimated / reported token cost over this month's closed cost days.
 
     Like is compared with like: only (model, token type) pairs that the estimate prices and
@@ -503,164 +352,135 @@ def _reconciliation(b: Builder, spend: Mapping[tuple[str, str], _Spend], month_s
     with no known price, never read as drift (they have their own metrics and alerts). A
     billed line whose model name differs from the usage's model is left out, not mismatched.
     """
+    month = period_starts(inp.now, inp.tz)["month"]
+    month_start = int(dt.datetime.combine(month, dt.time(), tzinfo=inp.tz).timestamp())
     month_day = month_start - month_start % 86400
-    for (p, a), sp in spend.items():
-        if sp.newest_cost_day is None:
-            continue
-        closed = sp.newest_cost_day
-        priced = {(m, tt) for m, tt, d in sp.estimated if month_day <= d < closed}
-        billed = {(m, tt) for m, tt, d in sp.reported if month_day <= d < closed}
-        both = priced & billed
+    newest = _newest_cost_day(agg)
+    # (provider, account) -> side -> (model, token type) -> usd, over this month's closed days
+    sides: dict[tuple[str, str], tuple[dict[tuple[str, str], Decimal], ...]] = {}
+    for side, kind in ((0, "r.est"), (1, "r.rep")):
+        for (p, a, m, tt, d), (usd, _) in agg.sums(kind).items():
+            closed = newest.get((str(p), str(a)))
+            if closed is None or not month_day <= int(d) < closed:  # type: ignore[call-overload]
+                continue
+            pair = sides.setdefault((str(p), str(a)), ({}, {}))[side]
+            k = (str(m), str(tt))
+            pair[k] = pair.get(k, Decimal(0)) + Decimal(usd)
+    for (p, a), (estimated, reported) in sorted(sides.items()):
+        both = estimated.keys() & reported.keys()
         per_model: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
-        for side, series in ((0, sp.estimated), (1, sp.reported)):
-            for (m, tt, d), usd in series.items():
-                if month_day <= d < closed and (m, tt) in both:
-                    per_model[m][side] += usd
+        for m, tt in both:
+            per_model[m][0] += estimated[(m, tt)]
+            per_model[m][1] += reported[(m, tt)]
         est_total = rep_total = Decimal(0)
         for m, (est, rep) in per_model.items():
             if rep > 0:
-                b.fam("llm_model_cost_reconciliation_ratio").set((p, a, m), est / rep)
+                out.fam("llm_model_cost_reconciliation_ratio").set((p, a, m), est / rep)
                 est_total += est
                 rep_total += rep
         if rep_total > 0:
-            b.fam("llm_cost_reconciliation_ratio").set((p, a), est_total / rep_total)
+            out.fam("llm_cost_reconciliation_ratio").set((p, a), est_total / rep_total)
 
 
-_Series = tuple[dict[dt.date, Decimal], dict[dt.date, Decimal], list[int]]
-
-
-class _BudgetInputs:
-    """Collects, per budget and per (provider, account), the daily spend in its scope."""
-
-    def __init__(self, inp: ModelInput) -> None:
-        self.inp = inp
-        self.items: list[tuple[BudgetSettings, Selector, dt.date]] = []
-        for bs in inp.budgets:
-            start, _ = period_bounds(bs.period, inp.now, inp.tz)
-            self.items.append((bs, compile_selector(bs.selector), start.date()))
-        # budget -> (provider, account) -> (reported by day, estimated by day, [unpriced tokens])
-        self.data: dict[str, dict[tuple[str, str], _Series]] = {}
-
-    def add(
-        self,
-        labels: Mapping[str, str],
-        day: dt.date,
-        reported: Decimal = Decimal(0),
-        estimated: Decimal = Decimal(0),
-        unpriced: int = 0,
-    ) -> None:
-        if not self.items:
-            return
-        for bs, sel, period_start in self.items:
-            if not sel.matches(labels):
-                continue
-            rep, est, unp = self.data.setdefault(bs.name, {}).setdefault(
-                (labels["provider"], labels["account"]),
-                (defaultdict(Decimal), defaultdict(Decimal), [0]),
-            )
-            if reported:
-                rep[day] += reported
-            if estimated:
-                est[day] += estimated
-            if unpriced and day >= period_start:
-                unp[0] += unpriced
-
-    def known_accounts(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        """Configured accounts, and those whose spend is known (data stored, or polled OK)."""
-        h = self.inp.health
-        configured = {(p, a) for p, a, _ in h.endpoints}
-        known = {(sr.provider, sr.account) for sr in self.inp.rows}
-        known |= {(p, a) for (p, a, _), st in h.endpoints.items() if st.last_success is not None}
-        return configured, known
-
-    def emit(self, b: Builder, spend: Mapping[tuple[str, str], _Spend]) -> None:
-        inp = self.inp
-        configured, known = self.known_accounts()
-        for bs, _, _ in self.items:
-            # No figure rather than a false $0: a budget whose accounts have neither stored
-            # data nor a successful poll yet (a fresh state file, a provider down) is not shown.
-            where = compile_selector(
-                {k: v for k, v in bs.selector.items() if k in ("provider", "account")}
-            )
-            in_scope = {
-                (p, a) for p, a in configured if where.matches({"provider": p, "account": a})
-            }
-            if in_scope - known:
-                continue
-            parts = []
-            for (p, a), (rep, est, unp) in self.data.get(bs.name, {}).items():
-                sp = spend.get((p, a))
-                through: dt.date | None = None
-                # A scope that cost rows cannot express (e.g. a model selector on OpenAI, whose
-                # costs carry no model) is estimated only; so is a provider with no cost API.
-                if (
-                    sp is not None
-                    and sp.newest_cost_day is not None
-                    and all(k in ("provider", "account") or k in sp.cost_dims for k in bs.selector)
-                ):
-                    through = dt.datetime.fromtimestamp(sp.newest_cost_day, dt.UTC).date()
-                    parts.append(ScopePart(rep, est, through, unp[0]))
-                else:
-                    parts.append(ScopePart({}, est, None, unp[0]))
-            st = evaluate(bs, inp.now, inp.tz, parts)
-            key = (bs.name,)
-            if st.limit is not None:
-                b.fam("llm_budget_limit_usd").set(key, st.limit)
-                for t in bs.thresholds:
-                    b.fam("llm_budget_threshold_ratio").set((bs.name, format_value(t)), t)
-            b.fam("llm_budget_spent_usd").set(key, st.spent)
-            if st.ratio is not None:
-                b.fam("llm_budget_spent_ratio").set(key, st.ratio)
-            b.fam("llm_budget_forecast_usd").set(key, st.forecast)
-            if st.exhaustion is not None:
-                b.fam("llm_budget_exhaustion_forecast_timestamp_seconds").set(
-                    key, st.exhaustion.timestamp()
-                )
-            b.fam("llm_budget_period_start_timestamp_seconds").set(key, st.period_start.timestamp())
-            b.fam("llm_budget_period_end_timestamp_seconds").set(key, st.period_end.timestamp())
-            b.fam("llm_budget_unpriced_tokens").set(key, st.unpriced_tokens)
-            sel = bs.selector
-            info = (bs.name, bs.period, bs.basis, inp.tz.key)
-            scope = tuple(sel.get(k, "") for k in ("provider", "account", "project", "model"))
-            b.fam("llm_budget_info").set(info + scope, 1)
-
-
-def _prices(b: Builder, est: Estimator, seen: set[tuple[str, str]], day: dt.date) -> None:
-    for e in est.price_table(sorted(seen), day):
-        b.fam("llm_price_usd_per_token").set(
-            (e.provider, e.model, e.token_type, e.source), e.usd_per_token
+def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
+    """Each budget's spend, limit, ratio and forecast over its scope's daily spend."""
+    if not inp.budgets:
+        return
+    h = inp.health
+    configured = {(p, a) for p, a, _ in h.endpoints}
+    known = {(str(p), str(a)) for p, a in agg.sums("t:_account")}
+    known |= {(p, a) for (p, a, _), st in h.endpoints.items() if st.last_success is not None}
+    newest = _newest_cost_day(agg)
+    cost_dims: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for p, a, dim in agg.sums("t:_cost_dim"):
+        cost_dims[(str(p), str(a))].add(str(dim))
+    # budget -> (provider, account) -> (reported by day, estimated by day, unpriced by day)
+    data: dict[str, dict[tuple[str, str], tuple[dict[int, Number], ...]]] = {}
+    for i, kind in enumerate(("b.rep", "b.est", "b.unp")):
+        for (name, p, a, day), (value, _) in agg.sums(kind).items():
+            series = data.setdefault(str(name), {}).setdefault((str(p), str(a)), ({}, {}, {}))
+            series[i][int(day)] = value  # type: ignore[call-overload]
+    for bs in inp.budgets:
+        # No figure rather than a false $0: a budget whose accounts have neither stored
+        # data nor a successful poll yet (a fresh state file, a provider down) is not shown.
+        where = compile_selector(
+            {k: v for k, v in bs.selector.items() if k in ("provider", "account")}
         )
-    info = est.data_info()
-    b.fam("llm_price_data_info").set((info.source, info.version, info.refresh), 1)
-    if info.refresh_time is not None:
-        b.fam("llm_price_data_refresh_attempt_timestamp_seconds").set((), info.refresh_time)
-    if info.timestamp is not None:
-        b.fam("llm_price_data_timestamp_seconds").set((), info.timestamp)
+        in_scope = {(p, a) for p, a in configured if where.matches({"provider": p, "account": a})}
+        if in_scope - known:
+            continue
+        start = period_starts_for(bs, inp)
+        parts = []
+        for (p, a), (rep, est, unp) in data.get(bs.name, {}).items():
+            unpriced = sum(int(v) for d, v in unp.items() if d >= start)
+            reported = {dt.date.fromordinal(d): Decimal(v) for d, v in rep.items()}
+            estimated = {dt.date.fromordinal(d): Decimal(v) for d, v in est.items()}
+            closed = newest.get((p, a))
+            # A scope that cost rows cannot express (e.g. a model selector on OpenAI, whose
+            # costs carry no model) is estimated only; so is a provider with no cost API.
+            if closed is not None and all(
+                k in ("provider", "account") or k in cost_dims[(p, a)] for k in bs.selector
+            ):
+                through = dt.datetime.fromtimestamp(closed, dt.UTC).date()
+                parts.append(ScopePart(reported, estimated, through, unpriced))
+            else:
+                parts.append(ScopePart({}, estimated, None, unpriced))
+        _budget_state(out, bs, inp, parts)
 
 
-def _health(b: Builder, h: Health) -> None:
+def period_starts_for(bs: BudgetSettings, inp: RenderInput) -> int:
+    """The first local day (ordinal) of the budget's current period."""
+    start, _ = period_bounds(bs.period, inp.now, inp.tz)
+    return start.astimezone(inp.tz).date().toordinal()
+
+
+def _budget_state(out: _Out, bs: BudgetSettings, inp: RenderInput, parts: list[ScopePart]) -> None:
+    st = evaluate(bs, inp.now, inp.tz, parts)
+    key = (bs.name,)
+    if st.limit is not None:
+        out.fam("llm_budget_limit_usd").set(key, st.limit)
+        for t in bs.thresholds:
+            out.fam("llm_budget_threshold_ratio").set((bs.name, format_value(t)), t)
+    out.fam("llm_budget_spent_usd").set(key, st.spent)
+    if st.ratio is not None:
+        out.fam("llm_budget_spent_ratio").set(key, st.ratio)
+    out.fam("llm_budget_forecast_usd").set(key, st.forecast)
+    if st.exhaustion is not None:
+        out.fam("llm_budget_exhaustion_forecast_timestamp_seconds").set(
+            key, st.exhaustion.timestamp()
+        )
+    out.fam("llm_budget_period_start_timestamp_seconds").set(key, st.period_start.timestamp())
+    out.fam("llm_budget_period_end_timestamp_seconds").set(key, st.period_end.timestamp())
+    out.fam("llm_budget_unpriced_tokens").set(key, st.unpriced_tokens)
+    sel = bs.selector
+    info = (bs.name, bs.period, bs.basis, inp.tz.key)
+    scope = tuple(sel.get(k, "") for k in ("provider", "account", "project", "model"))
+    out.fam("llm_budget_info").set(info + scope, 1)
+
+
+def _health(out: _Out, h: Health) -> None:
     for (p, a, e), st in h.endpoints.items():
         if st.up is not None:
-            b.fam("llm_source_up").set((p, a, e), st.up)
+            out.fam("llm_source_up").set((p, a, e), st.up)
         if st.last_success is not None:
-            b.fam("llm_source_last_success_timestamp_seconds").set((p, a, e), st.last_success)
+            out.fam("llm_source_last_success_timestamp_seconds").set((p, a, e), st.last_success)
         if st.watermark is not None:
-            b.fam("llm_source_watermark_timestamp_seconds").set((p, a, e), st.watermark)
+            out.fam("llm_source_watermark_timestamp_seconds").set((p, a, e), st.watermark)
         if st.horizon is not None:
-            b.fam("llm_source_revision_horizon_seconds").set((p, a, e), st.horizon)
+            out.fam("llm_source_revision_horizon_seconds").set((p, a, e), st.horizon)
         if st.latest_bucket is not None:
-            b.fam("llm_source_latest_bucket_timestamp_seconds").set((p, a, e), st.latest_bucket)
-        b.fam("llm_source_rows_ingested_total").set((p, a, e), st.rows_ingested)
-        b.fam("llm_source_revisions_total").set((p, a, e), st.revisions)
+            out.fam("llm_source_latest_bucket_timestamp_seconds").set((p, a, e), st.latest_bucket)
+        out.fam("llm_source_rows_ingested_total").set((p, a, e), st.rows_ingested)
+        out.fam("llm_source_revisions_total").set((p, a, e), st.revisions)
     for (p, a, e, code), n in h.requests.items():
-        b.fam("llm_source_api_requests_total").set((p, a, e, code), n)
+        out.fam("llm_source_api_requests_total").set((p, a, e, code), n)
     for (p, a, e, reason), n in h.failures.items():
-        b.fam("llm_source_api_request_failures_total").set((p, a, e, reason), n)
+        out.fam("llm_source_api_request_failures_total").set((p, a, e, reason), n)
     for (p, e), hist in h.durations.items():
-        b.fam("llm_source_api_request_duration_seconds").histograms[(p, e)] = hist
+        out.fam("llm_source_api_request_duration_seconds").histograms[(p, e)] = hist
     for (p, a), s in h.poll_duration.items():
-        b.fam("llm_source_poll_duration_seconds").set((p, a), s)
+        out.fam("llm_source_poll_duration_seconds").set((p, a), s)
     for (p, a), n in h.poll_requests.items():
-        b.fam("llm_source_poll_api_requests").set((p, a), n)
+        out.fam("llm_source_poll_api_requests").set((p, a), n)
     for (p, a, e), n in h.payload_errors.items():
-        b.fam("llm_source_payload_errors_total").set((p, a, e), n)
+        out.fam("llm_source_payload_errors_total").set((p, a, e), n)

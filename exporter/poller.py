@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from exporter.health import Health
-from exporter.ledger import Ledger
+from exporter.ledger import ChangeObserver, Ledger
 from exporter.sources import Endpoint, Source
 from exporter.sources._http import DECODE, REASONS, ApiClient, SourceError
 
@@ -55,8 +55,10 @@ class Poller:
         history_start: int,
         rebuild: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        observer: ChangeObserver | None = None,
     ) -> None:
         self.ledger = ledger
+        self.observer = observer  # told of every changed row (the aggregates)
         self.health = health
         self.accounts = list(accounts)
         self.history_start = history_start
@@ -92,7 +94,7 @@ class Poller:
         closed = max(start, align_down(now - ep.horizon, ep.width))
         try:
             written, drops = self.ledger.replace(
-                src.provider, src.account, ep.name, buckets, closed
+                src.provider, src.account, ep.name, buckets, closed, self.observer
             )
         except (sqlite3.Error, OSError) as exc:  # disk full, read-only volume, locked file
             self.health.failure(src.provider, src.account, ep.name, STORAGE, f"state file: {exc}")

@@ -621,6 +621,15 @@ class PriceBook:
 
     # --- data and refresh ----------------------------------------------------------------
 
+    def fingerprint(self) -> str:
+        """Identifies the prices in force (data version, refreshed data, overrides): stored
+        estimates are only valid for the prices they were computed with."""
+        snapshot = data_snapshot.get_snapshot()
+        with self._lock:
+            refreshed = self._refresh.success if snapshot.from_auto_update else None
+        overrides = self.settings.model_dump_json(include={"overrides"})
+        return f"{genai_prices.__version__}|{refreshed}|{overrides}"
+
     def data_info(self) -> DataInfo:
         """Which price data is in force, and how the latest refresh went."""
         snapshot = data_snapshot.get_snapshot()

@@ -96,7 +96,13 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         if path == "/metrics":
             cur = srv.exposition.current
-            if "gzip" in self.headers.get("Accept-Encoding", ""):
+            if not cur.body:  # never a 200 with no series: Prometheus would see "up", empty
+                self._send(
+                    503,
+                    b"no metrics yet: loading the state file or polling for the first time\n",
+                    "text/plain; charset=utf-8",
+                )
+            elif "gzip" in self.headers.get("Accept-Encoding", ""):
                 self._send(
                     200,
                     cur.gzipped,
@@ -114,7 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, b"ready\n", "text/plain; charset=utf-8")
             else:
                 self._send(
-                    503, b"not ready: first poll not finished\n", "text/plain; charset=utf-8"
+                    503,
+                    b"not ready: no exposition yet (state file loading or first poll running)\n",
+                    "text/plain; charset=utf-8",
                 )
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")

@@ -1,0 +1,370 @@
+"""What one ledger row adds to the aggregates: the model's arithmetic, row by row.
+
+Every value the exporter exposes is a sum over rows (counters, period gauges, budget and
+reconciliation inputs) or is derived from such sums at render time (folding, storage levels,
+budgets, ratios). `fold_row` turns one row into signed additions to keyed sums, so the same
+function serves a from-scratch fold of the whole ledger (sign +1 for every row) and an
+incremental update (-1 for a row's old content, +1 for its new content). Each sum carries a
+count of the additions behind it, so a series exists exactly when a from-scratch fold would
+create it. Pure: no I/O, no provider JSON.
+
+Keys of the sums (`Delta`), by kind:
+
+- ``t:<family>`` -> label values (unfolded) in the family's label order: all-time counters.
+  Internal families start with ``_`` (seen models, cost dimensions, accounts with rows).
+- ``d:<family>`` -> (local day ordinal, *label values): period gauges by day; the aggregate
+  store keeps only the sums of the open periods.
+- ``b.rep`` / ``b.est`` / ``b.unp`` -> (budget, provider, account, local day ordinal).
+- ``r.rep`` / ``r.est`` -> (provider, account, model, token type, UTC day start).
+- ``c`` -> (provider, account, UTC day start): cost rows with a non-zero amount.
+- ``l`` -> (provider, account, project, bucket start): vector-store bytes (a level).
+- ``f`` -> (label, value, UTC day start): rows and size, for folding the long tail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Context, Decimal
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from exporter.budgets import Selector, compile_selector
+from exporter.ledger import StoredRow
+from exporter.names import BY_NAME, OPT
+from exporter.rows import (
+    AUDIO_SECONDS,
+    CC_COMMITS,
+    CC_ESTIMATED_COST,
+    CC_LINES_ADDED,
+    CC_LINES_REMOVED,
+    CC_PULL_REQUESTS,
+    CHARACTERS,
+    COST,
+    IMAGES,
+    REQUESTS,
+    SESSIONS,
+    STORAGE_BYTES,
+    TOKENS,
+    TOOL_CALLS,
+    Number,
+)
+from exporter.settings import BudgetSettings
+
+# Opt-in dimension labels, in label order. `project` is on by default (settings.group_by).
+OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window")
+# Labels whose long tail is folded into "other" past the configured top-N.
+FOLDED = ("project", "user", "api_key")
+CLAUDE_CODE = "claude_code"
+
+# Exact sums: wider than any amount a provider sends, so the order of additions never rounds.
+SUM_CONTEXT = Context(prec=60)
+
+Key = tuple[object, ...]
+Delta = dict[tuple[str, Key], list[Number]]  # (kind, key) -> [value, additions]
+
+SIMPLE_MEASURES = {
+    REQUESTS: "llm_model_requests_total",
+    CHARACTERS: "llm_characters_total",
+    AUDIO_SECONDS: "llm_audio_seconds_total",
+    IMAGES: "llm_images_total",
+    SESSIONS: "llm_code_interpreter_sessions_total",
+    TOOL_CALLS: "llm_tool_calls_total",
+}
+# Non-token measures with a unit price in the database (pricing.UNITS).
+_UNIT_MEASURES = {REQUESTS: "request", CHARACTERS: "character", AUDIO_SECONDS: "audio_second"}
+_CC_COUNTERS = {
+    SESSIONS: ("llm_claude_code_sessions_total", {}),
+    CC_LINES_ADDED: ("llm_claude_code_lines_total", {"change": "added"}),
+    CC_LINES_REMOVED: ("llm_claude_code_lines_total", {"change": "removed"}),
+    CC_COMMITS: ("llm_claude_code_commits_total", {}),
+    CC_PULL_REQUESTS: ("llm_claude_code_pull_requests_total", {}),
+}
+
+
+class EstimateLike(Protocol):
+    @property
+    def costs(self) -> Mapping[str, tuple[Decimal, str]]: ...  # token_type -> (usd, source)
+
+    @property
+    def unpriced(self) -> Mapping[str, int]: ...  # token_type -> tokens
+
+    @property
+    def cache_savings(self) -> Decimal: ...
+
+    @property
+    def batch_savings(self) -> Decimal: ...
+
+
+class RowPricer(Protocol):
+    """What the fold needs from pricing (implemented by `exporter.pricing.PriceBook`)."""
+
+    def estimate_dims(
+        self, provider: str, dims: Mapping[str, str], token_counts: Mapping[str, int], day: dt.date
+    ) -> EstimateLike: ...
+
+    def estimate_units(
+        self, provider: str, dims: Mapping[str, str], unit_counts: Mapping[str, int], day: dt.date
+    ) -> Mapping[str, tuple[Decimal, str]]: ...
+
+
+def opt_labels_for(group_bys: Iterable[Iterable[str]]) -> tuple[str, ...]:
+    enabled = {d for g in group_bys for d in g}
+    return tuple(d for d in OPT_IN if d in enabled)
+
+
+def resolve_labels(labels: tuple[str, ...], opt: tuple[str, ...]) -> tuple[str, ...]:
+    """A family's label names with the opt-in placeholder replaced by the enabled labels."""
+    out: list[str] = []
+    for lab in labels:
+        if lab == OPT:
+            out.extend(opt)
+        else:
+            out.append(lab)
+    return tuple(out)
+
+
+def calendar_day(sr: StoredRow, tz: ZoneInfo) -> dt.date:
+    """The calendar day a bucket counts in for periods and budgets.
+
+    A daily bucket is a UTC day: it counts as the local day of the same date (a day's total
+    cannot be split by hour). Finer buckets count in the local day their start falls in, so
+    with `bucket_width: 1h` local days are exact.
+    """
+    if sr.end - sr.start >= 86400:
+        return dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
+    return dt.datetime.fromtimestamp(sr.start, tz).date()
+
+
+@dataclass(frozen=True)
+class FoldContext:
+    """Everything a row's contribution depends on besides the row (part of the store's
+    fingerprint: when any of it changes, the aggregates are folded again from the ledger)."""
+
+    tz: ZoneInfo
+    opt_labels: tuple[str, ...]
+    estimator: RowPricer | None = None
+    budgets: Sequence[BudgetSettings] = ()
+
+    def __post_init__(self) -> None:
+        selectors = [(b.name, compile_selector(b.selector)) for b in self.budgets]
+        object.__setattr__(self, "_selectors", selectors)
+        object.__setattr__(self, "_label_names", {})
+
+    @property
+    def selectors(self) -> list[tuple[str, Selector]]:
+        return self.__dict__["_selectors"]  # type: ignore[no-any-return]
+
+    def labels_of(self, family: str) -> tuple[str, ...]:
+        names: dict[str, tuple[str, ...]] = self.__dict__["_label_names"]
+        found = names.get(family)
+        if found is None:
+            found = names[family] = resolve_labels(BY_NAME[family].labels, self.opt_labels)
+        return found
+
+
+def add(out: Delta, kind: str, key: Key, value: Number, sign: int) -> None:
+    """out[kind, key] += sign * value, counting the addition."""
+    cell = out.get((kind, key))
+    v = -value if sign < 0 else value
+    if cell is None:
+        out[(kind, key)] = [v, sign]
+    else:
+        cell[0] = SUM_CONTEXT.add(cell[0], v) if isinstance(v, Decimal) else cell[0] + v
+        cell[1] += sign
+
+
+class _Row:
+    """One row being folded: its labels and the sinks it adds to."""
+
+    __slots__ = ("ctx", "labels", "out", "sign", "sr")
+
+    def __init__(self, ctx: FoldContext, sr: StoredRow, out: Delta, sign: int) -> None:
+        self.ctx, self.sr, self.out, self.sign = ctx, sr, out, sign
+        labels = dict(sr.row.dims)
+        labels["provider"] = sr.provider
+        labels["account"] = sr.account
+        labels["operation"] = sr.row.operation
+        self.labels = labels
+
+    def counter(self, family: str, value: Number, **extra: str) -> None:
+        get = self.labels.get
+        if extra:
+            key = tuple(
+                [extra[n] if n in extra else get(n, "") for n in self.ctx.labels_of(family)]
+            )
+        else:
+            key = tuple([get(n, "") for n in self.ctx.labels_of(family)])
+        add(self.out, "t:" + family, key, value, self.sign)
+
+    def by_day(self, family: str, day: int, value: Number, **extra: str) -> None:
+        get = self.labels.get
+        key = (day, *[extra[n] if n in extra else get(n, "") for n in self.ctx.labels_of(family)])
+        add(self.out, "d:" + family, key, value, self.sign)
+
+    def budget(self, day: int, reported: Decimal = Decimal(0), estimated: Decimal = Decimal(0),
+               unpriced: int = 0) -> None:  # fmt: skip
+        sr = self.sr
+        for name, sel in self.ctx.selectors:
+            if not sel.matches(self.labels):
+                continue
+            key = (name, sr.provider, sr.account, day)
+            if reported:
+                add(self.out, "b.rep", key, reported, self.sign)
+            if estimated:
+                add(self.out, "b.est", key, estimated, self.sign)
+            if unpriced:
+                add(self.out, "b.unp", key, unpriced, self.sign)
+
+
+def fold_row(ctx: FoldContext, sr: StoredRow, revised: bool, out: Delta, sign: int = 1) -> None:
+    """Add `sign` times the contribution of one stored row (or revision row) to `out`."""
+    r = _Row(ctx, sr, out, sign)
+    row = sr.row
+    m = row.measures
+    if not revised:
+        add(out, "t:_account", (sr.provider, sr.account), 0, sign)
+        for lab in FOLDED:
+            v = r.labels.get(lab)
+            if v and lab in ctx.opt_labels:
+                add(out, "f", (lab, v, sr.start - sr.start % 86400), _size(m), sign)
+    if row.operation == CLAUDE_CODE:
+        _claude_code(r, m)  # its own metrics: never added to llm_tokens_total
+        return
+    local_day = calendar_day(sr, ctx.tz).toordinal()
+    if COST in m:
+        _cost(r, m, revised, local_day)
+        return
+    tokens = _usage(r, m, revised, local_day)
+    if ctx.estimator is not None:
+        if tokens:
+            _estimate(r, ctx.estimator, tokens, revised, local_day)
+        _unit_costs(r, ctx.estimator, tokens, revised, local_day)
+
+
+def _size(m: Mapping[str, Number]) -> Decimal:
+    """A row's weight when ranking label values for folding: tokens, plus cost in micro-USD."""
+    s = Decimal(sum(int(x) for k, x in m.items() if k.startswith(TOKENS)))
+    if COST in m:
+        s += Decimal(m[COST]) * 1_000_000
+    return s
+
+
+def _cost(r: _Row, m: Mapping[str, Number], revised: bool, local_day: int) -> None:
+    sr, row = r.sr, r.sr.row
+    if row.dim("currency") not in ("", "usd"):
+        return  # non-USD costs are not converted (no provider reports them today)
+    usd = Decimal(m[COST])
+    r.counter("llm_cost_reported_usd_total", usd)
+    if revised:
+        r.counter("llm_cost_reported_revised_usd", usd)
+        return
+    r.by_day("llm_period_cost_reported_usd", local_day, usd)
+    utc_day = sr.start - sr.start % 86400
+    if row.dim("token_type") and row.dim("model"):
+        key = (sr.provider, sr.account, row.dim("model"), row.dim("token_type"), utc_day)
+        add(r.out, "r.rep", key, usd, r.sign)
+    for k, _ in row.dims:
+        add(r.out, "t:_cost_dim", (sr.provider, sr.account, k), 0, r.sign)
+    if usd:
+        add(r.out, "c", (sr.provider, sr.account, utc_day), 0, r.sign)
+    r.budget(local_day, reported=usd)
+
+
+def _usage(r: _Row, m: Mapping[str, Number], revised: bool, local_day: int) -> dict[str, int]:
+    """Token, unit and storage measures; returns the row's tokens by token type."""
+    tokens: dict[str, int] = {}
+    for name, v in m.items():
+        if revised:
+            r.counter("llm_usage_revised", v, measure=name)
+        if name.startswith(TOKENS):
+            tt = name[len(TOKENS) :]
+            tokens[tt] = int(v)
+            r.counter("llm_tokens_total", int(v), token_type=tt)
+            if not revised:
+                r.by_day("llm_period_tokens", local_day, int(v), token_type=tt)
+        elif name in SIMPLE_MEASURES:
+            r.counter(SIMPLE_MEASURES[name], int(v))
+        elif name == STORAGE_BYTES and not revised:
+            sr = r.sr
+            key = (sr.provider, sr.account, r.labels.get("project", ""), sr.start)
+            add(r.out, "l", key, int(v), r.sign)
+    return tokens
+
+
+def _estimate(
+    r: _Row, est: RowPricer, tokens: Mapping[str, int], revised: bool, local_day: int
+) -> None:
+    sr = r.sr
+    model = r.labels.get("model", "")
+    add(r.out, "t:_seen_model", (sr.provider, model), 0, r.sign)
+    day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
+    utc_day = sr.start - sr.start % 86400
+    e = est.estimate_dims(sr.provider, r.labels, tokens, day)
+    row_usd = Decimal(0)
+    for tt, (usd, source) in e.costs.items():
+        row_usd += usd
+        r.counter("llm_cost_estimated_usd_total", usd, token_type=tt, price_source=source)
+        if not revised:
+            add(r.out, "r.est", (sr.provider, sr.account, model, tt, utc_day), usd, r.sign)
+            r.by_day("llm_period_cost_estimated_usd", local_day, usd)
+    unpriced = sum(e.unpriced.values())
+    for tt, n in e.unpriced.items():
+        r.counter("llm_unpriced_tokens_total", n, token_type=tt)
+    if e.unpriced:
+        r.counter("llm_unpriced_model_requests_total", int(sr.row.measures.get(REQUESTS, 0)))
+        if not revised:
+            add(r.out, "t:_unpriced_model", (sr.provider, model), 0, r.sign)
+    if e.cache_savings:
+        r.counter("llm_cache_savings_usd_total", e.cache_savings)
+    if e.batch_savings:
+        r.counter("llm_batch_savings_usd_total", e.batch_savings)
+    if not revised:
+        r.budget(local_day, estimated=row_usd, unpriced=unpriced)
+
+
+def _unit_costs(
+    r: _Row, est: RowPricer, tokens: Mapping[str, int], revised: bool, local_day: int
+) -> None:
+    """Estimated cost of requests, characters, audio seconds and web searches.
+
+    Exposed with token_type="" on llm_cost_estimated_usd_total. A speech or transcription row
+    (no tokens) whose unit has no price marks its model unpriced, never $0.
+    """
+    sr = r.sr
+    m = sr.row.measures
+    counts = {unit: int(m[measure]) for measure, unit in _UNIT_MEASURES.items() if m.get(measure)}
+    if m.get(TOOL_CALLS) and sr.row.dim("tool") == "web_search":
+        counts["web_search"] = int(m[TOOL_CALLS])
+    if not counts:
+        return
+    day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
+    costs = est.estimate_units(sr.provider, r.labels, counts, day)
+    row_usd = Decimal(0)
+    for usd, source in costs.values():
+        row_usd += usd
+        r.counter("llm_cost_estimated_usd_total", usd, token_type="", price_source=source)
+        if not revised:
+            r.by_day("llm_period_cost_estimated_usd", local_day, usd)
+    if row_usd and not revised:
+        r.budget(local_day, estimated=row_usd)
+    billed_by = [u for u in ("character", "audio_second") if u in counts]
+    if not tokens and billed_by and not any(u in costs for u in billed_by):
+        r.counter("llm_unpriced_model_requests_total", int(m.get(REQUESTS, 0)))
+        if not revised:
+            add(r.out, "t:_unpriced_model", (sr.provider, r.labels.get("model", "")), 0, r.sign)
+
+
+def _claude_code(r: _Row, m: Mapping[str, Number]) -> None:
+    for name, v in m.items():
+        if name in _CC_COUNTERS:
+            metric, extra = _CC_COUNTERS[name]
+            r.counter(metric, int(v), **extra)
+        elif name.startswith(TOKENS):
+            r.counter("llm_claude_code_tokens_total", int(v), token_type=name[len(TOKENS) :])
+        elif name == CC_ESTIMATED_COST:
+            r.counter("llm_claude_code_estimated_cost_usd_total", Decimal(v))
+
+
+FoldFn = Callable[[StoredRow, bool, Delta, int], None]
