@@ -143,7 +143,7 @@ class Aggregates:
 
     # --- the ledger's observer -------------------------------------------------------------
 
-    def stage(self, db: sqlite3.Connection, changes: list[Change], rows_delta: int) -> object:
+    def stage(self, db: sqlite3.Connection, changes: Iterable[Change], rows_delta: int) -> object:
         delta: Delta = {}
         for ch in changes:
             if ch.stored.start >= self.history_start:

@@ -97,8 +97,7 @@ class App:
             log.info("history start moved earlier (%s -> %s): refetching", stored, day)
             self.ledger.reset_cursors(self.history_start)
         self.ledger.set_meta("history_start", day.isoformat())
-        for p, a in settings.providers.accounts():
-            self._check_shape(p, a)
+        self._reshaped = [s for p, a in settings.providers.accounts() if (s := self._shape(p, a))]
         accounts = [
             make_account(settings, p, a, self.health, retry)
             for p, a in settings.providers.accounts()
@@ -126,10 +125,11 @@ class App:
         self._stop = threading.Event()
         self._has_history = False
 
-    def _check_shape(self, provider: str, acc: AccountSettings) -> None:
-        """Drop an account's rows if its bucket width or grouping changed since they were
-        stored: re-fetched buckets would come back under other keys, and the old rows would
-        then read as revised away (and be counted on top). It is refetched instead."""
+    def _shape(self, provider: str, acc: AccountSettings) -> tuple[str, str, str] | None:
+        """(provider, account, new shape) if the account's bucket width, grouping or
+        options changed since its rows were stored: re-fetched buckets would come back under
+        other keys, and the old rows would then read as revised away (and be counted on
+        top). Such an account is forgotten and refetched (see `open_state`)."""
         shape = json.dumps(
             {
                 "bucket_width": self.settings.bucket_width,
@@ -141,14 +141,11 @@ class App:
         )
         key = f"shape:{provider}/{acc.account}"
         stored = self.ledger.get_meta(key)
-        if stored is not None and stored != shape:
-            log.warning(
-                "%s/%s: bucket width, grouping or options changed: refetching its history",
-                provider,
-                acc.account,
-            )
-            self.ledger.forget(provider, acc.account)
-        self.ledger.set_meta(key, shape)
+        if stored is None:
+            self.ledger.set_meta(key, shape)
+        elif stored != shape:
+            return (provider, acc.account, shape)
+        return None
 
     def open_state(self) -> bool:
         """Load the persisted aggregates (or fold the ledger if they do not fit); once.
@@ -157,6 +154,14 @@ class App:
             self._prices = self.estimator.fingerprint()
             now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
             self.aggregates.open(now, self._prices)
+            for provider, account, shape in self._reshaped:
+                log.warning(
+                    "%s/%s: bucket width, grouping or options changed: refetching its history",
+                    provider,
+                    account,
+                )
+                self.ledger.forget(provider, account, self.aggregates)
+                self.ledger.set_meta(f"shape:{provider}/{account}", shape)
         return bool(self.aggregates.sums("t:_account"))
 
     def rebuild(self) -> None:

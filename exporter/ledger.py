@@ -88,7 +88,7 @@ class Change:
 class ChangeObserver(Protocol):
     """Told of every changed row inside the write's transaction (the aggregates)."""
 
-    def stage(self, db: sqlite3.Connection, changes: list[Change], rows_delta: int) -> object:
+    def stage(self, db: sqlite3.Connection, changes: Iterable[Change], rows_delta: int) -> object:
         """Write what follows from `changes` with `db`; return what `commit` applies."""
         ...
 
@@ -337,13 +337,36 @@ class Ledger:
         with self._lock:
             return fn(self._db)
 
-    def forget(self, provider: str, account: str) -> None:
-        """Drop everything stored for one account (its shape changed): it is refetched."""
-        with self._lock:
+    def forget(self, provider: str, account: str, observer: ChangeObserver | None = None) -> None:
+        """Drop everything stored for one account (its shape changed): it is refetched.
+        `observer` is told of every removed row, in the same transaction."""
+        where = (provider, account)
+
+        def removed(db: sqlite3.Connection) -> Iterator[Change]:
+            for p, a, e, s, end, op, dims, measures in db.execute(
+                "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
+                " measures FROM rows WHERE provider=? AND account=?",
+                where,
+            ):
+                row = Row(op, _load_dims(dims), _load_measures(measures))
+                yield Change(-1, False, StoredRow(p, a, e, int(s), int(end), row))
+            for sr in self.revision_rows(0, where):
+                yield Change(-1, True, sr)
+
+        def drop(db: sqlite3.Connection) -> object:
+            staged = None
+            if observer is not None:
+                n = db.execute(
+                    "SELECT count(*) FROM rows WHERE provider=? AND account=?", where
+                ).fetchone()[0]
+                staged = observer.stage(db, removed(db), -int(n))
             for table in ("rows", "revisions", "cursors"):
-                self._db.execute(
-                    f"DELETE FROM {table} WHERE provider=? AND account=?", (provider, account)
-                )
+                db.execute(f"DELETE FROM {table} WHERE provider=? AND account=?", where)
+            return staged
+
+        staged = self.write(drop)
+        if observer is not None:
+            observer.commit(staged)
 
     # --- reads ---------------------------------------------------------------------------
     def rows(self, since: int = 0) -> Iterator[StoredRow]:
@@ -382,15 +405,21 @@ class Ledger:
                         p, a, e, int(s), int(end), Row(op, key, _load_measures(measures))
                     )
 
-    def revision_rows(self, since: int = 0) -> list[StoredRow]:
+    def revision_rows(
+        self, since: int = 0, account: tuple[str, str] | None = None
+    ) -> list[StoredRow]:
         """Revised-away amounts as rows, one per (endpoint, bucket, group), as `replace`
-        reports them to its observer."""
+        reports them to its observer; all accounts', or one (provider, account)'s."""
+        sql = (
+            "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
+            " measure, amount FROM revisions WHERE bucket_start >= ?"
+        )
+        args: tuple[object, ...] = (since,)
+        if account is not None:
+            sql += " AND provider = ? AND account = ?"
+            args += account
         with self._lock:
-            fetched = self._db.execute(
-                "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
-                " measure, amount FROM revisions WHERE bucket_start >= ?",
-                (since,),
-            ).fetchall()
+            fetched = self._db.execute(sql, args).fetchall()
         grouped: dict[tuple[str, str, str, int, int, str, str], dict[str, Number]] = {}
         for p, a, e, s, end, op, dims, m, amount in fetched:
             grouped.setdefault((p, a, e, int(s), int(end), op, dims), {})[m] = _parse_number(amount)
