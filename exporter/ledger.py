@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -97,12 +97,16 @@ class ChangeObserver(Protocol):
         ...
 
 
-def _dump_measures(measures: dict[str, Number]) -> str:
-    # ints stay JSON ints (exact at any size); Decimals become strings.
-    return json.dumps(
-        {k: (str(v) if isinstance(v, Decimal) else v) for k, v in sorted(measures.items())},
-        separators=(",", ":"),
-    )
+def _dump_measures(measures: Mapping[str, Number]) -> str:
+    """Compact JSON, keys sorted: ints stay JSON ints (exact at any size), Decimals become
+    strings. Written by hand (the same text json.dumps gives) because every re-fetched row
+    is encoded to compare it with what is stored."""
+    parts = []
+    for k in sorted(measures):
+        v = measures[k]
+        name = json.dumps(k) if '"' in k or "\\" in k else f'"{k}"'
+        parts.append(f'{name}:"{v}"' if isinstance(v, Decimal) else f"{name}:{int(v)}")
+    return "{" + ",".join(parts) + "}"
 
 
 def _load_measures(text: str) -> dict[str, Number]:
@@ -215,6 +219,7 @@ class Ledger:
         drops: list[Revision] = []
         changes: list[Change] = []
         rows_delta = 0
+        dims_text: dict[tuple[tuple[str, str], ...], str] = {}  # a group recurs every bucket
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -223,17 +228,24 @@ class Ledger:
                     where = (provider, account, endpoint, bucket.start)
                     new: dict[tuple[str, str], dict[str, Number]] = {}
                     for row in bucket.rows:
-                        _merge(
-                            new.setdefault((row.operation, _dump_dims(row.dims)), {}),
-                            row.measures.items(),
-                        )
+                        text = dims_text.get(row.dims)
+                        if text is None:
+                            text = dims_text[row.dims] = _dump_dims(row.dims)
+                        _merge(new.setdefault((row.operation, text), {}), row.measures.items())
+                    texts = {key: _dump_measures(m) for key, m in new.items()}
+                    stored = db.execute(
+                        "SELECT operation, dims, measures, bucket_end FROM rows WHERE provider=?"
+                        " AND account=? AND endpoint=? AND bucket_start=?",
+                        where,
+                    ).fetchall()
+                    if len(stored) == len(texts) and all(
+                        texts.get((op, dims)) == text and end == bucket.end
+                        for op, dims, text, end in stored
+                    ):
+                        written += len(new)  # unchanged (a closed bucket fetched again)
+                        continue
                     old: dict[tuple[str, str], dict[str, Number]] = {
-                        (op, dims): _load_measures(measures)
-                        for op, dims, measures in db.execute(
-                            "SELECT operation, dims, measures FROM rows WHERE provider=? AND account=?"
-                            " AND endpoint=? AND bucket_start=?",
-                            where,
-                        )
+                        (op, dims): _load_measures(text) for op, dims, text, _ in stored
                     }
                     old_rev: dict[tuple[str, str, str], Number] = {
                         (op, dims, m): _parse_number(amount)
@@ -278,8 +290,8 @@ class Ledger:
                     db.executemany(
                         "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [
-                            (*where, bucket.end, op, dims, _dump_measures(measures))
-                            for (op, dims), measures in new.items()
+                            (*where, bucket.end, op, dims, text)
+                            for (op, dims), text in texts.items()
                         ],
                     )
                     db.executemany(
@@ -473,11 +485,11 @@ def _diff(
         before, after = old.get(key), new.get(key)
         if before == after:
             continue
-        op, dims = key
+        op, text = key
+        dims = _load_dims(text)
         for sign, measures in ((-1, before), (1, after)):
             if measures is not None:
-                row = Row(op, _load_dims(dims), dict(measures))
-                changes.append(Change(sign, revised, StoredRow(*head, row)))
+                changes.append(Change(sign, revised, StoredRow(*head, Row(op, dims, measures))))
 
 
 def _parse_number(text: str) -> Number:

@@ -1,0 +1,272 @@
+"""Poll cost against history length: a steady-state poll vs a from-scratch fold of the ledger.
+
+Run: python bench/poll_cost.py [--sizes 10000,100000,1000000,5000000] [--polls 5]
+
+Each size is a ledger of that many rows: hourly buckets of the same ~2,400 groups (8 models x
+30 projects x 10 users, three token types and requests each: 30k+ exposed series), so a
+larger ledger is a longer history (5M rows: about 90 days). Prices come from the real price
+database (genai-prices), folding of the long tail is on (50 users kept of 100 seen over time).
+
+For each size, in fresh child processes (so peak memory is each one's own):
+
+- **scratch**: fold the whole ledger from scratch and render: what every poll cost before
+  the aggregates, and what a first start (or a layout change) costs once now.
+- **steady**: start from the persisted aggregates (start-to-ready: load, render), then run
+  polls. A poll re-fetches the trailing two days of hourly buckets (the usage revision
+  horizon: 48 buckets x 2,400 groups), of which only the newest hour has grown, writes them
+  to the ledger, updates the aggregates, and renders the exposition.
+
+Figures: wall and CPU seconds (median of the polls), peak and steady RSS, state-file size,
+and the ratio scratch/steady. Ledgers are cached in $BENCH_DIR (default /tmp/llm-bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from exporter.aggregates import Aggregates
+from exporter.exposition import Exposition
+from exporter.fold import FoldContext
+from exporter.health import Health
+from exporter.ledger import Ledger
+from exporter.model import RenderInput, render_model
+from exporter.pricing import PriceBook
+from exporter.rows import Bucket, Row
+from exporter.settings import BudgetSettings
+
+HOUR = 3600
+MODELS = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "o3",
+    "o4-mini",
+    "gpt-5",
+)
+PROJECTS = tuple(f"proj_{i:02d}" for i in range(30))
+USERS = tuple(f"user_{i:02d}" for i in range(10))
+USER_POOL = 100  # user ids rotate over time: 100 seen, 50 kept, the rest folded into "other"
+TZ = ZoneInfo("UTC")
+OPT = ("project", "user")
+NOW = dt.datetime(2026, 11, 30, 12, 30, tzinfo=dt.UTC)
+END = int(NOW.timestamp()) // HOUR * HOUR  # start of the current (open) hour
+WINDOW = 48  # hourly buckets re-fetched per poll (two days: the usage revision horizon)
+BUDGETS = [
+    BudgetSettings(name="org", period="month", limit_usd=50_000),
+    BudgetSettings(name="prod", period="week", selector={"project": "~proj_0.*"}),
+]
+
+
+def groups() -> list[tuple[str, str, int]]:
+    return [(m, p, u) for m in MODELS for p in PROJECTS for u in range(len(USERS))]
+
+
+def measures(g: int, hour: int, grow: int = 0) -> dict[str, int]:
+    """A group's measures in an hour (`hour` counts hours since the epoch)."""
+    base = (g * 7919 + hour * 104729) % 5000 + 100 + grow
+    return {
+        "requests": base // 50 + 1,
+        "tokens.cache_read": base * 3,
+        "tokens.input": base * 11,
+        "tokens.output": base * 2,
+    }
+
+
+def dims(model: str, project: str, user: int, hour: int) -> tuple[tuple[str, str], ...]:
+    who = f"user_{(user * 10 + hour // 24 // 9) % USER_POOL:02d}"  # a new set every 9 days
+    return (("model", model), ("project", project), ("user", who))
+
+
+def make_ledger(path: Path, rows: int) -> None:
+    """`rows` rows of hourly buckets ending with the current hour (bulk SQL, no fold)."""
+    gs = groups()
+    hours = max(1, rows // len(gs))
+    first = END - (hours - 1) * HOUR
+    ledger = Ledger(path)
+    ledger.set_meta("history_start", "2020-01-01")
+    ledger.close()
+    db = sqlite3.connect(path)
+    db.execute("BEGIN")
+    for h in range(hours):
+        start = first + h * HOUR
+        hour = start // HOUR
+        db.executemany(
+            "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    "openai",
+                    "main",
+                    "completions",
+                    start,
+                    start + HOUR,
+                    "completions",
+                    json.dumps([list(p) for p in dims(m, p, u, hour)], separators=(",", ":")),
+                    json.dumps(measures(i, hour), sort_keys=True, separators=(",", ":")),
+                )
+                for i, (m, p, u) in enumerate(gs)
+            ],
+        )
+    db.execute("COMMIT")
+    db.close()
+
+
+def context() -> FoldContext:
+    return FoldContext(TZ, OPT, PriceBook(), BUDGETS)
+
+
+def render(agg: Aggregates, exposition: Exposition, now: dt.datetime) -> int:
+    fams = render_model(
+        agg,
+        RenderInput(Health(), now, TZ, OPT, 50, agg.ctx.estimator, BUDGETS),  # type: ignore[arg-type]
+    )
+    return len(exposition.update(fams).body)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def child_scratch(path: Path) -> dict[str, float]:
+    ledger = Ledger(path)
+    agg = Aggregates(context(), ledger)
+    wall0, cpu0 = time.monotonic(), cpu()
+    agg.refold(NOW, PriceBook().fingerprint(), "benchmark")
+    size = render(agg, Exposition(), NOW)
+    ledger.close()
+    series = sum(len(s) for k, s in agg.cells.items() if k.startswith(("t:", "p:")))
+    return {
+        "wall": time.monotonic() - wall0,
+        "cpu": cpu() - cpu0,
+        "peak": peak_mib(),
+        "bytes": size,
+        "sums": series,
+    }
+
+
+def child_steady(path: Path, polls: int) -> dict[str, float]:
+    began = time.monotonic()
+    ledger = Ledger(path)
+    agg = Aggregates(context(), ledger)
+    refolded = agg.open(NOW, PriceBook().fingerprint())
+    exposition = Exposition()
+    size = render(agg, exposition, NOW)
+    ready = time.monotonic() - began
+    gs = groups()
+    first = ledger.read(
+        lambda db: int(db.execute("SELECT min(bucket_start) FROM rows").fetchone()[0])
+    )
+    window = min(WINDOW, (END - first) // HOUR + 1)  # never past the ledger's history start
+    walls, cpus = [], []
+    for k in range(1, polls + 1):
+        buckets = []  # what the adapter would hand over (built outside the timed part)
+        for start in range(END - (window - 1) * HOUR, END + HOUR, HOUR):
+            hour = start // HOUR
+            grow = k * 10 if start == END else 0  # the open hour grows between polls
+            b = Bucket("completions", start, start + HOUR)
+            b.rows = [
+                Row("completions", dims(m, p, u, hour), measures(i, hour, grow))
+                for i, (m, p, u) in enumerate(gs)
+            ]
+            buckets.append(b)
+        wall0, cpu0 = time.monotonic(), cpu()
+        ledger.replace("openai", "main", "completions", buckets, None, agg)
+        agg.roll(NOW)
+        render(agg, exposition, NOW)
+        walls.append(time.monotonic() - wall0)
+        cpus.append(cpu() - cpu0)
+    steady = rss_mib()
+    ledger.close()
+    return {
+        "ready": ready,
+        "refolded": float(refolded),
+        "wall": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "peak": peak_mib(),
+        "steady": steady,
+        "bytes": size,
+    }
+
+
+def run_child(args: list[str]) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10000,100000,1000000,5000000")
+    ap.add_argument("--polls", type=int, default=5)
+    ap.add_argument("--child", choices=("scratch", "steady"))
+    ap.add_argument("--path")
+    args = ap.parse_args()
+    if args.child == "scratch":
+        print(json.dumps(child_scratch(Path(args.path))))
+        return
+    if args.child == "steady":
+        print(json.dumps(child_steady(Path(args.path), args.polls)))
+        return
+    cache = Path(os.environ.get("BENCH_DIR", "/tmp/llm-bench"))
+    cache.mkdir(parents=True, exist_ok=True)
+    print(
+        "| ledger rows | days | steady poll wall / CPU s | steady RSS / peak MiB | start to ready s"
+        " | from-scratch fold wall / CPU s | scratch peak MiB | scratch/steady | state file MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in (int(x) for x in args.sizes.split(",")):
+        base = cache / f"ledger-{n}.db"
+        if not base.exists():
+            make_ledger(base.with_suffix(".tmp"), n)
+            base.with_suffix(".tmp").rename(base)
+        work = cache / f"work-{n}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(work) + suffix).unlink(missing_ok=True)
+        shutil.copy(base, work)
+        scratch = run_child(["--child", "scratch", "--path", str(work)])
+        steady = run_child(["--child", "steady", "--path", str(work), "--polls", str(args.polls)])
+        rows = n // len(groups()) * len(groups())
+        days = rows / len(groups()) / 24
+        size = sum(
+            Path(str(work) + s).stat().st_size for s in ("", "-wal") if Path(str(work) + s).exists()
+        )
+        print(
+            f"| {rows:,} | {days:.1f} | {steady['wall']:.2f} / {steady['cpu']:.2f}"
+            f" | {steady['steady']:.0f} / {steady['peak']:.0f} | {steady['ready']:.2f}"
+            f" | {scratch['wall']:.1f} / {scratch['cpu']:.1f} | {scratch['peak']:.0f}"
+            f" | {scratch['wall'] / steady['wall']:.1f}x | {size / 2**20:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
