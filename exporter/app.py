@@ -27,7 +27,8 @@ from exporter.ledger import Ledger
 from exporter.model import RenderInput, opt_labels_for, render_model
 from exporter.poller import Account, Poller, history_start_ts
 from exporter.pricing import PriceBook
-from exporter.server import MetricsServer, parse_listen
+from exporter.server import parse_listen
+from exporter.serving import ServingProcess
 from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
 from exporter.sources import registry
 from exporter.sources._http import ApiClient, RetryPolicy
@@ -121,7 +122,7 @@ class App:
         self._process = CollectorRegistry()
         ProcessCollector(registry=self._process)
         PlatformCollector(registry=self._process)
-        self.server: MetricsServer | None = None
+        self.server: ServingProcess | None = None
         self._stop = threading.Event()
         self._has_history = False
 
@@ -189,6 +190,7 @@ class App:
         )
         # Process metrics are rendered with the rest, so a scrape stays a memory copy.
         rendered = self.exposition.update(families, generate_latest(self._process))
+        self.publish()
         log.debug(
             "rebuilt exposition: %d families, %d bytes, %.3fs",
             len(families),
@@ -227,14 +229,24 @@ class App:
             ],
         }
 
-    def serve(self, listen: str) -> MetricsServer:
-        self.server = MetricsServer(parse_listen(listen), self.exposition, self.status, self.ready)
-        self.server.start()
+    def serve(self, listen: str) -> ServingProcess:
+        """Start the HTTP server (its own process: see `exporter.serving`)."""
+        self.server = ServingProcess(parse_listen(listen))
+        self.publish()
         return self.server
+
+    def publish(self) -> None:
+        """Hand the server the current exposition, landing-page status and readiness."""
+        if self.server is not None:
+            self.server.publish(self.exposition.current, self.status(), self.ready())
 
     def run(self, listen: str) -> None:
         srv = self.serve(listen)
         log.info("listening on %s:%d", *srv.server_address[:2])
+        self.run_serving()
+
+    def run_serving(self) -> None:
+        """With the server up: serve the state file's history, then poll until stopped."""
         try:
             # Serve history from the state file before the first poll finishes.
             self._has_history = self.open_state()
@@ -254,7 +266,6 @@ class App:
         self._stop.set()
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
         self.estimator.stop_refresh()
         for acc in self.poller.accounts:
             acc.client.close()

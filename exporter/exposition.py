@@ -118,6 +118,11 @@ class Exposition:
             self._current = rendered
         return rendered
 
+    def swap(self, rendered: Rendered) -> None:
+        """Serve an exposition rendered elsewhere (the server process's side of a publish)."""
+        with self._lock:
+            self._current = rendered
+
     @property
     def current(self) -> Rendered:
         return self._current

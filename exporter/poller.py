@@ -149,8 +149,8 @@ class Poller:
             with ThreadPoolExecutor(max_workers=min(8, len(due))) as pool:
                 list(pool.map(self.poll_account, due))
         self.health.last_poll = self.clock()
+        self.cycles += 1  # before the rebuild, which publishes readiness
         self._rebuild()
-        self.cycles += 1
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
