@@ -7,9 +7,11 @@
 #     -p 127.0.0.1:9877:9877 llm-cost-exporter
 # The same image runs the provider simulator: `... llm-cost-exporter simulate --listen 0.0.0.0:9878`.
 #
-# Reproducible: the base is pinned by exact tag and digest (the multi-arch index digest of
-# python:3.11.14-slim-bookworm); every Python package, the build backend included, comes from
-# requirements.lock with its sha256 (`pip install --require-hashes`). Regenerate the lock with
+# Reproducible: the base is pinned by exact tag and digest (the index digest that public
+# projects pin for python:3.11.14-slim-bookworm; re-check it with
+# `docker buildx imagetools inspect python:3.11.14-slim-bookworm` when bumping); every Python
+# package, the build backend included, comes from requirements.lock with its sha256
+# (`pip install --require-hashes`). Regenerate the lock with
 #   pip-compile --generate-hashes --allow-unsafe --all-build-deps --strip-extras \
 #     --output-file requirements.lock pyproject.toml
 # PYTHON_IMAGE may point elsewhere (a mirror, or the test's local Debian base): the image only
