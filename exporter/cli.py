@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in skipped:
             print(f"warning: {line}", file=sys.stderr)
         if not settings.providers.accounts():
-            print("warning: no account has a key: nothing would be polled", file=sys.stderr)
+            print("warning: no enabled account has a key: nothing would be polled", file=sys.stderr)
         print(
             "configuration ok:",
             ", ".join(f"{p}/{a.account}" for p, a in settings.providers.accounts())
