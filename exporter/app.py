@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -17,6 +17,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.aggregates import Aggregates
@@ -25,6 +27,7 @@ from exporter.fold import FoldContext
 from exporter.health import Health
 from exporter.ledger import Ledger
 from exporter.model import RenderInput, opt_labels_for, render_model
+from exporter.names import BY_NAME
 from exporter.poller import Account, Poller, history_start_ts
 from exporter.pricing import PriceBook
 from exporter.server import parse_listen
@@ -75,6 +78,24 @@ def make_estimator(settings: Settings) -> PriceBook:
     return book
 
 
+class ConfiguredAccounts(Collector):
+    """`llm_source_configured`: 1 per polled account, 0 per account skipped for want of a key.
+
+    Fixed at start (keys are read once), rendered with the process metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.rows = [(p, a.account, 1) for p, a in settings.providers.accounts()] + [
+            (p, a.account, 0) for p, a in settings.providers.not_configured()
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        spec = BY_NAME["llm_source_configured"]
+        family = GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+        for provider, account, value in sorted(self.rows):
+            family.add_metric([provider, account], value)
+        yield family
+
+
 class App:
     """The running exporter. `poll_once()` is what tests drive; `run()` is the service."""
 
@@ -122,6 +143,7 @@ class App:
         self._process = CollectorRegistry()
         ProcessCollector(registry=self._process)
         PlatformCollector(registry=self._process)
+        self._process.register(ConfiguredAccounts(settings))
         self.server: ServingProcess | None = None
         self._stop = threading.Event()
         self._has_history = False
@@ -226,6 +248,10 @@ class App:
                     "error": st.last_error,
                 }
                 for (p, a, e), st in sorted(h.endpoints.items())
+            ],
+            "not_configured": [
+                {"provider": p, "account": a.account, "reason": a.not_configured}
+                for p, a in self.settings.providers.not_configured()
             ],
         }
 

@@ -4,7 +4,8 @@
     llm-cost-exporter --config.check --config.file=FILE   # validate and exit
     llm-cost-exporter simulate [--listen 127.0.0.1:9878 ...]   # the provider simulator
 
-Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure.
+Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure. An enabled account
+without a key is not an error: it is skipped with a warning (and shown as not configured).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
         "--config.check",
         dest="check",
         action="store_true",
-        help="validate the configuration and keys, then exit",
+        help="validate the configuration, warn about accounts without a key, then exit",
     )
     p.add_argument("--once", action="store_true", help="poll once, print the exposition, exit")
     p.add_argument("--version", action="version", version=f"llm-cost-exporter {__version__}")
@@ -98,15 +99,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or settings.log_level)
-    if not settings.providers.accounts():
-        log.warning("no provider account is configured or enabled: nothing will be polled")
+    skipped = [
+        f"{p}/{a.account}: not configured, skipped: {a.not_configured}"
+        for p, a in settings.providers.not_configured()
+    ]
     if args.check:
+        # Valid, but say what would be skipped: a missing key is a warning, not a failure,
+        # so the same file checks in CI (no keys) and in production.
+        for line in skipped:
+            print(f"warning: {line}", file=sys.stderr)
+        if not settings.providers.accounts():
+            print("warning: no enabled account has a key: nothing would be polled", file=sys.stderr)
         print(
             "configuration ok:",
             ", ".join(f"{p}/{a.account}" for p, a in settings.providers.accounts())
             or "no accounts",
         )
         return 0
+    for line in skipped:
+        log.warning(line)
+    if not settings.providers.accounts():
+        log.warning("no provider account is configured or enabled: nothing will be polled")
 
     from exporter.app import App
 

@@ -383,6 +383,13 @@ SPECS: tuple[Spec, ...] = (
         "Rows or pages the exporter could not understand (skipped) since it started.",
     ),
     Spec(
+        "llm_source_configured",
+        GAUGE,
+        ("provider", "account"),
+        "1 if the enabled account has a key and is polled, 0 if it is skipped because no key "
+        "was found (set its key variable, *_FILE or key_file).",
+    ),
+    Spec(
         "llm_exporter_build_info",
         GAUGE,
         ("version", "revision", "python_version"),
