@@ -129,7 +129,9 @@ class App:
         )
         self.estimator = make_estimator(settings)
         ctx = FoldContext(settings.tz, self.opt_labels, self.estimator, settings.budgets)
-        self.aggregates = Aggregates(ctx, self.ledger, self.history_start)
+        self.aggregates = Aggregates(
+            ctx, self.ledger, self.history_start, settings.cardinality.daily_days
+        )
         self._prices: str | None = None  # the prices the aggregates were folded with
         self.poller = Poller(
             self.ledger,
@@ -208,6 +210,7 @@ class App:
                 estimator=self.estimator,
                 budgets=self.settings.budgets,
                 revision=os.environ.get("LLM_EXPORTER_REVISION", ""),
+                daily_days=self.settings.cardinality.daily_days,
             ),
         )
         # Process metrics are rendered with the rest, so a scrape stays a memory copy.

@@ -43,6 +43,8 @@ class Family:
 
 
 def _escape_label(v: str) -> str:
+    if "\\" not in v and "\n" not in v and '"' not in v:
+        return v  # the common case, checked first: rendering is per poll over every series
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

@@ -237,6 +237,36 @@ SPECS: tuple[Spec, ...] = (
         ("provider", "account", "project", "model", "token_type", "period"),
         "Tokens in the current period (day, week, month) in the configured time zone.",
     ),
+    # --- exact days (bounded: the last `cardinality.daily_days` days) ----------------------
+    Spec(
+        "llm_daily_cost_reported_usd",
+        GAUGE,
+        ("provider", "account", "project", "model", "date"),
+        "Reported cost of the calendar day in `date` (configured time zone), revisions "
+        "included: exact, whenever it arrived. Only the last days are exposed "
+        "(cardinality.daily_days), as of the last successful poll.",
+    ),
+    Spec(
+        "llm_daily_cost_estimated_usd",
+        GAUGE,
+        ("provider", "account", "project", "model", "date"),
+        "Estimated cost of the calendar day in `date` (configured time zone): exact sum of "
+        "that day's buckets. Only the last days are exposed (cardinality.daily_days).",
+    ),
+    Spec(
+        "llm_daily_tokens",
+        GAUGE,
+        ("provider", "account", "project", "model", "token_type", "date"),
+        "Tokens of the calendar day in `date` (configured time zone): exact sum of that day's "
+        "buckets. Only the last days are exposed (cardinality.daily_days).",
+    ),
+    Spec(
+        "llm_daily_model_requests",
+        GAUGE,
+        ("provider", "account", "project", "model", "date"),
+        "Model requests of the calendar day in `date` (configured time zone): exact sum of "
+        "that day's buckets. Only the last days are exposed (cardinality.daily_days).",
+    ),
     Spec(
         "llm_period_start_timestamp_seconds",
         GAUGE,

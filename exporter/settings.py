@@ -148,6 +148,9 @@ class CardinalitySettings(Strict):
     # Past this many distinct values of an opt-in label (project, user, api_key), the
     # smallest by spend are folded into "other". 0 disables folding.
     max_values: int = Field(default=50, ge=0)
+    # Days exposed by the exact per-day gauges (llm_daily_*), today included: each day is one
+    # more series per (provider, account, project, model), so this bounds their number.
+    daily_days: int = Field(default=35, ge=1, le=400)
 
 
 class PriceOverride(Strict):
