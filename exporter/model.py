@@ -612,6 +612,8 @@ class _BudgetInputs:
             if st.ratio is not None:
                 b.fam("llm_budget_spent_ratio").set(key, st.ratio)
             b.fam("llm_budget_forecast_usd").set(key, st.forecast)
+            b.fam("llm_budget_forecast_lower_usd").set(key, st.forecast_lower)
+            b.fam("llm_budget_forecast_upper_usd").set(key, st.forecast_upper)
             if st.exhaustion is not None:
                 b.fam("llm_budget_exhaustion_forecast_timestamp_seconds").set(
                     key, st.exhaustion.timestamp()
