@@ -44,6 +44,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+from itertools import pairwise
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -282,7 +283,7 @@ def _band_at(elapsed: Decimal) -> tuple[Decimal, Decimal]:
     """(q10, q90) of the band table at `elapsed`, linear between points, flat outside."""
     if elapsed <= BAND[0][0]:
         return BAND[0][1], BAND[0][2]
-    for (f0, lo0, hi0), (f1, lo1, hi1) in zip(BAND, BAND[1:], strict=False):
+    for (f0, lo0, hi0), (f1, lo1, hi1) in pairwise(BAND):
         if elapsed <= f1:
             w = (elapsed - f0) / (f1 - f0)
             return lo0 + (lo1 - lo0) * w, hi0 + (hi1 - hi0) * w
