@@ -1637,9 +1637,13 @@ def prices() -> Json:
         row("Estimated vs reported"),
         demo_banner(w=4),
         stat(
-            "Reconciliation ratio",
-            "Estimated / reported cost over the closed days of this month, per account "
-            "(100 % = our price table agrees with the invoice). Outside 90-110 % a price is "
+            "Reconciliation ratio (token cost both sides report)",
+            "Estimated / reported token cost over the closed days of this month, per account "
+            "(100 % = our price table agrees with the invoice). It covers only the (model, "
+            "token type) pairs that both the usage and the cost report name, so it can read "
+            "100 % next to a large month gap: spend that only reported cost has (images, web "
+            'search, code interpreter, storage) is outside it, see "Estimated minus reported" '
+            "and the Overview's reported cost by line item. Outside 90-110 % a price is "
             "missing or wrong: check unpriced models and price overrides.",
             [target(recon, "{{provider}}/{{account}}", instant=True)],
             "percentunit",
@@ -1648,8 +1652,11 @@ def prices() -> Json:
         ),
         stat(
             "Estimated minus reported (month)",
-            "Estimated minus reported cost this month, for providers that report cost. "
-            "Today's reported cost lags, so a positive gap early in the day is normal.",
+            "Estimated minus reported cost this month, for providers that report cost: all of "
+            "it, not only the pairs the reconciliation ratio compares. A negative gap is "
+            "mostly spend only the invoice side has (images, web search, code interpreter, "
+            "storage: see reported cost by line item on the Overview). Today's reported cost "
+            "lags, so a positive gap early in the day is normal.",
             [
                 target(
                     f"sum by (provider) ({dd(est_month)}) - sum by (provider) ({dd(rep_month)})",
@@ -1681,16 +1688,19 @@ def prices() -> Json:
         ),
         timeseries(
             "Reconciliation ratio over time",
-            "Estimated / reported cost over closed days of the current month, per account. "
-            "Resets with the month.",
+            "Estimated / reported token cost over closed days of the current month, per "
+            "account, on the (model, token type) pairs both sides report. Resets with the "
+            "month.",
             [target(recon, "{{provider}}/{{account}}")],
             "percentunit",
             steps=recon_steps,
         ),
         table(
             "Month to date by account",
-            "Reported and estimated cost this month per provider and account, their ratio, and "
-            "the reconciliation ratio over closed days (the fair comparison).",
+            "Reported and estimated cost this month per provider and account, their ratio "
+            "(all spend: line items only the invoice has pull it below 100 %), and the "
+            "reconciliation ratio over closed days on the (model, token type) pairs both "
+            "sides report (the fair test of the price table).",
             [
                 target(f"sum by (provider, account) ({dd(rep_month)})", instant=True, table=True),
                 target(f"sum by (provider, account) ({dd(est_month)})", instant=True, table=True),
