@@ -575,6 +575,7 @@ MONTH = {"period": "month"}
 # Budget metrics filtered by the Overview's budget variable (alert links set it).
 BUDGET = '{}{{budget=~"$budget"}}'
 RUN_RATE = "provider_account:llm_period_cost_estimated_usd:month_end_run_rate"
+USAGE_MONTH = "provider_account_project_model:llm_period_cost_estimated_usd:month"
 WEEKDAY_HOUR = "provider_account_weekday_hour:llm_cost_estimated_usd:increase1h"
 
 
@@ -1018,8 +1019,8 @@ def what_changed(rep_month: str, est_month: str) -> list[Json]:
         return f"sum by ({by}) ({dd(src)})"
 
     def week(metric: str, offset: str = "") -> str:
-        window = f"7d{' offset ' + offset if offset else ''}"
-        return f"sum by ({by}) ({inc(metric, window)})"
+        shift = f" offset {offset}" if offset else ""
+        return f"sum by ({by}) ({dd(f'increase({sel(metric)}[7d]{shift})')})"
 
     mtd = spend(month(rep_month), month(est_month))
     rep7, est7 = "llm_cost_reported_usd_total", "llm_cost_estimated_usd_total"
@@ -1221,16 +1222,14 @@ def model_status() -> str:
 
     A budget covers a model when the model has usage this month inside the budget's scope:
     each scope label (provider, account, project, model) is "" (all) or equals the usage
-    series' label. The join runs on the month's usage series, which carry all four labels, so
+    series' label. The join runs on the month's usage tuples (recording rule USAGE_MONTH),
+    which carry all four labels, so
     a budget on `project="prod"` marks only models used in project prod. A regex scope
     ("~...") cannot be matched by PromQL (the pattern is a label value), so such budgets are
     left out of Status (see the description) rather than applied to every model."""
     base = model_rows()
     zero = f"(0 * ({base}))"
-    usage = (
-        f"group by ({', '.join(SCOPE)}) ({dd(sel('llm_period_cost_estimated_usd', **MONTH))})"
-        f" or group by ({', '.join(SCOPE)}) ({dd(sel('llm_period_tokens', **MONTH))})"
-    )
+    usage = USAGE_MONTH + "{" + ",".join(f'{v}=~"${v}"' for v in CHAIN) + "}"
     ratio = dd('llm_budget_spent_ratio{budget=~"$budget"}')
     terms = []
     for n in range(1 << len(SCOPE)):
@@ -1242,7 +1241,7 @@ def model_status() -> str:
         # then spread onto every usage series with the same scope labels.
         by_scope = f"max by ({on}) ({ratio} * on (budget) group_left ({', '.join(SCOPE)}) {info})"
         terms.append(
-            f"label_replace((0 * ({usage})) + on ({on}) group_left () {by_scope}, "
+            f"label_replace((0 * {usage}) + on ({on}) group_left () {by_scope}, "
             f'"scope", "{n}", "", "")'
         )
     budget = f"max by (provider, model) ({' or '.join(terms)})"
@@ -1255,8 +1254,8 @@ def model_status() -> str:
     return (
         f"(4 * ({unpriced}))"
         f" or (3 * (({base}) * on (provider) group_left () {failing}))"
-        f" or (0 * ({budget} >= 1) + 2)"
-        f" or (0 * ({budget} >= 0.8) + 1)"
+        # 2 at a ratio >= 1, 1 from 0.8, nothing below (one reference to the long part).
+        f" or ((floor(clamp_max({budget}, 1) * 5) - 3) > 0)"
         f" or {zero}"
     )
 
