@@ -694,7 +694,7 @@ def overview() -> Json:
             "Estimated cost this month / elapsed share of the month, per provider (recording "
             f"rule {RUN_RATE}): where the month ends at the current pace, for every provider "
             "whether or not a budget covers it. A plain run rate, noisier than the budget "
-            "forecast (weekday profile, 80 % band, left panel) in the first days of a month: "
+            "forecast (weekday profile, 80 % band: the Budget forecast panels) early in a month: "
             "define a limit-less monthly budget per provider for that one. Estimated cost "
             "leaves out line items only reported cost has (images, web search, code "
             "interpreter, storage). The dashed lines are the month to date.",
