@@ -11,7 +11,12 @@ When the provider simulator's dataset (`exporter.simulator.dataset.Dataset`) is 
 exact daily cost (all providers, UTC days, seed 1) over `SIM_MONTHS` months is backtested as one
 more scenario; it has a strong business-hours/weekend rhythm but no growth or spikes.
 
+The forecast's 80% band (exporter.forecast.forecast_band) is checked too: the "in band" rows
+give the share of months whose actual total fell inside it. The band's table is calibrated on
+other seeds than those measured: `--calibrate` prints it (to paste into exporter/forecast.py).
+
 Run: python bench/forecast_backtest.py   (finishes in a few seconds)
+     python bench/forecast_backtest.py --calibrate
 """
 
 from __future__ import annotations

@@ -1326,7 +1326,8 @@ def model_table() -> Json:
         "(a budget of the Budget variable whose scope covers this model's usage this month: "
         "each of its provider, account, project and model filters is empty or equal to the "
         "usage's label; budgets with a regex filter are not matched here, see the Budgets "
-        "row), OK.",
+        "row; models whose usage this month has neither tokens nor estimated cost, such as "
+        "image models, match no budget here), OK.",
         targets,
         "short",
         h=12,

@@ -295,6 +295,19 @@ def test_budget_alert_reaches_the_webhook_and_resolves(stack: dict[str, Any]) ->
     proc.__enter__()
     stack["exporter_proc"] = proc
     resolved = wait_for(lambda: hook.alerts("LLMBudgetThresholdCrossed", "resolved"), timeout=120)
+    # Firing and resolved messages agree with themselves: the percentage is spent / limit of
+    # the same message (the figures come from one scrape), with scope, forecast and reset.
+    for _, a in (firing[0], resolved[0]):
+        text = a["annotations"]["description"]
+        m = re.search(r"has spent \$([\d.]+) of its \$([\d.]+) limit .*?\(([\d.]+)%\)", text)
+        assert m, text
+        spent_usd, limit_usd, percent = (float(x) for x in m.groups())
+        assert percent == pytest.approx(100 * spent_usd / limit_usd, rel=0.01), text
+        assert "(scope: provider=openai)" in text, text
+        assert re.search(
+            r"Forecast at the end of the period: \$[\d.]+ \(80% band \$[\d.]+ to", text
+        )
+        assert "The period resets at " in text and "n/a" not in text, text
     print(
         f"\nbudget alert: fired {stack['fire_latency']:.1f}s after exporter start, "
         f"resolved {resolved[0][0] - raised:.1f}s after the limit was raised"
@@ -646,8 +659,18 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
     def money(x: float | None) -> str:
         return "no data" if x is None else f"${x:,.2f}"
 
-    fig = plt.figure(figsize=(22, 27), layout="constrained")
-    grid = fig.add_gridspec(7, 6, height_ratios=[0.4, 1.3, 1.3, 1.1, 1.1, 0.9, 1.8])
+    fig = plt.figure(figsize=(22, 27))
+    grid = fig.add_gridspec(
+        7,
+        6,
+        height_ratios=[0.4, 1.3, 1.3, 1.1, 1.1, 0.9, 1.8],
+        hspace=0.45,
+        wspace=0.9,
+        left=0.08,
+        right=0.98,
+        top=0.96,
+        bottom=0.02,
+    )
     fig.suptitle("LLM cost / Overview (drawn from live Prometheus queries)", fontsize=18)
 
     # Month to date: the stat row.
