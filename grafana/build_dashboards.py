@@ -914,7 +914,6 @@ def overview() -> Json:
             h=8,
         ),
         *reported_breakdown(),
-        spend_heatmap(),
         bargauge(
             "Data freshness by source",
             "Time since each endpoint was last polled successfully: every number here is as of "
@@ -931,6 +930,7 @@ def overview() -> Json:
             w=12,
             steps=age,
         ),
+        spend_heatmap(),
         row("Models"),
         model_table(),
     ]
