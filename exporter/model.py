@@ -471,6 +471,8 @@ def _budget_state(out: _Out, bs: BudgetSettings, inp: RenderInput, parts: list[S
     if st.ratio is not None:
         out.fam("llm_budget_spent_ratio").set(key, st.ratio)
     out.fam("llm_budget_forecast_usd").set(key, st.forecast)
+    out.fam("llm_budget_forecast_lower_usd").set(key, st.forecast_lower)
+    out.fam("llm_budget_forecast_upper_usd").set(key, st.forecast_upper)
     if st.exhaustion is not None:
         out.fam("llm_budget_exhaustion_forecast_timestamp_seconds").set(
             key, st.exhaustion.timestamp()

@@ -296,6 +296,20 @@ SPECS: tuple[Spec, ...] = (
         "Forecast spend at the end of the budget's current period, in USD.",
     ),
     Spec(
+        "llm_budget_forecast_lower_usd",
+        GAUGE,
+        ("budget",),
+        "Lower bound of the 80% band of period-end spend, in USD: actual spend ended below it "
+        "in about 10% of backtested periods.",
+    ),
+    Spec(
+        "llm_budget_forecast_upper_usd",
+        GAUGE,
+        ("budget",),
+        "Upper bound of the 80% band of period-end spend, in USD: actual spend ended above it "
+        "in about 10% of backtested periods.",
+    ),
+    Spec(
         "llm_budget_exhaustion_forecast_timestamp_seconds",
         GAUGE,
         ("budget",),

@@ -38,7 +38,8 @@ UIDS = {
 }
 DS = {"type": "prometheus", "uid": "${datasource}"}
 CHAIN = ["provider", "account", "model", "project"]
-ALLOWED_VARS = {"$" + v for v in CHAIN} | {"$__range", "$__interval", "$__rate_interval"}
+# $budget: the Overview's budget variable (set by budget alert links), after the chain.
+ALLOWED_VARS = {"$" + v for v in CHAIN} | {"$budget", "$__range", "$__interval", "$__rate_interval"}
 # Series Prometheus itself creates (scrape meta and alert state).
 BUILTINS = {
     "up",
@@ -102,8 +103,19 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+# Series the shipped recording rules (prometheus/rules) record: dashboards may read them
+# (the heatmap and the run-rate forecast need them), as the bundle ships both.
+RECORDED = {
+    rule["record"]
+    for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
+    for group in yaml.safe_load(path.read_text())["groups"]
+    for rule in group["rules"]
+    if "record" in rule
+}
+
+
 def exposed(name: str) -> bool:
-    if name in BY_NAME or name in BUILTINS:
+    if name in BY_NAME or name in BUILTINS or name in RECORDED:
         return True
     for suffix in HISTOGRAM_SUFFIXES:
         base = name.removesuffix(suffix)
@@ -140,7 +152,9 @@ def test_metric_name_extraction() -> None:
     assert metric_names("histogram_quantile(0.9, sum by (le) (rate(x_bucket[1h])))") == {"x_bucket"}
     assert exposed("llm_source_api_request_duration_seconds_bucket")
     assert not exposed("llm_tokens_total_bucket")
-    assert not exposed("provider_account:llm_cost_reported_usd:increase1d")
+    # A recorded series counts only if the shipped rules record it.
+    assert exposed("provider_account:llm_cost_reported_usd:increase1d")
+    assert not exposed("provider_account:llm_cost_reported_usd:increase7d")
 
 
 # --- dashboards -------------------------------------------------------------------------------
