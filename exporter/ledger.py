@@ -400,13 +400,17 @@ class Ledger:
                 key = parsed[dims] = _load_dims(dims)
             yield StoredRow(p, a, e, int(s), int(end), Row(op, key, _load_measures(measures)))
 
-    def iter_rows(self, since: int = 0, batch: int = 20_000) -> Iterator[StoredRow]:
+    def iter_rows(
+        self, since: int = 0, batch: int = 20_000, ordered: bool = False
+    ) -> Iterator[StoredRow]:
         """Every stored row whose bucket starts at or after `since`, streamed (constant
-        memory, for folding the whole ledger). Holds the ledger while it runs."""
+        memory, for folding the whole ledger), in bucket-start order if `ordered`. Holds
+        the ledger while it runs."""
         with self._lock:
             cur = self._db.execute(
                 "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
-                " measures FROM rows WHERE bucket_start >= ?",
+                " measures FROM rows WHERE bucket_start >= ?"
+                + (" ORDER BY bucket_start" if ordered else ""),
                 (since,),
             )
             parsed: dict[str, tuple[tuple[str, str], ...]] = {}
