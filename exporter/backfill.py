@@ -29,6 +29,7 @@ import heapq
 import logging
 import math
 import os
+import re
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -79,7 +80,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--instance", default=DEFAULT_INSTANCE, help="the `instance` label of the live scrape"
     )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another target label the live scrape carries (repeatable), e.g. the namespace, "
+        "service and endpoint labels a ServiceMonitor adds",
+    )
     p.add_argument("--step", default="15m", help="time between samples (a duration)")
+    p.add_argument(
+        "--poll",
+        action="store_true",
+        help="poll the providers once first (fills a fresh state file; the compose one-shot)",
+    )
     p.add_argument(
         "--until",
         default=None,
@@ -99,12 +113,20 @@ def main(argv: Sequence[str]) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    if args.poll:
+        from exporter.app import App
+
+        app = App(settings)
+        try:
+            app.poll_once()
+        finally:
+            app.stop()
     try:
         step = int(parse_duration(args.step))
         if step < 1:
             raise BackfillError(f"--step {args.step!r}: must be at least one second")
         until = parse_time(args.until) if args.until else int(dt.datetime.now(dt.UTC).timestamp())
-        extra = {"job": args.job, "instance": args.instance}
+        extra = {"job": args.job, "instance": args.instance, **target_labels(args.label)}
         series = history(settings, step, until)
         out = Path(args.output)
         if args.output == "-":
@@ -124,6 +146,16 @@ def main(argv: Sequence[str]) -> int:
         return 2
     log.info("wrote %d samples to %s", n, args.output)
     return 0
+
+
+def target_labels(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+            raise BackfillError(f"--label {pair!r}: give NAME=VALUE with a valid label name")
+        out[name] = value
+    return out
 
 
 def parse_time(text: str) -> int:
