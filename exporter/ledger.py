@@ -387,33 +387,22 @@ class Ledger:
     # --- reads ---------------------------------------------------------------------------
     def rows(self, since: int = 0) -> Iterator[StoredRow]:
         """Every stored row whose bucket starts at or after `since`, in key order."""
-        with self._lock:
-            fetched = self._db.execute(
-                "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims, measures"
-                " FROM rows WHERE bucket_start >= ? ORDER BY provider, account, endpoint, bucket_start",
-                (since,),
-            ).fetchall()
-        parsed: dict[str, tuple[tuple[str, str], ...]] = {}  # a group recurs every bucket
-        for p, a, e, s, end, op, dims, measures in fetched:
-            key = parsed.get(dims)
-            if key is None:
-                key = parsed[dims] = _load_dims(dims)
-            yield StoredRow(p, a, e, int(s), int(end), Row(op, key, _load_measures(measures)))
+        return self._select(since, "ORDER BY provider, account, endpoint, bucket_start")
 
-    def iter_rows(
-        self, since: int = 0, batch: int = 20_000, ordered: bool = False
-    ) -> Iterator[StoredRow]:
+    def iter_rows(self, since: int = 0, ordered: bool = False) -> Iterator[StoredRow]:
         """Every stored row whose bucket starts at or after `since`, streamed (constant
-        memory, for folding the whole ledger), in bucket-start order if `ordered`. Holds
-        the ledger while it runs."""
+        memory, for folding the whole ledger), in bucket-start order if `ordered`."""
+        return self._select(since, "ORDER BY bucket_start" if ordered else "")
+
+    def _select(self, since: int, order: str, batch: int = 20_000) -> Iterator[StoredRow]:
+        """Rows streamed in batches; holds the ledger while it runs."""
         with self._lock:
             cur = self._db.execute(
                 "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
-                " measures FROM rows WHERE bucket_start >= ?"
-                + (" ORDER BY bucket_start" if ordered else ""),
+                f" measures FROM rows WHERE bucket_start >= ? {order}",
                 (since,),
             )
-            parsed: dict[str, tuple[tuple[str, str], ...]] = {}
+            parsed: dict[str, tuple[tuple[str, str], ...]] = {}  # a group recurs every bucket
             while chunk := cur.fetchmany(batch):
                 for p, a, e, s, end, op, dims, measures in chunk:
                     key = parsed.get(dims)
