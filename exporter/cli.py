@@ -4,7 +4,8 @@
     llm-cost-exporter --config.check --config.file=FILE   # validate and exit
     llm-cost-exporter simulate [--listen 127.0.0.1:9878 ...]   # the provider simulator
 
-Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure.
+Exit codes: 0 ok, 2 bad configuration, usage or state file, 1 unexpected failure (and
+`--once` with a failed source).
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from exporter import __version__
+from exporter.redact import redact
+
+if TYPE_CHECKING:
+    from exporter.app import App
+    from exporter.settings import Settings
 
 log = logging.getLogger("exporter")
 
 
 class _LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage().replace('"', "'")
+        msg = redact(record.getMessage(), limit=None).replace('"', "'")
         if record.exc_info:
-            msg += " | " + self.formatException(record.exc_info).replace("\n", " | ").replace(
-                '"', "'"
-            )
+            msg += " | " + redact(self.formatException(record.exc_info), limit=None).replace(
+                "\n", " | "
+            ).replace('"', "'")
         ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z")
         return f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
 
@@ -75,7 +81,18 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the configuration and keys, then exit",
     )
-    p.add_argument("--once", action="store_true", help="poll once, print the exposition, exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="poll once, print the exposition, exit (1 if any enabled source failed)",
+    )
+    p.add_argument(
+        "--state.recover",
+        dest="state_recover",
+        action="store_true",
+        help="move a damaged state file aside (never deleted) and refetch from the providers "
+        "(also the setting state_recover)",
+    )
     p.add_argument("--version", action="version", version=f"llm-cost-exporter {__version__}")
     return p
 
@@ -90,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from exporter.settings import ConfigError, load
 
+    if args.state_recover:  # before load(): a damaged file is then not a config problem
+        os.environ["LLM_EXPORTER_STATE_RECOVER"] = "true"
     try:
         settings = load(Path(args.config_file) if args.config_file else None)
     except ConfigError as exc:
@@ -108,22 +127,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    return _run(args, settings)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    """Start the exporter: `--once`, or the service until SIGTERM/SIGINT."""
     from exporter.app import App
+    from exporter.ledger import StateFileError
 
     try:
         app = App(settings)
     except ValueError as exc:  # adapter option errors name their option
         print(f"llm-cost-exporter: invalid configuration:\n  {exc}", file=sys.stderr)
         return 2
+    except StateFileError as exc:
+        print(f"llm-cost-exporter: {exc}", file=sys.stderr)
+        return 2
     if args.once:
-        app.poll_once()
-        sys.stdout.buffer.write(app.exposition.current.body)
-        app.stop()
-        return 0
+        return _once(app)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("received signal %d, shutting down", signum)
-        threading.Thread(target=app.stop, daemon=True).start()
+        app.request_stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -131,7 +156,25 @@ def main(argv: list[str] | None = None) -> int:
         app.run(args.listen or settings.listen_address)
     except OSError as exc:
         log.error("cannot serve on %s: %s", args.listen or settings.listen_address, exc.strerror)
+        app.stop()
         return 2
+    log.info("stopped")
+    return 0
+
+
+def _once(app: App) -> int:
+    """Poll every account once, print the exposition; exit 1 naming each failed source."""
+    app.poll_once()
+    sys.stdout.buffer.write(app.exposition.current.body)
+    sys.stdout.flush()
+    failed = app.failed_sources()
+    app.stop()
+    if failed:
+        print(
+            f"llm-cost-exporter: {len(failed)} source endpoint(s) failed: " + ", ".join(failed),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

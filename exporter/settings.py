@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     bucket_width: Literal["1d", "1h"] = "1d"
     group_by: list[str] = Field(default_factory=lambda: list(DEFAULT_GROUP_BY))
     state_file: Path = Path("llm-cost-exporter.db")
+    # A damaged state file is moved aside (renamed, never deleted) and a new one is started,
+    # refetched from the providers; off: the exporter names the file and exits.
+    state_recover: bool = False
     listen_address: str = DEFAULT_LISTEN
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     cardinality: CardinalitySettings = Field(default_factory=CardinalitySettings)
@@ -317,7 +320,7 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError([f"config.file: {path} is not valid YAML: {exc}"]) from None
+            raise ConfigError([yaml_error_line(path, exc)]) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -344,9 +347,27 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
             os.environ.update(old)
     problems = resolve_secrets(settings, environ)
     problems += _check_state_path(settings.state_file)
+    problems += _startup_problems(settings, environ)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
+    """`config.file: FILE:LINE:COLUMN: problem` for a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = " ".join(
+        str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x
+    )
+    return f"config.file: {where}: not valid YAML: {what or type(exc).__name__}"
+
+
+def _startup_problems(settings: Settings, environ: Mapping[str, str] | None) -> list[str]:
+    """The checks start-up makes beyond the schema (see `exporter.checks`)."""
+    from exporter.checks import startup_problems
+
+    return startup_problems(settings, environ)
 
 
 def _check_state_path(path: Path) -> list[str]:
