@@ -235,8 +235,6 @@ class ApiClient:
                     raise err
             assert last is not None
             self.recorder.failure(endpoint, last.reason)
-            if attempt + 1 >= self.retry.attempts:
-                break
             hinted = delay is not None
             if delay is None:
                 cap = min(self.retry.backoff_max, self.retry.backoff_base * (2**attempt))
@@ -245,6 +243,8 @@ class ApiClient:
                 delay = min(delay, self.retry.retry_after_max)
             if hinted or last.reason == RATE_LIMITED:
                 self._block(delay)  # the whole account waits, not only this request
+            if attempt + 1 >= self.retry.attempts:
+                break
             log.info(
                 "%s; retrying in %.1fs (attempt %d/%d)",
                 last,
