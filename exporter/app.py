@@ -32,6 +32,7 @@ from exporter.server import MetricsServer, parse_listen
 from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
 from exporter.sources import registry
 from exporter.sources._http import ApiClient, RetryPolicy
+from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -335,14 +336,16 @@ class App:
             ],
         }
 
-    def serve(self, listen: str) -> MetricsServer:
-        self.server = MetricsServer(parse_listen(listen), self.exposition, self.status, self.ready)
+    def serve(self, listen: str, web: WebConfig | None = None) -> MetricsServer:
+        self.server = MetricsServer(
+            parse_listen(listen), self.exposition, self.status, self.ready, web
+        )
         self.server.start()
         return self.server
 
-    def run(self, listen: str) -> None:
+    def run(self, listen: str, web: WebConfig | None = None) -> None:
         """Serve and poll until `request_stop` (SIGTERM): then stop within about 2 s."""
-        srv = self.serve(listen)
+        srv = self.serve(listen, web)
         log.info("listening on %s:%d", *srv.server_address[:2])
         # Serve history from the state file before the first poll finishes.
         try:

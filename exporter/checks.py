@@ -123,5 +123,5 @@ def state_file_problems(settings: Settings) -> list[str]:
 
     if settings.state_recover:
         return []  # a damaged file is moved aside at start
-    problem = state_file_problem(Path(settings.state_file).expanduser())
+    problem = state_file_problem(Path(settings.state_file).expanduser().resolve())
     return [] if problem is None else [f"state_file: {problem}"]

@@ -25,6 +25,7 @@ from exporter.redact import redact
 if TYPE_CHECKING:
     from exporter.app import App
     from exporter.settings import Settings
+    from exporter.webconfig import WebConfig
 
 log = logging.getLogger("exporter")
 
@@ -76,6 +77,13 @@ def parser() -> argparse.ArgumentParser:
         help="log level (overrides config)",
     )
     p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default=os.environ.get("LLM_EXPORTER_WEB_CONFIG"),
+        help="exporter-toolkit web config: TLS and basic auth for /metrics and / "
+        "(env LLM_EXPORTER_WEB_CONFIG)",
+    )
+    p.add_argument(
         "--config.check",
         dest="check",
         action="store_true",
@@ -109,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.state_recover:  # before load(): a damaged file is then not a config problem
         os.environ["LLM_EXPORTER_STATE_RECOVER"] = "true"
+    web, web_problems = _web_config(args.web_config)
     try:
         settings = load(Path(args.config_file) if args.config_file else None)
     except ConfigError as exc:
+        web_problems = exc.problems + web_problems
+    if web_problems:  # every problem of both files at once
         print("llm-cost-exporter: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in web_problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or settings.log_level)
@@ -127,10 +138,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    return _run(args, settings)
+    return _run(args, settings, web)
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int:
+def _web_config(path: str | None) -> tuple[WebConfig | None, list[str]]:
+    """The `--web.config.file`, or the problems found in it (checked with the config)."""
+    if not path:
+        return None, []
+    from exporter.webconfig import WebConfigError, load_web_config
+
+    try:
+        return load_web_config(Path(path)), []
+    except WebConfigError as exc:
+        return None, exc.problems
+
+
+def _run(args: argparse.Namespace, settings: Settings, web: WebConfig | None) -> int:
     """Start the exporter: `--once`, or the service until SIGTERM/SIGINT."""
     from exporter.app import App
     from exporter.ledger import StateFileError
@@ -153,7 +176,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        app.run(args.listen or settings.listen_address)
+        app.run(args.listen or settings.listen_address, web)
     except OSError as exc:
         log.error("cannot serve on %s: %s", args.listen or settings.listen_address, exc.strerror)
         app.stop()

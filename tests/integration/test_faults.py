@@ -9,6 +9,7 @@ exact), except where a real process is needed (exit codes, signals, a damaged st
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import signal
 import sqlite3
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 import yaml
 
@@ -211,7 +213,7 @@ def test_a_429_storm_backs_off_one_account_and_no_other(
     assert last["openai"] == 0
     # The whole OpenAI account backed off: no request of any endpoint inside the gap.
     openai = sorted(e["time"] for e in log if e["endpoint"] and e["endpoint"].startswith("openai"))
-    gaps = [b - a for a, b in zip(openai, openai[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(openai)]
     floor = 2.9 if retry_after else 0.25
     assert openai and min(gaps) >= floor, (len(openai), gaps)
     endpoints = {e["endpoint"] for e in log if e["endpoint"] and e["endpoint"].startswith("openai")}
@@ -384,3 +386,94 @@ def test_sigterm_mid_poll_exits_within_2s_cleanly(
     )
     assert fresh is not None and fresh.returncode == 0
     assert stable(parse(again.stdout)) == stable(parse(fresh.stdout))
+
+
+# --- provider faults, each through a whole poll cycle -------------------------------------
+
+PROVIDER_FAULTS = [
+    # (simulator mode, extra fault settings, expected failure reason)
+    ("429", {"retry_after": 0}, "rate_limited"),
+    ("429", {"retry_after": None}, "rate_limited"),
+    ("500", {"retry_after": None}, "server_error"),
+    ("503", {"retry_after": 0}, "server_error"),
+    ("529", {"retry_after": None}, "server_error"),
+    ("slow", {"delay": 1.6}, "timeout"),
+    ("malformed", {}, "decode"),
+    ("repeat_cursor", {}, "decode"),
+    ("auth", {}, "auth"),
+    ("403", {}, "auth"),
+]
+
+
+@pytest.mark.parametrize(("mode", "extra", "reason"), PROVIDER_FAULTS)
+def test_a_provider_fault_loses_nothing_and_counts_nothing_twice(
+    tmp_path: Path, sim: SimulatorServer, mode: str, extra: dict[str, object], reason: str
+) -> None:
+    """Poll; the day grows; poll under the fault (completions, every request); the fault
+    clears; poll. Counters never go down, the failure is counted under its reason, and the
+    end state equals a fresh exporter's that never saw the fault."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    app = make_app(tmp_path / "a", sim)
+    app.poller.accounts[0].client._client.timeout = httpx.Timeout(1.0)  # the slow fault
+    app.poll_once()
+    before = counters(exposed(app))
+    # A cursor repeats only on a paged window: 40 days of daily buckets take two pages.
+    sim.clock.advance(40 * 86400 if mode == "repeat_cursor" else 3 * 3600)
+    sim.add_fault(mode, provider="openai", endpoint="completions", count=-1, **extra)
+    app.poll_once()
+    during = exposed(app)
+    sim.faults.clear()
+    assert not never_down(before, counters(during))
+    assert total(during, "llm_source_up", endpoint="completions") == 0
+    assert total(during, "llm_source_up", endpoint="embeddings") == 1  # the others went on
+    assert (
+        total(
+            during, "llm_source_api_request_failures_total", endpoint="completions", reason=reason
+        )
+        >= 1
+    )
+    app.poll_once()
+    after = exposed(app)
+    assert not never_down(counters(during), counters(after))
+    assert total(after, "llm_source_up", endpoint="completions") == 1
+    fresh = make_app(tmp_path / "b", sim)
+    fresh.poll_once()
+    assert stable(after) == stable(exposed(fresh))
+    fresh.stop()
+    app.stop()
+
+
+def test_kill_9_during_writes_loses_nothing(tmp_path: Path, sim: SimulatorServer) -> None:
+    """kill -9 the exporter at five moments of a backfill (hourly buckets: many writes);
+    each restart goes on from the state file, and the end state equals a fresh run's."""
+    import random
+
+    cfg = config(tmp_path, sim, bucket_width="1h")
+    root = Path(__file__).resolve().parents[2]
+    rng = random.Random(13)
+    kills = 0
+    # Each request a little slow, so a backfill spans seconds of interleaved fetches and writes.
+    sim.add_fault("slow", provider="openai", count=-1, delay=0.15)
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", f"--config.file={cfg}", "--once"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=exporter_env(sim),
+            cwd=root,
+        )
+        time.sleep(rng.uniform(1.0, 4.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+    sim.faults.clear()
+    final = run_once(cfg, sim)
+    assert final.returncode == 0, final.stderr[-2000:]
+    (tmp_path / "fresh").mkdir()
+    fresh = run_once(config(tmp_path / "fresh", sim, bucket_width="1h"), sim)
+    assert fresh.returncode == 0
+    assert stable(parse(final.stdout)) == stable(parse(fresh.stdout))
+    assert kills >= 3
+    print(f"\nkill -9: {kills} of 5 runs killed mid-poll; end state equals a fresh run")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def run(
     tmp_path: Path, config: str, env: dict[str, str] | None = None
@@ -18,7 +20,8 @@ def run(
         [sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        # This checkout's code, whatever copy of the package is installed.
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})},
         check=False,
         cwd=tmp_path,
     )
@@ -71,3 +74,49 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     out = run(tmp_path, "poll_interval: 5m\n", {"LLM_EXPORTER_POLL_INTERVAL": "never"})
     assert out.returncode == 2
     assert "poll_interval: 'never' is not a duration" in out.stderr
+
+
+def test_config_check_reports_every_startup_problem_at_once(tmp_path: Path) -> None:
+    """What start-up rejects, --config.check rejects too, all in one run, each with its path;
+    a key is never shown, only where it came from."""
+    (tmp_path / "state.db").write_text("a text file, not a database\n")
+    out = run(
+        tmp_path,
+        "state_file: state.db\n"
+        "providers:\n"
+        "  openai:\n    - account: main\n      options: {endpoints: [bogus]}\n"
+        "  anthropic:\n    - account: nl\n      key_env: NL_KEY\n"
+        "  groq:\n    - account: accent\n"
+        "budgets:\n  - name: b\n    selector: {model: '~gpt-(4'}\n"
+        "prices:\n  overrides:\n    - {provider: nobody, model: m, usd_per_mtok: {input: 1}}\n",
+        {
+            "OPENAI_ADMIN_KEY": "test-key",
+            "NL_KEY": "test-line\nbreak",
+            "GROQ_API_KEY": "test-clé",
+        },
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    for expected in (
+        "providers.openai[0].options.endpoints: unknown endpoint(s) ['bogus']",
+        "budgets[0].selector.model: invalid regex 'gpt-(4'",
+        "providers.anthropic[0] (account 'nl'): the key in $NL_KEY has a line break",
+        "providers.groq[0] (account 'accent'): the key in $GROQ_API_KEY has a non-ASCII",
+        "prices.overrides[0].provider: unknown provider 'nobody'",
+        f"state_file: state file {tmp_path / 'state.db'} is damaged or not a state file",
+    ):
+        assert expected in out.stderr, (expected, out.stderr)
+    assert "Traceback" not in out.stderr
+    assert "test-line" not in out.stderr and "clé" not in out.stderr
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    out = run(tmp_path, "poll_interval: 5m\ntimezone: UTC\n history_start: 2026-11-01\n")
+    assert out.returncode == 2
+    assert f"config.file: {tmp_path / 'config.yml'}:3:" in out.stderr, out.stderr
+    assert "<unicode string>" not in out.stderr
+
+
+def test_state_recover_flag_skips_the_damaged_state_file_problem(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_text("garbage")
+    out = run(tmp_path, "state_file: state.db\nstate_recover: true\n")
+    assert out.returncode == 0, out.stderr
