@@ -180,37 +180,52 @@ def three_accounts(tmp: Path, sim: SimulatorServer, interval: str = "1s") -> App
     return App(load(tmp / "c.yml", keys), clock=lambda: float(sim.now()), retry=retry)
 
 
+@pytest.fixture
+def live_sim() -> Iterator[SimulatorServer]:
+    """A simulator on the real clock, so `last_success` times are real times."""
+    s = SimulatorServer(port=0, seed=7, start=dt.date(2026, 11, 1), now=None).start()
+    yield s
+    s.stop()
+
+
 @pytest.mark.parametrize("retry_after", [3, None])
 def test_a_429_storm_backs_off_one_account_and_no_other(
-    tmp_path: Path, sim: SimulatorServer, retry_after: int | None
+    tmp_path: Path, live_sim: SimulatorServer, retry_after: int | None
 ) -> None:
+    sim = live_sim
     app = three_accounts(tmp_path, sim)
+    app.clock = app.poller.clock = time.time
     sim.add_fault("429", provider="openai", count=-1, retry_after=retry_after)
     runner = threading.Thread(target=app.run, args=("127.0.0.1:0",), daemon=True)
-    began = time.time()
     runner.start()
+    samples: list[dict[str, float]] = []
     try:
-        time.sleep(7)
-        h = app.health.snapshot()
-        last = {
-            p: max((st.last_success or 0) for (pp, _, _), st in h.endpoints.items() if pp == p)
-            for p in ("openai", "anthropic", "groq")
-        }
+        for _ in range(7):  # one look a second at each provider's newest last_success
+            time.sleep(1)
+            h = app.health.snapshot()
+            look = {
+                p: max((st.last_success or 0) for (q, _, _), st in h.endpoints.items() if q == p)
+                for p in ("openai", "anthropic", "groq")
+            }
+            samples.append({**look, "_t": time.time()})
         log = http_get_json(sim, "/_sim/stats?log=2000")["log"]
     finally:
         app.request_stop()
         runner.join(5)
     assert not runner.is_alive()
-    # The untouched providers kept their own 1 s schedule during the storm.
+    # The untouched providers kept their own 1 s schedule during the storm: from the fourth
+    # second on (after the backfill), each look finds a last_success less than 2.5 s old,
+    # newer than the one before.
     for p in ("anthropic", "groq"):
-        assert last[p] > 0 and time.time() - began > 6, p
+        seen = [s[p] for s in samples[3:]]
+        assert all(b > a for a, b in itertools.pairwise(seen)), (p, seen)
+        assert all(s["_t"] - s[p] < 2.5 for s in samples[3:]), (p, samples)
+    assert all(s["openai"] == 0 for s in samples)
     polls = {p: 0 for p in ("anthropic", "groq")}
     for e in log:
         for p in polls:
             if e["endpoint"] and e["endpoint"].startswith(p) and e["status"] == 200:
                 polls[p] += 1
-    assert polls["anthropic"] >= 3 * 2 and polls["groq"] >= 3, polls  # several rounds each
-    assert last["openai"] == 0
     # The whole OpenAI account backed off: no request of any endpoint inside the gap.
     openai = sorted(e["time"] for e in log if e["endpoint"] and e["endpoint"].startswith("openai"))
     gaps = [b - a for a, b in itertools.pairwise(openai)]
@@ -220,7 +235,12 @@ def test_a_429_storm_backs_off_one_account_and_no_other(
     print(
         f"\n429 storm (Retry-After {retry_after}): {len(openai)} OpenAI requests in 7 s, "
         f"min gap {min(gaps):.2f}s, endpoints asked {sorted(endpoints)}; "
-        f"anthropic {polls['anthropic']} and groq {polls['groq']} successful requests"
+        f"anthropic {polls['anthropic']} and groq {polls['groq']} successful requests; "
+        f"last_success ages at each look: "
+        + ", ".join(
+            f"{p} " + "/".join(f"{s['_t'] - s[p]:.1f}" for s in samples[3:])
+            for p in ("anthropic", "groq")
+        )
     )
 
 
