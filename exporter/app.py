@@ -301,7 +301,7 @@ class App:
                 f"{total} unreadable state-file row(s) removed and refetched from the provider"
             )
             out += [
-                f"unreadable {b.table} row: {b.provider}/{b.account} {b.endpoint} bucket "
+                f"unreadable {b.what}: {b.provider}/{b.account} {b.endpoint} bucket "
                 f"{dt.datetime.fromtimestamp(b.start, dt.UTC).isoformat(timespec='seconds')}: "
                 f"{redact(b.problem)}"
                 for b in recent

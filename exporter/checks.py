@@ -2,9 +2,10 @@
 
 `settings.load` runs these after the schema and the keys, so `--config.check` and a start
 reject the same configurations: adapter options (each source is built, offline), price
-overrides, budget selectors (regexes compiled), key characters (a key must fit in an HTTP
-header: the variable or file is named, the key never shown), and the state file (readable,
-and an SQLite file of this exporter, checked read-only).
+overrides, key characters (a key must fit in an HTTP header: the variable or file is named,
+the key never shown), and the state file (readable, and an SQLite file of this exporter,
+checked read-only). Budget selector regexes are compiled
+by the schema itself (`BudgetSettings`), so they are listed with its problems.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ def startup_problems(settings: Settings, environ: Mapping[str, str] | None = Non
     return (
         adapter_option_problems(settings)
         + price_override_problems(settings)
-        + budget_selector_problems(settings)
         + key_character_problems(settings, env)
         + state_file_problems(settings)
     )
@@ -65,18 +65,6 @@ def price_override_problems(settings: Settings) -> list[str]:
     from exporter.pricing import validate_overrides
 
     return validate_overrides(settings.prices)
-
-
-def budget_selector_problems(settings: Settings) -> list[str]:
-    from exporter.budgets import compile_selector
-
-    problems = []
-    for i, budget in enumerate(settings.budgets):
-        try:
-            compile_selector(budget.selector)
-        except ValueError as exc:
-            problems.append(f"budgets[{i}].{exc}")
-    return problems
 
 
 def _key_source(provider: str, acc: AccountSettings, env: Mapping[str, str]) -> str:

@@ -151,6 +151,11 @@ class BadRow:
     """Where a row that could not be read lies, and why (shown on `/` and in logs)."""
 
     table: str  # "rows" or "revisions"
+
+    @property
+    def what(self) -> str:
+        return "row" if self.table == "rows" else "revised amount"
+
     provider: str
     account: str
     endpoint: str
@@ -302,9 +307,9 @@ class Ledger:
         if (bad.table, bad.rowid) not in self._bad:
             self._bad[(bad.table, bad.rowid)] = bad
             log.error(
-                "state file %s: unreadable %s row (%s/%s %s bucket %d): %s",
+                "state file %s: unreadable %s (%s/%s %s bucket %d): %s",
                 self.path,
-                bad.table,
+                bad.what,
                 bad.provider,
                 bad.account,
                 bad.endpoint,
@@ -343,8 +348,8 @@ class Ledger:
                     self.awaiting.add((bad.provider, bad.account, bad.endpoint, bad.start))
         for bad in found:
             log.warning(
-                "removed the unreadable %s row of %s/%s %s bucket %d; %s",
-                bad.table,
+                "removed the unreadable %s of %s/%s %s bucket %d; %s",
+                bad.what,
                 bad.provider,
                 bad.account,
                 bad.endpoint,

@@ -157,6 +157,19 @@ class BudgetSettings(Strict):
     basis: Literal["reported", "estimated", "blended"] = "blended"
     thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 0.9, 1.0])
 
+    @field_validator("selector")
+    @classmethod
+    def _selector_compiles(cls, v: dict[str, str]) -> dict[str, str]:
+        """A regex that does not compile is a config error (reported with the schema's),
+        not a rebuild that fails forever."""
+        from exporter.budgets import compile_selector
+
+        try:
+            compile_selector(v)
+        except ValueError as exc:  # "selector.KEY: invalid regex ...": the path has "selector"
+            raise ValueError(str(exc).removeprefix("selector.")) from None
+        return v
+
 
 class Settings(BaseSettings):
     """The whole configuration. See config.example.yml for every key with a comment."""
@@ -340,6 +353,7 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
             if e["type"] == "extra_forbidden":
                 msg = "unknown setting"
             problems.append(f"{_loc(tuple(e['loc']))}: {msg}")
+        problems += _problems_past_schema(data, exc, environ)
         raise ConfigError(problems) from None
     finally:
         if old is not None:
@@ -351,6 +365,23 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _problems_past_schema(
+    data: dict[str, Any], exc: ValidationError, environ: dict[str, str] | None
+) -> list[str]:
+    """With schema errors, the checks after the schema still run on the settings without
+    the top-level keys that have errors, so one run lists every problem it can."""
+    bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+    try:
+        partial = Settings(**{k: v for k, v in data.items() if k not in bad})
+    except ValidationError:  # e.g. an environment variable is wrong too: schema problems only
+        return []
+    return (
+        resolve_secrets(partial, environ)
+        + _check_state_path(partial.state_file)
+        + _startup_problems(partial, environ)
+    )
 
 
 def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from exporter.app import App
+from exporter.server import _landing
 from exporter.settings import load
 from exporter.simulator.server import SimulatorServer
 from tests.helpers import Samples, http_get, parse, total, wait_for
@@ -93,6 +94,8 @@ def test_a_poison_row_is_removed_refetched_and_counted(
     assert app.ready()
     status = app.status()
     assert any("unreadable" in p for p in status["problems"]), status["problems"]
+    page = _landing(status).decode()
+    assert "<h2>Problems</h2>" in page and "unreadable row: openai/main" in page
     app.stop()
     # And the next start reads a sound ledger: the same values again.
     app = make_app(tmp_path, sim, state)

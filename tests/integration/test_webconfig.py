@@ -194,28 +194,25 @@ PROMETHEUS = binary("prometheus")
 def test_prometheus_scrapes_through_tls_and_basic_auth(stack: Any) -> None:
     tmp, pki = stack["tmp"], stack["pki"]
     prom_port = free_port()
+    tls = {
+        "ca_file": str(pki["ca"].with_suffix(".crt")),
+        "cert_file": str(pki["client"].with_suffix(".crt")),
+        "key_file": str(pki["client"].with_suffix(".key")),
+    }
     prom_cfg = {
         "global": {"scrape_interval": "1s"},
         "scrape_configs": [
             {
                 "job_name": "llm-cost-exporter",
                 "scheme": "https",
-                "tls_config": {
-                    "ca_file": str(pki["ca"].with_suffix(".crt")),
-                    "cert_file": str(pki["client"].with_suffix(".crt")),
-                    "key_file": str(pki["client"].with_suffix(".key")),
-                },
+                "tls_config": tls,
                 "basic_auth": {"username": "prometheus", "password": PASSWORD},
                 "static_configs": [{"targets": [f"127.0.0.1:{stack['port']}"]}],
             },
             {  # the same target without the password: Prometheus sees it down (401)
                 "job_name": "no-password",
                 "scheme": "https",
-                "tls_config": {
-                    "ca_file": str(pki["ca"].with_suffix(".crt")),
-                    "cert_file": str(pki["client"].with_suffix(".crt")),
-                    "key_file": str(pki["client"].with_suffix(".key")),
-                },
+                "tls_config": tls,
                 "static_configs": [{"targets": [f"127.0.0.1:{stack['port']}"]}],
             },
         ],

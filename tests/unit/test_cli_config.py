@@ -98,7 +98,7 @@ def test_config_check_reports_every_startup_problem_at_once(tmp_path: Path) -> N
     assert out.returncode == 2, out.stdout + out.stderr
     for expected in (
         "providers.openai[0].options.endpoints: unknown endpoint(s) ['bogus']",
-        "budgets[0].selector.model: invalid regex 'gpt-(4'",
+        "budgets[0].selector: model: invalid regex 'gpt-(4'",
         "providers.anthropic[0] (account 'nl'): the key in $NL_KEY has a line break",
         "providers.groq[0] (account 'accent'): the key in $GROQ_API_KEY has a non-ASCII",
         "prices.overrides[0].provider: unknown provider 'nobody'",
@@ -120,3 +120,22 @@ def test_state_recover_flag_skips_the_damaged_state_file_problem(tmp_path: Path)
     (tmp_path / "state.db").write_text("garbage")
     out = run(tmp_path, "state_file: state.db\nstate_recover: true\n")
     assert out.returncode == 0, out.stderr
+
+
+def test_schema_errors_do_not_hide_the_later_checks(tmp_path: Path) -> None:
+    """An unknown setting and a bad regex (schema) are listed with a bad key (checked after
+    the schema), not one after the other as each is fixed."""
+    out = run(
+        tmp_path,
+        "pol_interval: 5m\n"
+        "budgets:\n  - name: b\n    selector: {model: '~gpt-(4'}\n"
+        "providers:\n  openai:\n    - account: main\n",
+        {"OPENAI_ADMIN_KEY": "test-key\twith-a-tab"},
+    )
+    assert out.returncode == 2
+    for expected in (
+        "pol_interval: unknown setting",
+        "budgets[0].selector: model: invalid regex",
+        "providers.openai[0] (account 'main'): the key in $OPENAI_ADMIN_KEY has a space or tab",
+    ):
+        assert expected in out.stderr, (expected, out.stderr)
