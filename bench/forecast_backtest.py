@@ -11,7 +11,12 @@ When the provider simulator's dataset (`exporter.simulator.dataset.Dataset`) is 
 exact daily cost (all providers, UTC days, seed 1) over `SIM_MONTHS` months is backtested as one
 more scenario; it has a strong business-hours/weekend rhythm but no growth or spikes.
 
+The forecast's 80% band (exporter.forecast.forecast_band) is checked too: the "in band" rows
+give the share of months whose actual total fell inside it. The band's table is calibrated on
+other seeds than those measured: `--calibrate` prints it (to paste into exporter/forecast.py).
+
 Run: python bench/forecast_backtest.py   (finishes in a few seconds)
+     python bench/forecast_backtest.py --calibrate
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exporter.budgets import period_bounds
-from exporter.forecast import forecast_period, local_midnight
+from exporter.forecast import forecast_band, forecast_period, local_midnight
 
 TZ = ZoneInfo("Europe/Paris")
 FIRST_DAY = dt.date(2023, 1, 1)
@@ -37,6 +42,10 @@ MONTHS = 15
 WARMUP_MONTHS = 2
 POINTS = (3, 7, 14, 21, 28)
 SEEDS = (1, 2, 3, 4, 5)
+# The band (exporter.forecast.BAND) was calibrated on other seeds (CALIBRATION_SEEDS below):
+# coverage is measured out of sample.
+CALIBRATION_SEEDS = (11, 12, 13, 14, 15, 16, 17, 18)
+CALIBRATION_DAYS = (1, 2, 3, 5, 7, 10, 14, 18, 21, 25, 28)
 SIM_MONTHS = 5  # the simulator computes costs exactly, ~40 ms a day: keep it short
 NOON_SHARE = Decimal("0.4")  # share of a day's spend done by noon (business-hours rhythm)
 CENT = Decimal("0.01")
@@ -96,16 +105,28 @@ def _add_months(first: dt.date, months: int) -> dt.date:
     return dt.date(index // 12, index % 12 + 1, 1)
 
 
-def backtest(series: Mapping[dt.date, Decimal]) -> dict[int, tuple[list[float], list[float]]]:
-    """Per point: (forecast APEs, naive run-rate APEs), one per evaluated month."""
-    errors: dict[int, tuple[list[float], list[float]]] = {p: ([], []) for p in POINTS}
+@dataclass
+class Errors:
+    """Per evaluation point, one value per evaluated month."""
+
+    forecast: list[float]  # absolute percentage error of the forecast
+    naive: list[float]  # same, of the naive run rate
+    covered: list[bool]  # actual inside the forecast's [lower, upper] band
+    remaining: list[tuple[float, float]]  # (elapsed fraction, actual / expected remaining)
+
+
+def backtest(
+    series: Mapping[dt.date, Decimal], points: tuple[int, ...] = POINTS
+) -> dict[int, Errors]:
+    """Evaluate the forecast at noon on each day in `points` of every month after warm-up."""
+    errors = {p: Errors([], [], [], []) for p in points}
     first = min(series)
     month = _add_months(first.replace(day=1), WARMUP_MONTHS)
     end_of_data = max(series)
     while _add_months(month, 1) - dt.timedelta(days=1) <= end_of_data:
         after = _add_months(month, 1)
         actual = sum((v for d, v in series.items() if month <= d < after), Decimal(0))
-        for point in POINTS:
+        for point in points:
             today = month.replace(day=point)
             now = local_midnight(today, TZ) + dt.timedelta(hours=12)
             start, end = period_bounds("month", now, TZ)
@@ -118,8 +139,17 @@ def backtest(series: Mapping[dt.date, Decimal]) -> dict[int, tuple[list[float], 
                 (end.astimezone(dt.UTC) - utc_start).total_seconds()
             )
             naive = projection.spent / elapsed
-            errors[point][0].append(float(abs(projection.forecast - actual) / actual))
-            errors[point][1].append(float(abs(naive - actual) / actual))
+            forecast = projection.forecast
+            lower, upper = forecast_band(
+                projection.spent, forecast, float(elapsed), projection.profile.method
+            )
+            e = errors[point]
+            e.forecast.append(float(abs(forecast - actual) / actual))
+            e.naive.append(float(abs(naive - actual) / actual))
+            e.covered.append(lower <= actual <= upper)
+            rest = forecast - projection.spent
+            if rest > 0:
+                e.remaining.append((float(elapsed), float((actual - projection.spent) / rest)))
         month = after
     return errors
 
@@ -143,18 +173,48 @@ def simulator_series(months: int) -> Series | None:
     return out
 
 
-def _pct(values: list[float]) -> str:
+def _pct(values: list[float] | list[bool]) -> str:
     return f"{100 * sum(values) / len(values):6.1f}%" if values else "   n/a"
 
 
-def main() -> int:
-    rows: list[tuple[str, dict[int, tuple[list[float], list[float]]]]] = []
+def _quantile(values: list[float], q: float) -> float:
+    vals = sorted(values)
+    pos = q * (len(vals) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(vals) - 1)
+    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+
+
+def calibrate() -> None:
+    """Print the band table for exporter.forecast.BAND: the 10th and 90th percentiles of
+    actual / expected remaining spend by day of the month, over every scenario and the
+    calibration seeds (not the seeds the coverage is measured on)."""
+    ratios: dict[int, list[tuple[float, float]]] = {d: [] for d in CALIBRATION_DAYS}
     for scenario in SCENARIOS:
-        merged: dict[int, tuple[list[float], list[float]]] = {p: ([], []) for p in POINTS}
+        for seed in CALIBRATION_SEEDS:
+            for day, e in backtest(generate(scenario, seed), CALIBRATION_DAYS).items():
+                ratios[day].extend(e.remaining)
+    print("BAND = (  # (elapsed fraction, q10, q90) of actual / expected remaining spend")
+    for day in CALIBRATION_DAYS:
+        frac = sum(f for f, _ in ratios[day]) / len(ratios[day])
+        r = [x for _, x in ratios[day]]
+        q10, q90 = _quantile(r, 0.1), _quantile(r, 0.9)
+        print(f'    (Decimal("{frac:.3f}"), Decimal("{q10:.3f}"), Decimal("{q90:.3f}")),')
+    print(")")
+
+
+def main() -> int:
+    if "--calibrate" in sys.argv[1:]:
+        calibrate()
+        return 0
+    rows: list[tuple[str, dict[int, Errors]]] = []
+    for scenario in SCENARIOS:
+        merged = {p: Errors([], [], [], []) for p in POINTS}
         for seed in SEEDS:
-            for point, (ours, naive) in backtest(generate(scenario, seed)).items():
-                merged[point][0].extend(ours)
-                merged[point][1].extend(naive)
+            for point, e in backtest(generate(scenario, seed)).items():
+                merged[point].forecast.extend(e.forecast)
+                merged[point].naive.extend(e.naive)
+                merged[point].covered.extend(e.covered)
         rows.append((scenario.name, merged))
     simulated = simulator_series(SIM_MONTHS)
     if simulated is not None:
@@ -166,11 +226,16 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     for name, errs in rows:
-        print(f"{name:<20} {'forecast':<9}" + "".join(f"{_pct(errs[p][0]):>9}" for p in POINTS))
-        print(f"{'':<20} {'run rate':<9}" + "".join(f"{_pct(errs[p][1]):>9}" for p in POINTS))
+        print(
+            f"{name:<20} {'forecast':<9}" + "".join(f"{_pct(errs[p].forecast):>9}" for p in POINTS)
+        )
+        print(f"{'':<20} {'run rate':<9}" + "".join(f"{_pct(errs[p].naive):>9}" for p in POINTS))
+        print(f"{'':<20} {'in band':<9}" + "".join(f"{_pct(errs[p].covered):>9}" for p in POINTS))
     print(
         "forecast: robust weekday profile (exporter.forecast); run rate: month-to-date spend /"
-        " elapsed fraction.\nSpike rows: most of the error is the spike still to come, which a"
+        " elapsed fraction;\nin band: share of months whose actual total fell inside the"
+        " forecast's 80% band (target 80%;\nthe band was calibrated on other seeds)."
+        "\nSpike rows: most of the error is the spike still to come, which a"
         " spike-robust forecast\ndeliberately does not predict; growth rows: the 28-day level"
         " lags a steady trend."
     )

@@ -14,7 +14,12 @@ For each size, in fresh child processes (so peak memory is each one's own):
 - **steady**: start from the persisted aggregates (start-to-ready: load, render), then run
   polls. A poll re-fetches the trailing two days of hourly buckets (the usage revision
   horizon: 48 buckets x 2,400 groups), of which only the newest hour has grown, writes them
-  to the ledger, updates the aggregates, and renders the exposition.
+  to the ledger, updates the aggregates, and renders the exposition. A separate process
+  scrapes /metrics (gzip, as Prometheus asks) from the exporter's HTTP server without pause,
+  first while it is idle, then while the polls run: p99 of each.
+- **render**: the same families rendered by our renderer and by prometheus_client's
+  `generate_latest` (families pre-built, so only the formatting is timed; both outputs are
+  parsed and checked to hold the same samples): the cost of each, once per poll.
 
 Figures: wall and CPU seconds (median of the polls), peak and steady RSS, state-file size,
 and the ratio scratch/steady. Ledgers are cached in $BENCH_DIR (default /tmp/llm-bench).
@@ -36,16 +41,23 @@ import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from prometheus_client import CollectorRegistry, generate_latest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scrape import SameSamples, same_samples
 
 from exporter.aggregates import Aggregates
-from exporter.exposition import Exposition
+from exporter.exposition import Exposition, Family
+from exporter.exposition import render as render_text
 from exporter.fold import FoldContext
 from exporter.health import Health
 from exporter.ledger import Ledger
 from exporter.model import RenderInput, render_model
 from exporter.pricing import PriceBook
 from exporter.rows import Bucket, Row
+from exporter.serving import ServingProcess
 from exporter.settings import BudgetSettings
 
 HOUR = 3600
@@ -130,12 +142,68 @@ def context() -> FoldContext:
     return FoldContext(TZ, OPT, PriceBook(), BUDGETS)
 
 
+def families(agg: Aggregates, now: dt.datetime) -> list[Family]:
+    inp = RenderInput(Health(), now, TZ, OPT, 50, agg.ctx.estimator, BUDGETS)  # type: ignore[arg-type]
+    return render_model(agg, inp)
+
+
 def render(agg: Aggregates, exposition: Exposition, now: dt.datetime) -> int:
-    fams = render_model(
-        agg,
-        RenderInput(Health(), now, TZ, OPT, 50, agg.ctx.estimator, BUDGETS),  # type: ignore[arg-type]
+    return len(exposition.update(families(agg, now)).body)
+
+
+# Scrapes until SIGTERM (or for argv[2] seconds), then prints the latencies.
+SCRAPER = """
+import http.client, json, signal, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+out, end = [], time.monotonic() + seconds
+def done(*_):
+    print(json.dumps(out)); sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+while time.monotonic() < end:
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+    c.getresponse().read()
+    c.close()
+    out.append(time.monotonic() - t0)
+done()
+"""
+
+
+def scraper(port: int, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRAPER, str(port), str(seconds)], stdout=subprocess.PIPE, text=True
     )
-    return len(exposition.update(fams).body)
+
+
+def latencies(proc: subprocess.Popen[str], stop: bool) -> list[float]:
+    if stop:
+        proc.terminate()
+    return json.loads(proc.communicate()[0])  # type: ignore[no-any-return]
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, -(-99 * len(ordered) // 100) - 1)] if ordered else float("nan")
+
+
+def compare_renderers(fams: list[Family]) -> dict[str, float]:
+    """Our renderer vs prometheus_client's generate_latest on the same families (median of 3)."""
+    registry = CollectorRegistry()
+    registry.register(SameSamples(fams))
+    ours, theirs = [], []
+    for _ in range(3):
+        t0 = time.monotonic()
+        a = render_text(fams)
+        ours.append(time.monotonic() - t0)
+        t0 = time.monotonic()
+        b = generate_latest(registry)
+        theirs.append(time.monotonic() - t0)
+    return {
+        "render_ours": statistics.median(ours),
+        "render_client": statistics.median(theirs),
+        "samples": same_samples(a, b),
+    }
 
 
 def rss_mib() -> float:
@@ -180,6 +248,11 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
     exposition = Exposition()
     size = render(agg, exposition, NOW)
     ready = time.monotonic() - began
+    server = ServingProcess(("127.0.0.1", 0))  # as the exporter serves: its own process
+    server.publish(exposition.current, {}, True)
+    port = server.server_address[1]
+    idle = latencies(scraper(port, 4.0), stop=False)
+    busy = scraper(port, 3600.0)
     gs = groups()
     first = ledger.read(
         lambda db: int(db.execute("SELECT min(bucket_start) FROM rows").fetchone()[0])
@@ -201,11 +274,19 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         ledger.replace("openai", "main", "completions", buckets, None, agg)
         agg.roll(NOW)
         render(agg, exposition, NOW)
+        server.publish(exposition.current, {}, True)
         walls.append(time.monotonic() - wall0)
         cpus.append(cpu() - cpu0)
     steady = rss_mib()
+    during = latencies(busy, stop=True)
+    server.shutdown()
+    renderers = compare_renderers(families(agg, NOW))
     ledger.close()
     return {
+        **renderers,
+        "scrape_idle_p99": p99(idle),
+        "scrape_poll_p99": p99(during),
+        "scrapes": len(during),
         "ready": ready,
         "refolded": float(refolded),
         "wall": statistics.median(walls),
@@ -240,9 +321,10 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     print(
         "| ledger rows | days | steady poll wall / CPU s | steady RSS / peak MiB | start to ready s"
-        " | from-scratch fold wall / CPU s | scratch peak MiB | scratch/steady | state file MiB |"
+        " | from-scratch fold wall / CPU s | scratch peak MiB | scratch/steady | state file MiB"
+        " | scrape p99 idle / during polls ms | render ours / prometheus_client ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.sizes.split(",")):
         base = cache / f"ledger-{n}.db"
         if not base.exists():
@@ -263,7 +345,9 @@ def main() -> None:
             f"| {rows:,} | {days:.1f} | {steady['wall']:.2f} / {steady['cpu']:.2f}"
             f" | {steady['steady']:.0f} / {steady['peak']:.0f} | {steady['ready']:.2f}"
             f" | {scratch['wall']:.1f} / {scratch['cpu']:.1f} | {scratch['peak']:.0f}"
-            f" | {scratch['wall'] / steady['wall']:.1f}x | {size / 2**20:.0f} |",
+            f" | {scratch['wall'] / steady['wall']:.1f}x | {size / 2**20:.0f}"
+            f" | {steady['scrape_idle_p99'] * 1e3:.1f} / {steady['scrape_poll_p99'] * 1e3:.1f}"
+            f" | {steady['render_ours'] * 1e3:.0f} / {steady['render_client'] * 1e3:.0f} |",
             flush=True,
         )
 

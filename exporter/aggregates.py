@@ -10,6 +10,7 @@ transaction commits. A kill -9 at any point leaves rows and sums consistent.
 What is kept (see `fold` for the kinds): all-time counter sums, the sums of the open day,
 week and month (re-summed from the ledger's rows of the new period when a period rolls
 over), budget and reconciliation inputs per day, folding statistics and storage levels.
+Exact-day sums are kept only for the days still exposed (`daily_days`).
 At start the store checks that it was built for the same inputs (the fingerprint: fold
 layout, time zone, labels, history start, budget scopes, prices) and for as many rows as the
 ledger holds; only if not is the ledger folded again from scratch (logged, with its time).
@@ -21,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,7 +35,7 @@ from exporter.rows import Number
 
 log = logging.getLogger(__name__)
 
-LAYOUT = "1"  # bump when fold_row's output changes meaning: stored sums are then refolded
+LAYOUT = "2"  # bump when fold_row's output changes meaning: stored sums are then refolded
 PERIODS = ("day", "week", "month")
 
 _SCHEMA = """
@@ -80,11 +82,16 @@ class Aggregates:
     """
 
     def __init__(
-        self, ctx: FoldContext, ledger: Ledger | None = None, history_start: int = 0
+        self,
+        ctx: FoldContext,
+        ledger: Ledger | None = None,
+        history_start: int = 0,
+        daily_days: int = 35,
     ) -> None:
         self.ctx = ctx
         self.ledger = ledger
         self.history_start = history_start
+        self.daily_days = daily_days  # days the exact-day sums ("y:") are kept for
         self.cells: Cells = {}
         self.period_start: dict[str, int] = {}  # period -> first local day ordinal it sums
         self.lock = threading.Lock()  # guards `cells` between writers and the renderer
@@ -215,6 +222,11 @@ class Aggregates:
                 }
             self.fold(ledger.iter_rows(self.history_start))
             self.fold(ledger.revision_rows(self.history_start), revised=True)
+            first = now.astimezone(self.ctx.tz).date().toordinal() - self.daily_days
+            with self.lock:
+                for kind in [k for k in self.cells if k.startswith("y:")]:
+                    for key in [k for k in self.cells[kind] if k[0] < first]:  # type: ignore[operator]
+                        del self.cells[kind][key]
             count = ledger.count(self.history_start)
             db.execute("DELETE FROM aggregates")
             with self.lock:
@@ -243,6 +255,7 @@ class Aggregates:
         stale = [p for p in PERIODS if self.period_start.get(p) != want[p]]
         if not stale:
             return
+        self.prune_days(now)
         if ledger is None:
             with self.lock:
                 self.period_start.update(want)
@@ -281,6 +294,24 @@ class Aggregates:
         ledger.write(run)
         log.info("started the sums of %s in %.2fs", "/".join(stale), time.monotonic() - began)
 
+    def prune_days(self, now: dt.datetime) -> None:
+        """Drop exact-day sums of days no longer exposed (older than `daily_days`, with a
+        day to spare), so they cost nothing however long the history."""
+        first = now.astimezone(self.ctx.tz).date().toordinal() - self.daily_days
+        with self.lock:
+            for kind in [k for k in self.cells if k.startswith("y:")]:
+                sums = self.cells[kind]
+                for key in [k for k in sums if k[0] < first]:  # type: ignore[operator]
+                    del sums[key]
+        if self.ledger is not None:
+            self.ledger.write(
+                lambda db: db.execute(
+                    "DELETE FROM aggregates WHERE kind GLOB 'y:*'"
+                    " AND json_extract(key, '$[0]') < ?",
+                    (first,),
+                )
+            )
+
     # --- persistence helpers ---------------------------------------------------------------
 
     def _ledger(self) -> Ledger:
@@ -301,7 +332,9 @@ class Aggregates:
             cur = db.execute("SELECT kind, key, value, n FROM aggregates")
             while chunk := cur.fetchmany(20_000):
                 for kind, key, value, n in chunk:
-                    cells.setdefault(kind, {})[tuple(json.loads(key))] = [_number(value), n]
+                    # Label values recur across thousands of sums: one string object each.
+                    k = tuple(sys.intern(x) if isinstance(x, str) else x for x in json.loads(key))
+                    cells.setdefault(kind, {})[k] = [_number(value), n]
             starts = {
                 k[len(_META_PERIOD) :]: int(v)
                 for k, v in db.execute(

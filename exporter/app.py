@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -17,6 +17,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.aggregates import Aggregates
@@ -25,14 +27,15 @@ from exporter.fold import FoldContext
 from exporter.health import Health
 from exporter.ledger import Ledger, StateFileError, move_aside, salvage_history_start
 from exporter.model import RenderInput, opt_labels_for, render_model
+from exporter.names import BY_NAME
 from exporter.poller import Account, Poller, history_start_ts
 from exporter.pricing import PriceBook
 from exporter.redact import redact
-from exporter.server import MetricsServer, parse_listen
+from exporter.server import parse_listen
+from exporter.serving import ServingProcess
 from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
 from exporter.sources import registry
 from exporter.sources._http import ApiClient, RetryPolicy
-from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,24 @@ def make_estimator(settings: Settings) -> PriceBook:
     return book
 
 
+class ConfiguredAccounts(Collector):
+    """`llm_source_configured`: 1 per polled account, 0 per account skipped for want of a key.
+
+    Fixed at start (keys are read once), rendered with the process metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.rows = [(p, a.account, 1) for p, a in settings.providers.accounts()] + [
+            (p, a.account, 0) for p, a in settings.providers.not_configured()
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        spec = BY_NAME["llm_source_configured"]
+        family = GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+        for provider, account, value in sorted(self.rows):
+            family.add_metric([provider, account], value)
+        yield family
+
+
 class App:
     """The running exporter. `poll_once()` is what tests drive; `run()` is the service."""
 
@@ -141,7 +162,9 @@ class App:
         )
         self.estimator = make_estimator(settings)
         ctx = FoldContext(settings.tz, self.opt_labels, self.estimator, settings.budgets)
-        self.aggregates = Aggregates(ctx, self.ledger, self.history_start)
+        self.aggregates = Aggregates(
+            ctx, self.ledger, self.history_start, settings.cardinality.daily_days
+        )
         self._prices: str | None = None  # the prices the aggregates were folded with
         self.poller = Poller(
             self.ledger,
@@ -156,7 +179,8 @@ class App:
         self._process = CollectorRegistry()
         ProcessCollector(registry=self._process)
         PlatformCollector(registry=self._process)
-        self.server: MetricsServer | None = None
+        self._process.register(ConfiguredAccounts(settings))
+        self.server: ServingProcess | None = None
         self._has_history = False
         self._closed = False
 
@@ -224,6 +248,11 @@ class App:
                 self.last_rebuild_error = redact(f"{type(exc).__name__}: {exc}")
                 log.exception("cannot rebuild the exposition; the last good one is served")
             self.exposition.set_tail(self.error_families())
+            try:
+                self.publish()
+            except OSError as exc:  # the server process is gone (stopping) or stuck
+                if not self._stop.is_set():
+                    log.error("cannot hand the exposition to the HTTP server: %s", exc)
 
     def error_families(self) -> list[Family]:
         errors = Family.of("llm_exporter_errors_total")
@@ -263,6 +292,7 @@ class App:
                 estimator=self.estimator,
                 budgets=self.settings.budgets,
                 revision=os.environ.get("LLM_EXPORTER_REVISION", ""),
+                daily_days=self.settings.cardinality.daily_days,
             ),
         )
         # Process metrics are rendered with the rest, so a scrape stays a memory copy.
@@ -334,20 +364,32 @@ class App:
                 }
                 for (p, a, e), st in sorted(h.endpoints.items())
             ],
+            "not_configured": [
+                {"provider": p, "account": a.account, "reason": a.not_configured}
+                for p, a in self.settings.providers.not_configured()
+            ],
         }
 
-    def serve(self, listen: str, web: WebConfig | None = None) -> MetricsServer:
-        self.server = MetricsServer(
-            parse_listen(listen), self.exposition, self.status, self.ready, web
-        )
-        self.server.start()
+    def serve(self, listen: str, web_config: str | None = None) -> ServingProcess:
+        """Start the HTTP server (its own process: see `exporter.serving`), with TLS and
+        basic auth when `web_config` names an exporter-toolkit web config file."""
+        self.server = ServingProcess(parse_listen(listen), web_config)
+        self.publish()
         return self.server
 
-    def run(self, listen: str, web: WebConfig | None = None) -> None:
+    def publish(self) -> None:
+        """Hand the server the current exposition, landing-page status and readiness."""
+        if self.server is not None:
+            self.server.publish(self.exposition.current, self.status(), self.ready())
+
+    def run(self, listen: str, web_config: str | None = None) -> None:
         """Serve and poll until `request_stop` (SIGTERM): then stop within about 2 s."""
-        srv = self.serve(listen, web)
+        srv = self.serve(listen, web_config)
         log.info("listening on %s:%d", *srv.server_address[:2])
-        # Serve history from the state file before the first poll finishes.
+        self.run_serving()
+
+    def run_serving(self) -> None:
+        """With the server up: serve the state file's history, then poll until stopped."""
         try:
             self._has_history = self.open_state()
         except Exception:
@@ -380,7 +422,6 @@ class App:
             self._closed = True
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
         self.estimator.stop_refresh()
         if finished:
             for acc in self.poller.accounts:

@@ -41,6 +41,7 @@ from exporter.forecast import (
     Method,
     exhaustion_time,
     fit_profile,
+    forecast_band,
     local_midnight,
     project,
 )
@@ -206,6 +207,8 @@ class BudgetState:
     spent: Decimal  # period to date
     ratio: Decimal | None  # spent / limit; None without a limit
     forecast: Decimal  # expected spend at period end, >= spent when spend is non-negative
+    forecast_lower: Decimal  # 80% band of period-end spend (exporter.forecast.forecast_band)
+    forecast_upper: Decimal
     exhaustion: dt.datetime | None  # when the forecast path reaches the limit; may be past
     unpriced_tokens: int  # spend the budget cannot see
     thresholds_crossed: tuple[float, ...]  # configured thresholds with ratio >= threshold
@@ -235,6 +238,13 @@ def evaluate(
     path = project(in_period, profile, start, end, now, tz)
     limit = None if budget.limit_usd is None else Decimal(str(budget.limit_usd))
     ratio = spent_ratio(path.spent, limit)
+    with localcontext(DECIMAL_CONTEXT):
+        us = dt.timedelta(microseconds=1)
+        utc_start = start.astimezone(dt.UTC)
+        elapsed = Decimal((now.astimezone(dt.UTC) - utc_start) // us) / Decimal(
+            (end.astimezone(dt.UTC) - utc_start) // us
+        )
+    lower, upper = forecast_band(path.spent, path.forecast, elapsed, profile.method)
     crossed = tuple(
         t for t in sorted(budget.thresholds) if ratio is not None and ratio >= Decimal(str(t))
     )
@@ -248,6 +258,8 @@ def evaluate(
         spent=path.spent,
         ratio=ratio,
         forecast=path.forecast,
+        forecast_lower=lower,
+        forecast_upper=upper,
         exhaustion=exhaustion_time(path, limit),
         unpriced_tokens=sum(p.unpriced_tokens for p in parts),
         thresholds_crossed=crossed,

@@ -5,7 +5,8 @@
     llm-cost-exporter simulate [--listen 127.0.0.1:9878 ...]   # the provider simulator
 
 Exit codes: 0 ok, 2 bad configuration, usage or state file, 1 unexpected failure (and
-`--once` with a failed source).
+`--once` with a failed source). An enabled account without a key is not an error: it is
+skipped with a warning (and shown as not configured).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
         "--config.check",
         dest="check",
         action="store_true",
-        help="validate the configuration and keys, then exit",
+        help="validate the configuration, warn about accounts without a key, then exit",
     )
     p.add_argument(
         "--once",
@@ -128,15 +129,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or settings.log_level)
-    if not settings.providers.accounts():
-        log.warning("no provider account is configured or enabled: nothing will be polled")
+    skipped = [
+        f"{p}/{a.account}: not configured, skipped: {a.not_configured}"
+        for p, a in settings.providers.not_configured()
+    ]
     if args.check:
+        # Valid, but say what would be skipped: a missing key is a warning, not a failure,
+        # so the same file checks in CI (no keys) and in production.
+        for line in skipped:
+            print(f"warning: {line}", file=sys.stderr)
+        if not settings.providers.accounts():
+            print("warning: no enabled account has a key: nothing would be polled", file=sys.stderr)
         print(
             "configuration ok:",
             ", ".join(f"{p}/{a.account}" for p, a in settings.providers.accounts())
             or "no accounts",
         )
         return 0
+    for line in skipped:
+        log.warning(line)
+    if not settings.providers.accounts():
+        log.warning("no provider account is configured or enabled: nothing will be polled")
 
     return _run(args, settings, web)
 
@@ -176,7 +189,7 @@ def _run(args: argparse.Namespace, settings: Settings, web: WebConfig | None) ->
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        app.run(args.listen or settings.listen_address, web)
+        app.run(args.listen or settings.listen_address, args.web_config if web else None)
     except OSError as exc:
         log.error("cannot serve on %s: %s", args.listen or settings.listen_address, exc.strerror)
         app.stop()

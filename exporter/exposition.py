@@ -43,6 +43,8 @@ class Family:
 
 
 def _escape_label(v: str) -> str:
+    if "\\" not in v and "\n" not in v and '"' not in v:
+        return v  # the common case, checked first: rendering is per poll over every series
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -136,6 +138,11 @@ class Exposition:
         body = self._main + self._tail if self._main else b""
         self._current = Rendered(body, gzip.compress(body, compresslevel=6))
         return self._current
+
+    def swap(self, rendered: Rendered) -> None:
+        """Serve an exposition rendered elsewhere (the server process's side of a publish)."""
+        with self._lock:
+            self._current = rendered
 
     @property
     def current(self) -> Rendered:

@@ -14,6 +14,8 @@ Keys of the sums (`Delta`), by kind:
   Internal families start with ``_`` (seen models, cost dimensions, accounts with rows).
 - ``d:<family>`` -> (local day ordinal, *label values): period gauges by day; the aggregate
   store keeps only the sums of the open periods.
+- ``y:<family>`` -> (local day ordinal, *label values): exact-day gauges (``llm_daily_*``);
+  the store keeps the days still exposed.
 - ``b.rep`` / ``b.est`` / ``b.unp`` -> (budget, provider, account, local day ordinal).
 - ``r.rep`` / ``r.est`` -> (provider, account, model, token type, UTC day start).
 - ``c`` -> (provider, account, UTC day start): cost rows with a non-zero amount.
@@ -198,10 +200,11 @@ class _Row:
             key = tuple([get(n, "") for n in self.ctx.labels_of(family)])
         add(self.out, "t:" + family, key, value, self.sign)
 
-    def by_day(self, family: str, day: int, value: Number, **extra: str) -> None:
+    def by_day(self, family: str, day: int, value: Number, kind: str = "d:", **extra: str) -> None:
+        """A period gauge's day sum (kind "d:"), or an exact-day gauge's (kind "y:")."""
         get = self.labels.get
         key = (day, *[extra[n] if n in extra else get(n, "") for n in self.ctx.labels_of(family)])
-        add(self.out, "d:" + family, key, value, self.sign)
+        add(self.out, kind + family, key, value, self.sign)
 
     def budget(self, day: int, reported: Decimal = Decimal(0), estimated: Decimal = Decimal(0),
                unpriced: int = 0) -> None:  # fmt: skip
@@ -261,6 +264,7 @@ def _cost(r: _Row, m: Mapping[str, Number], revised: bool, local_day: int) -> No
         r.counter("llm_cost_reported_revised_usd", usd)
         return
     r.by_day("llm_period_cost_reported_usd", local_day, usd)
+    r.by_day("llm_daily_cost_reported_usd", local_day, usd, kind="y:")
     utc_day = sr.start - sr.start % 86400
     if row.dim("token_type") and row.dim("model"):
         key = (sr.provider, sr.account, row.dim("model"), row.dim("token_type"), utc_day)
@@ -284,8 +288,11 @@ def _usage(r: _Row, m: Mapping[str, Number], revised: bool, local_day: int) -> d
             r.counter("llm_tokens_total", int(v), token_type=tt)
             if not revised:
                 r.by_day("llm_period_tokens", local_day, int(v), token_type=tt)
+                r.by_day("llm_daily_tokens", local_day, int(v), kind="y:", token_type=tt)
         elif name in SIMPLE_MEASURES:
             r.counter(SIMPLE_MEASURES[name], int(v))
+            if name == REQUESTS and not revised:
+                r.by_day("llm_daily_model_requests", local_day, int(v), kind="y:")
         elif name == STORAGE_BYTES and not revised:
             sr = r.sr
             key = (sr.provider, sr.account, r.labels.get("project", ""), sr.start)
@@ -309,6 +316,7 @@ def _estimate(
         if not revised:
             add(r.out, "r.est", (sr.provider, sr.account, model, tt, utc_day), usd, r.sign)
             r.by_day("llm_period_cost_estimated_usd", local_day, usd)
+            r.by_day("llm_daily_cost_estimated_usd", local_day, usd, kind="y:")
     unpriced = sum(e.unpriced.values())
     for tt, n in e.unpriced.items():
         r.counter("llm_unpriced_tokens_total", n, token_type=tt)
@@ -347,6 +355,7 @@ def _unit_costs(
         r.counter("llm_cost_estimated_usd_total", usd, token_type="", price_source=source)
         if not revised:
             r.by_day("llm_period_cost_estimated_usd", local_day, usd)
+            r.by_day("llm_daily_cost_estimated_usd", local_day, usd, kind="y:")
     if row_usd and not revised:
         r.budget(local_day, estimated=row_usd)
     billed_by = [u for u in ("character", "audio_second") if u in counts]

@@ -27,6 +27,15 @@ Method (README-ready):
   limit. A limit already crossed gives a time in the past (interpolated inside the day it was
   crossed; today: between midnight and now). A limit not reached by the end of the period
   gives None (the metric is then absent, never +Inf).
+- Confidence band (`forecast_band`): an 80% interval around the forecast, from backtested
+  errors. What is uncertain is only the spend still to come, so the band scales the expected
+  remaining spend (forecast - spent) by the 10th and 90th percentiles of actual / expected
+  remaining spend, measured by `bench/forecast_backtest.py --calibrate` at that elapsed
+  fraction of the period (table `BAND`, interpolated linearly). The band narrows to the spend
+  so far as the period ends. It was measured on month periods with at least two months of
+  history, over steady, weekly, growing and spiky synthetic series; day and week periods use
+  the same table by elapsed fraction. Without history (method "none") nothing is expected, so
+  the band runs from the spend so far (lower) to the naive run rate (upper).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+from itertools import pairwise
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -53,6 +63,22 @@ _QUANTIZE_BELOW = Decimal("1e14")  # beyond this a 28-digit quantize would overf
 DECIMAL_CONTEXT = Context(prec=28, rounding=ROUND_HALF_EVEN)
 
 Method = Literal["none", "mean", "trimmed_mean", "weekday"]
+
+# (elapsed fraction of the period, q10, q90) of actual / expected remaining spend, from
+# `python bench/forecast_backtest.py --calibrate` (calibration seeds, all scenarios).
+BAND: tuple[tuple[Decimal, Decimal, Decimal], ...] = (
+    (Decimal("0.016"), Decimal("0.984"), Decimal("1.412")),
+    (Decimal("0.049"), Decimal("0.981"), Decimal("1.415")),
+    (Decimal("0.082"), Decimal("0.978"), Decimal("1.413")),
+    (Decimal("0.147"), Decimal("0.982"), Decimal("1.412")),
+    (Decimal("0.213"), Decimal("0.980"), Decimal("1.444")),
+    (Decimal("0.311"), Decimal("0.974"), Decimal("1.461")),
+    (Decimal("0.442"), Decimal("0.973"), Decimal("1.481")),
+    (Decimal("0.573"), Decimal("0.967"), Decimal("1.559")),
+    (Decimal("0.672"), Decimal("0.962"), Decimal("1.385")),
+    (Decimal("0.803"), Decimal("0.956"), Decimal("1.276")),
+    (Decimal("0.901"), Decimal("0.932"), Decimal("1.277")),
+)
 
 
 def local_midnight(day: dt.date, tz: ZoneInfo) -> dt.datetime:
@@ -251,3 +277,36 @@ def forecast_period(
     """Fit the profile on `history` (days before today) and project the period."""
     today = now.astimezone(tz).date()
     return project(spent_by_day, fit_profile(history, today), start, end, now, tz)
+
+
+def _band_at(elapsed: Decimal) -> tuple[Decimal, Decimal]:
+    """(q10, q90) of the band table at `elapsed`, linear between points, flat outside."""
+    if elapsed <= BAND[0][0]:
+        return BAND[0][1], BAND[0][2]
+    for (f0, lo0, hi0), (f1, lo1, hi1) in pairwise(BAND):
+        if elapsed <= f1:
+            w = (elapsed - f0) / (f1 - f0)
+            return lo0 + (lo1 - lo0) * w, hi0 + (hi1 - hi0) * w
+    return BAND[-1][1], BAND[-1][2]
+
+
+def forecast_band(
+    spent: Decimal, forecast: Decimal, elapsed: Decimal | float, method: Method
+) -> tuple[Decimal, Decimal]:
+    """80% interval (lower, upper) of period-end spend around `forecast` (see the module doc).
+
+    `elapsed` is the elapsed fraction of the period (0..1). lower <= forecast <= upper.
+    """
+    with localcontext(DECIMAL_CONTEXT):
+        f = elapsed if isinstance(elapsed, Decimal) else Decimal(repr(elapsed))
+        f = min(max(f, ZERO), ONE)
+        rest = forecast - spent
+        if method == "none":
+            upper = spent / f if f > 0 and spent > 0 else forecast
+            return min(spent, forecast), _quantize(max(forecast, upper))
+        if rest <= 0:
+            return forecast, forecast
+        q10, q90 = _band_at(f)
+        lower = _quantize(spent + rest * min(q10, ONE))
+        upper = _quantize(spent + rest * max(q90, ONE))
+        return lower, upper

@@ -445,7 +445,11 @@ class Ledger:
                         text = dims_text.get(row.dims)
                         if text is None:
                             text = dims_text[row.dims] = _dump_dims(row.dims)
-                        _merge(new.setdefault((row.operation, text), {}), row.measures.items())
+                        into = new.get((row.operation, text))
+                        if into is None:  # a group's first row in the bucket (the usual case)
+                            new[(row.operation, text)] = dict(row.measures)
+                        else:
+                            _merge(into, row.measures.items())
                     texts = {key: _dump_measures(m) for key, m in new.items()}
                     stored: list[tuple[str, str, str, int]] = db.execute(
                         "SELECT operation, dims, measures, bucket_end FROM rows WHERE provider=?"

@@ -138,6 +138,7 @@ class RenderInput:
     estimator: Estimator | None = None
     budgets: Sequence[BudgetSettings] = ()
     revision: str = ""
+    daily_days: int = 35  # days exposed by the exact-day gauges, today included
 
 
 @dataclass
@@ -218,6 +219,7 @@ def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
         keep = _fold_sets(agg, inp.opt_labels, inp.max_values)
         _counters(out, agg, keep)
         _periods(out, agg, keep, inp)
+        _daily(out, agg, keep, inp)
         _storage(out, agg, keep)
         if inp.estimator is not None:
             _prices(out, agg, inp.estimator, inp.now.astimezone(inp.tz).date())
@@ -300,6 +302,30 @@ def _periods(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]], inp: Rend
     for p, start in period_starts(inp.now, inp.tz).items():
         midnight = dt.datetime.combine(start, dt.time(), tzinfo=inp.tz)
         out.fam("llm_period_start_timestamp_seconds").set((p,), int(midnight.timestamp()))
+
+
+def _daily(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]], inp: RenderInput) -> None:
+    """Exact totals of each of the last `daily_days` calendar days, labelled by date."""
+    today = inp.now.astimezone(inp.tz).date().toordinal()
+    first = today - inp.daily_days + 1
+    dates: dict[int, str] = {}
+    for kind, sums in agg.cells.items():
+        if not kind.startswith("y:"):
+            continue
+        shown = [(k, v) for k, (v, _) in sums.items() if first <= k[0] <= today]  # type: ignore[operator]
+        if not shown:
+            continue
+        fam = out.fam(kind[2:])
+        at = fam.labels.index("date")
+        positions = _folder(fam.labels, keep)
+        for key, value in shown:
+            day = int(key[0])  # type: ignore[call-overload]
+            k = list(_folded(key[1:], positions))
+            date = dates.get(day)
+            if date is None:
+                date = dates[day] = dt.date.fromordinal(day).isoformat()
+            k[at] = date
+            fam.add(tuple(k), value)
 
 
 def _storage(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]]) -> None:
@@ -445,6 +471,8 @@ def _budget_state(out: _Out, bs: BudgetSettings, inp: RenderInput, parts: list[S
     if st.ratio is not None:
         out.fam("llm_budget_spent_ratio").set(key, st.ratio)
     out.fam("llm_budget_forecast_usd").set(key, st.forecast)
+    out.fam("llm_budget_forecast_lower_usd").set(key, st.forecast_lower)
+    out.fam("llm_budget_forecast_upper_usd").set(key, st.forecast_upper)
     if st.exhaustion is not None:
         out.fam("llm_budget_exhaustion_forecast_timestamp_seconds").set(
             key, st.exhaustion.timestamp()

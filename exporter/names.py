@@ -237,6 +237,36 @@ SPECS: tuple[Spec, ...] = (
         ("provider", "account", "project", "model", "token_type", "period"),
         "Tokens in the current period (day, week, month) in the configured time zone.",
     ),
+    # --- exact days (bounded: the last `cardinality.daily_days` days) ----------------------
+    Spec(
+        "llm_daily_cost_reported_usd",
+        GAUGE,
+        ("provider", "account", "project", "model", "date"),
+        "Reported cost of the calendar day in `date` (configured time zone), revisions "
+        "included: exact, whenever it arrived. Only the last days are exposed "
+        "(cardinality.daily_days), as of the last successful poll.",
+    ),
+    Spec(
+        "llm_daily_cost_estimated_usd",
+        GAUGE,
+        ("provider", "account", "project", "model", "date"),
+        "Estimated cost of the calendar day in `date` (configured time zone): exact sum of "
+        "that day's buckets. Only the last days are exposed (cardinality.daily_days).",
+    ),
+    Spec(
+        "llm_daily_tokens",
+        GAUGE,
+        ("provider", "account", "project", "model", "token_type", "date"),
+        "Tokens of the calendar day in `date` (configured time zone): exact sum of that day's "
+        "buckets. Only the last days are exposed (cardinality.daily_days).",
+    ),
+    Spec(
+        "llm_daily_model_requests",
+        GAUGE,
+        ("provider", "account", "project", "model", "date"),
+        "Model requests of the calendar day in `date` (configured time zone): exact sum of "
+        "that day's buckets. Only the last days are exposed (cardinality.daily_days).",
+    ),
     Spec(
         "llm_period_start_timestamp_seconds",
         GAUGE,
@@ -264,6 +294,20 @@ SPECS: tuple[Spec, ...] = (
         GAUGE,
         ("budget",),
         "Forecast spend at the end of the budget's current period, in USD.",
+    ),
+    Spec(
+        "llm_budget_forecast_lower_usd",
+        GAUGE,
+        ("budget",),
+        "Lower bound of the 80% band of period-end spend, in USD: actual spend ended below it "
+        "in about 10% of backtested periods.",
+    ),
+    Spec(
+        "llm_budget_forecast_upper_usd",
+        GAUGE,
+        ("budget",),
+        "Upper bound of the 80% band of period-end spend, in USD: actual spend ended above it "
+        "in about 10% of backtested periods.",
     ),
     Spec(
         "llm_budget_exhaustion_forecast_timestamp_seconds",
@@ -381,6 +425,13 @@ SPECS: tuple[Spec, ...] = (
         COUNTER,
         ("provider", "account", "endpoint"),
         "Rows or pages the exporter could not understand (skipped) since it started.",
+    ),
+    Spec(
+        "llm_source_configured",
+        GAUGE,
+        ("provider", "account"),
+        "1 if the enabled account has a key and is polled, 0 if it is skipped because no key "
+        "was found (set its key variable, *_FILE or key_file).",
     ),
     Spec(
         "llm_exporter_build_info",

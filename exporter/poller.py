@@ -201,9 +201,9 @@ class Poller:
         if due:
             with ThreadPoolExecutor(max_workers=min(8, len(due))) as pool:
                 list(pool.map(self.poll_account, due))
-        self._after()
-        for a in due:
+        for a in due:  # before the rebuild, which publishes readiness
             a.polls += 1
+        self._after()
 
     def run(self, stop: threading.Event) -> None:
         """Each account on its own thread and schedule: a slow or rate-limited account
@@ -224,8 +224,8 @@ class Poller:
             began = time.monotonic()
             try:
                 self.poll_account(acc)
+                acc.polls += 1  # before the rebuild, which publishes readiness
                 self._after()
-                acc.polls += 1  # after the rebuild: ready means its data is served
             except Exception:
                 if stop.is_set():
                     return

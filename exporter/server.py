@@ -57,6 +57,13 @@ def _landing(status: dict[str, Any]) -> bytes:
         + "".join(rows)
         + "</table>"
     )
+    skipped = "".join(
+        f"<li>{html.escape(s['provider'])}/{html.escape(s['account'])}: "
+        f"{html.escape(str(s['reason']))}</li>"
+        for s in status.get("not_configured", [])
+    )
+    if skipped:
+        table += f"<h2>Not configured (skipped)</h2><ul>{skipped}</ul>"
     page = (
         "<!doctype html><html><head><title>llm-cost-exporter</title></head><body>"
         "<h1>llm-cost-exporter</h1>"

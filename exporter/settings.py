@@ -4,7 +4,8 @@ Precedence (highest first): `LLM_EXPORTER_*` environment variables (nested keys 
 `__`, e.g. `LLM_EXPORTER_HISTORY_START`, `LLM_EXPORTER_CARDINALITY__MAX_VALUES`), then the
 YAML file, then defaults. Every problem is reported at once as `key.path: problem`; the CLI
 prints them and exits 2. Keys are read from the environment (or `*_FILE` paths) at start,
-held as `SecretStr`, and never logged or echoed.
+held as `SecretStr`, and never logged or echoed. An enabled account with no key at all is not
+an error: it is skipped and reported as not configured (log, `/`, `llm_source_configured`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -72,6 +74,14 @@ class AccountSettings(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     # Filled by resolve_secrets(); never from YAML.
     api_key: SecretStr | None = Field(default=None, exclude=True)
+    # Set by resolve_secrets() when no key is found: the account is skipped (not polled,
+    # reported as not configured) instead of stopping the exporter.
+    _not_configured: str | None = PrivateAttr(default=None)
+
+    @property
+    def not_configured(self) -> str | None:
+        """Why this enabled account is skipped (no key anywhere), or None when it is polled."""
+        return self._not_configured
 
     @field_validator("group_by")
     @classmethod
@@ -116,13 +126,31 @@ class ProvidersSettings(Strict):
         return self
 
     def accounts(self) -> list[tuple[str, AccountSettings]]:
-        return [(p, a) for p in PROVIDER_DEFAULTS for a in getattr(self, p) if a.enabled]
+        """Enabled accounts that have a key: the ones that are polled."""
+        return [
+            (p, a)
+            for p in PROVIDER_DEFAULTS
+            for a in getattr(self, p)
+            if a.enabled and a.not_configured is None
+        ]
+
+    def not_configured(self) -> list[tuple[str, AccountSettings]]:
+        """Enabled accounts skipped because no key was found (see resolve_secrets)."""
+        return [
+            (p, a)
+            for p in PROVIDER_DEFAULTS
+            for a in getattr(self, p)
+            if a.enabled and a.not_configured is not None
+        ]
 
 
 class CardinalitySettings(Strict):
     # Past this many distinct values of an opt-in label (project, user, api_key), the
     # smallest by spend are folded into "other". 0 disables folding.
     max_values: int = Field(default=50, ge=0)
+    # Days exposed by the exact per-day gauges (llm_daily_*), today included: each day is one
+    # more series per (provider, account, project, model), so this bounds their number.
+    daily_days: int = Field(default=35, ge=1, le=400)
 
 
 class PriceOverride(Strict):
@@ -177,6 +205,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLM_EXPORTER_",
         env_nested_delimiter="__",
+        # An empty LLM_EXPORTER_* variable means "not set": compose passes every documented
+        # variable through as `${VAR:-}`, so an unset one arrives empty.
+        env_ignore_empty=True,
         extra="forbid",
     )
 
@@ -280,8 +311,13 @@ def _read_secret_file(path: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def resolve_secrets(settings: Settings, environ: dict[str, str] | None = None) -> list[str]:
-    """Fill each enabled account's `api_key`; return problems (never containing a key)."""
+def resolve_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Fill each enabled account's `api_key`; return problems (never containing a key).
+
+    An account with no key at all (no `key_file`, its variable unset or empty, no `*_FILE`)
+    is not an error: it is marked not configured and skipped, so one missing key never stops
+    the others from being polled. A key file that is named but cannot be read is an error.
+    """
     env = os.environ if environ is None else environ
     problems: list[str] = []
     for provider, accounts in ((p, getattr(settings.providers, p)) for p in PROVIDER_DEFAULTS):
@@ -292,20 +328,30 @@ def resolve_secrets(settings: Settings, environ: dict[str, str] | None = None) -
             where = f"providers.{provider}[{i}]"
             var = acc.key_env or default_env
             key: str | None = None
-            try:
-                if acc.key_file is not None:
-                    key = _read_secret_file(acc.key_file)
-                elif env.get(var):
-                    key = env[var].strip()
-                elif env.get(var + "_FILE"):
-                    key = _read_secret_file(Path(env[var + "_FILE"]))
-            except OSError as exc:
-                problems.append(f"{where}.key_file: cannot read key file ({exc.strerror})")
-                continue
+            if acc.key_file is not None:
+                source, path = f"{where}.key_file", acc.key_file
+            elif env.get(var, "").strip():
+                source, path = var, None
+                key = env[var].strip()
+            elif env.get(var + "_FILE", "").strip():
+                source, path = f"{var}_FILE", Path(env[var + "_FILE"].strip())
+            else:
+                source, path = "", None
+            if path is not None:
+                try:
+                    key = _read_secret_file(path)
+                except OSError as exc:
+                    problems.append(
+                        f"{source}: cannot read the key file {path} ({exc.strerror}): "
+                        "mount or create it, or unset it"
+                    )
+                    continue
+                if not key:
+                    problems.append(f"{source}: the key file {path} is empty")
+                    continue
             if not key:
-                problems.append(
-                    f"{where} (account {acc.account!r}): no API key: set {var} or {var}_FILE"
-                    + (" or key_file" if acc.key_file is None else "")
+                acc._not_configured = f"no API key: set {var} or {var}_FILE" + (
+                    " or key_file" if acc.key_file is None else ""
                 )
                 continue
             acc.api_key = SecretStr(key)
@@ -328,6 +374,16 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
             text = expand_env(
                 path.read_text(encoding="utf-8"), os.environ if environ is None else environ
             )
+        except IsADirectoryError:
+            # What Docker leaves when a bind-mounted config file is missing on the host.
+            raise ConfigError(
+                [
+                    f"config.file: {path} is a directory, not a file (with compose: "
+                    "LLM_EXPORTER_CONFIG names a file missing on the host, and Docker created a "
+                    "directory in its place: delete it, then create the file or unset "
+                    "LLM_EXPORTER_CONFIG)"
+                ]
+            ) from None
         except OSError as exc:
             raise ConfigError([f"config.file: cannot read {path}: {exc.strerror}"]) from None
         try:

@@ -307,6 +307,7 @@ def table(
     pre: list[Json] | None = None,
     post: list[Json] | None = None,
     overrides: list[Json] | None = None,
+    order: Iterable[str] = (),
     **kw: Any,
 ) -> Json:
     """Instant table queries merged on their shared labels, then renamed and ordered."""
@@ -321,7 +322,7 @@ def table(
             "options": {
                 "excludeByName": {name: True for name in hide},
                 "renameByName": columns,
-                "indexByName": {},
+                "indexByName": {name: i for i, name in enumerate(order)},
             },
         }
     )
@@ -434,7 +435,7 @@ def layout(panels: list[Json]) -> list[Json]:
     return panels
 
 
-def variables() -> list[Json]:
+def variables(budget: bool = False) -> list[Json]:
     out: list[Json] = [
         {
             "type": "datasource",
@@ -457,6 +458,9 @@ def variables() -> list[Json]:
             '{provider=~"$provider",account=~"$account",model=~"$model"}, project)'
         ),
     }
+    if budget:
+        # After the chain: alert links (LLMBudget*) set it; budget panels filter on it.
+        queries["budget"] = "label_values(llm_budget_info, budget)"
     for name, q in queries.items():
         out.append(
             {
@@ -480,7 +484,15 @@ def variables() -> list[Json]:
     return out
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[Json], time_from: str) -> Json:
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    panels: list[Json],
+    time_from: str,
+    *,
+    budget_variable: bool = False,
+) -> Json:
     return {
         "uid": uid,
         "title": title,
@@ -535,16 +547,23 @@ def dashboard(uid: str, title: str, description: str, panels: list[Json], time_f
                 },
             ]
         },
-        "templating": {"list": variables()},
+        "templating": {"list": variables(budget_variable)},
         "panels": layout(panels),
     }
 
 
 FIRING = stat(
     "Firing LLM alerts",
-    "LLM* alerts firing in Prometheus now (ALERTS series). Details are in Alertmanager and on "
-    "the dashboard annotations.",
-    [target('count(ALERTS{alertname=~"LLM.*",alertstate="firing"}) or vector(0)', instant=True)],
+    "LLM* alerts of severity warning or critical firing in Prometheus now (ALERTS series); "
+    "info alerts (e.g. a budget past 50 %) are not counted, Alertmanager routes them nowhere. "
+    "Details are in Alertmanager and on the dashboard annotations.",
+    [
+        target(
+            'count(ALERTS{alertname=~"LLM.*",alertstate="firing",severity=~"warning|critical"})'
+            " or vector(0)",
+            instant=True,
+        )
+    ],
     "short",
     steps=thresholds((None, "green"), (1, "red")),
 )
@@ -553,6 +572,40 @@ FIRING = stat(
 
 USD = "currencyUSD"
 MONTH = {"period": "month"}
+# Budget metrics filtered by the Overview's budget variable (alert links set it).
+BUDGET = '{}{{budget=~"$budget"}}'
+RUN_RATE = "provider_account:llm_period_cost_estimated_usd:month_end_run_rate"
+USAGE_MONTH = "provider_account_project_model:llm_period_cost_estimated_usd:month"
+WEEKDAY_HOUR = "provider_account_weekday_hour:llm_cost_estimated_usd:increase1h"
+
+
+def spend(reported: str, estimated: str) -> str:
+    """Per series of the two (same labels): the larger of reported and estimated cost.
+    Reported lags by up to a day; estimated misses line items only reported cost has
+    (images, web search, code interpreter, storage); Groq reports nothing. Same rule as the
+    `blended` budget basis on days not yet reported."""
+    return f"(({reported}) >= ({estimated})) or ({estimated}) or ({reported})"
+
+
+def month_start(at_end: bool = False) -> str:
+    suffix = " @ end()" if at_end else ""
+    return f'max(llm_period_start_timestamp_seconds{{period="month"}}{suffix})'
+
+
+def last_month(expr: str, same_point: bool) -> str:
+    """`expr` (a month-to-date gauge expression) in the previous month: its final value, or
+    its value at the same elapsed time of the month. Hourly steps over the last 32 days keep
+    those where the month start was the previous one (`@ end()` pins "now"); the gauge only
+    grows within a month, so the last kept value is the max. Needs Prometheus to hold the
+    previous month."""
+    cond = (
+        f"({month_start()} < on () {month_start(True)})"
+        f" and on () ({month_start()} > on () {month_start(True)} - 32 * 86400)"
+    )
+    if same_point:
+        now = "max(llm_exporter_last_poll_timestamp_seconds @ end())"
+        cond += f" and on () (time() - {month_start()} <= on () ({now} - {month_start(True)}))"
+    return f"max_over_time(({expr} and on () ({cond}))[32d:1h])"
 
 
 def overview() -> Json:
@@ -591,13 +644,6 @@ def overview() -> Json:
             extra_defaults={"decimals": 4},
         ),
         stat(
-            "Cache savings",
-            "What prompt caching saved in the selected time range: cached tokens x (input price "
-            "- cache read price). Counts from when Prometheus started scraping.",
-            [target(f"sum({inc('llm_cache_savings_usd_total', '$__range')})", instant=True)],
-            USD,
-        ),
-        stat(
             "Final data through",
             "Oldest data watermark across sources: usage and cost up to here are final. Newer "
             "buckets are shown too but may still be revised (today grows; costs are revised "
@@ -610,6 +656,7 @@ def overview() -> Json:
                 )
             ],
             "dateTimeFromNow",
+            w=6,
         ),
         stat(
             "Sources failing",
@@ -640,45 +687,97 @@ def overview() -> Json:
             w=2,
             steps=thresholds((None, "green"), (1, "orange")),
         ),
+        row("Forecast"),
+        budget_forecast(),
+        timeseries(
+            "Month-end forecast by provider (run rate, no budget needed)",
+            "Estimated cost this month / elapsed share of the month, per provider (recording "
+            f"rule {RUN_RATE}): where the month ends at the current pace, for every provider "
+            "whether or not a budget covers it. A plain run rate, noisier than the budget "
+            "forecast (weekday profile, 80 % band: the Budget forecast panels) early in a month: "
+            "define a limit-less monthly budget per provider for that one. Estimated cost "
+            "leaves out line items only reported cost has (images, web search, code "
+            "interpreter, storage). The dashed lines are the month to date.",
+            [
+                target(
+                    f'sum by (provider) ({RUN_RATE}{{provider=~"$provider",account=~"$account"}})',
+                    "{{provider}} forecast",
+                ),
+                target(f"sum by (provider) ({dd(est_month)})", "{{provider}} month to date"),
+            ],
+            USD,
+            w=12,
+            h=9,
+            overrides=[
+                {
+                    "matcher": {"id": "byRegexp", "options": ".* month to date"},
+                    "properties": [
+                        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [6, 4]}}
+                    ],
+                }
+            ],
+        ),
         row("Budgets"),
         bargauge(
             "Budget utilization",
             "Spend so far / limit for each budget's current period (exact sums from the "
-            "exporter). Yellow from 80 %, red at 100 %.",
-            [target(dd("llm_budget_spent_ratio"), "{{budget}}", instant=True)],
+            "exporter). Yellow from 80 %, red at 100 %. Bars are not capped: a budget at "
+            "300 % is three times as long as one at 100 % (the scale runs to the largest).",
+            [target(dd(BUDGET.format("llm_budget_spent_ratio")), "{{budget}}", instant=True)],
             "percentunit",
             w=8,
             steps=thresholds((None, "green"), (0.8, "yellow"), (1, "red")),
-            minmax=(0, 1),
+            extra_defaults={"min": 0},
         ),
         table(
             "Budgets: spent, limit and forecast",
             "Each budget's current period: spent, limit, forecast spend at period end (from "
-            "the exporter), forecast / limit, when the period ends, and tokens in the period "
-            "with no known price (spend the budget cannot see). Scope columns show the "
-            'budget selector ("" = all, "~" = regex).',
+            "the exporter) with its 80 % band (low, high), forecast / limit, when the period "
+            "ends, and tokens in the period with no known price (spend the budget cannot see). "
+            'Scope columns show the budget selector ("" = all, "~" = regex).',
             [
-                target(dd("llm_budget_spent_usd"), instant=True, table=True),
-                target(dd("llm_budget_limit_usd"), instant=True, table=True),
-                target(dd("llm_budget_forecast_usd"), instant=True, table=True),
-                target(dd("llm_budget_spent_ratio"), instant=True, table=True),
+                target(dd(BUDGET.format("llm_budget_spent_usd")), instant=True, table=True),
+                target(dd(BUDGET.format("llm_budget_limit_usd")), instant=True, table=True),
+                target(dd(BUDGET.format("llm_budget_forecast_usd")), instant=True, table=True),
+                target(dd(BUDGET.format("llm_budget_spent_ratio")), instant=True, table=True),
                 target(
-                    f"{dd('llm_budget_forecast_usd')} / ({dd('llm_budget_limit_usd')} > 0)",
+                    f"{dd(BUDGET.format('llm_budget_forecast_usd'))} / "
+                    f"({dd(BUDGET.format('llm_budget_limit_usd'))} > 0)",
                     instant=True,
                     table=True,
                 ),
                 target(
-                    f"1000 * {dd('llm_budget_period_end_timestamp_seconds')}",
+                    f"1000 * {dd(BUDGET.format('llm_budget_period_end_timestamp_seconds'))}",
                     instant=True,
                     table=True,
                 ),
-                target(dd("llm_budget_info"), instant=True, table=True),
-                target(dd("llm_budget_unpriced_tokens"), instant=True, table=True),
+                target(dd(BUDGET.format("llm_budget_info")), instant=True, table=True),
+                target(dd(BUDGET.format("llm_budget_unpriced_tokens")), instant=True, table=True),
+                target(
+                    dd(BUDGET.format("llm_budget_forecast_lower_usd")), instant=True, table=True
+                ),
+                target(
+                    dd(BUDGET.format("llm_budget_forecast_upper_usd")), instant=True, table=True
+                ),
             ],
             USD,
             w=16,
             h=8,
             hide=("Time", "job", "timezone", "Value #G"),
+            order=[
+                "Budget",
+                "Period",
+                "Basis",
+                "Spent",
+                "Limit",
+                "Used",
+                "Forecast low (80 %)",
+                "Forecast",
+                "Forecast high (80 %)",
+                "Forecast / limit",
+                "Period ends",
+                "Unpriced tokens",
+            ],
             columns={
                 "budget": "Budget",
                 "period": "Period",
@@ -690,6 +789,8 @@ def overview() -> Json:
                 "Value #E": "Forecast / limit",
                 "Value #F": "Period ends",
                 "Value #H": "Unpriced tokens",
+                "Value #I": "Forecast low (80 %)",
+                "Value #J": "Forecast high (80 %)",
             },
             units={
                 "Used": "percentunit",
@@ -710,6 +811,8 @@ def overview() -> Json:
                 }
             ],
         ),
+        row("What changed"),
+        *what_changed(rep_month, est_month),
         row("Spend over time"),
         timeseries(
             "Daily spend by provider (reported)",
@@ -800,6 +903,17 @@ def overview() -> Json:
             USD,
             bars=True,
         ),
+        stat(
+            "Cache savings (selected range)",
+            "What prompt caching saved in the selected time range: cached tokens x (input price "
+            "- cache read price). An increase over the dashboard's time range, so it counts "
+            "from when Prometheus started scraping (no month-to-date figure exists for it).",
+            [target(f"sum({inc('llm_cache_savings_usd_total', '$__range')})", instant=True)],
+            USD,
+            w=4,
+            h=8,
+        ),
+        *reported_breakdown(),
         bargauge(
             "Data freshness by source",
             "Time since each endpoint was last polled successfully: every number here is as of "
@@ -816,45 +930,321 @@ def overview() -> Json:
             w=12,
             steps=age,
         ),
+        spend_heatmap(),
         row("Models"),
         model_table(),
     ]
     return dashboard(
         "llm-cost-overview",
         "LLM cost / Overview",
-        "How much, on what, by whom, and where the month will end.",
+        "How much, on what, by whom, is it normal, and where the month will end.",
         panels,
         "now-30d",
+        budget_variable=True,
     )
+
+
+def budget_forecast() -> Json:
+    """One panel per budget (repeated over the budget variable): spent, forecast, its band
+    and the limit over time, so the legend names are fixed and the band can be filled."""
+    one = '{}{{budget=~"$budget"}}'
+    return timeseries(
+        "Budget forecast: $budget",
+        "The exporter's forecast of spend at the end of the budget's period (weekday profile "
+        "x recent level, today completed pro rata) as it evolved, with its 80 % band (the "
+        "shaded area: actual period totals fell inside it in about 80 % of backtested "
+        "periods, see the README), the spend so far and the limit (red). Forecast low above "
+        "the limit: the budget will overrun; only forecast high above it: it may overrun. "
+        "A budget without a limit shows no limit line. One panel per budget.",
+        [
+            target(dd(one.format("llm_budget_spent_usd")), "Spent"),
+            target(dd(one.format("llm_budget_forecast_usd")), "Forecast"),
+            target(dd(one.format("llm_budget_forecast_lower_usd")), "Forecast low (80 %)"),
+            target(dd(one.format("llm_budget_forecast_upper_usd")), "Forecast high (80 %)"),
+            target(dd(one.format("llm_budget_limit_usd")), "Limit"),
+        ],
+        USD,
+        w=12,
+        h=9,
+        repeat="budget",
+        repeatDirection="h",
+        maxPerRow=2,
+        overrides=[
+            {
+                "matcher": {"id": "byName", "options": "Forecast high (80 %)"},
+                "properties": [
+                    {"id": "custom.fillBelowTo", "value": "Forecast low (80 %)"},
+                    {"id": "custom.fillOpacity", "value": 25},
+                    {"id": "custom.lineWidth", "value": 0},
+                    {"id": "color", "value": {"mode": "fixed", "fixedColor": "blue"}},
+                ],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Forecast low (80 %)"},
+                "properties": [
+                    {"id": "custom.lineWidth", "value": 0},
+                    {"id": "custom.fillOpacity", "value": 0},
+                    {"id": "color", "value": {"mode": "fixed", "fixedColor": "blue"}},
+                ],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Forecast"},
+                "properties": [
+                    {"id": "color", "value": {"mode": "fixed", "fixedColor": "blue"}},
+                    {"id": "custom.lineWidth", "value": 2},
+                ],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Limit"},
+                "properties": [
+                    {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+                    {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 6]}},
+                    {"id": "custom.fillOpacity", "value": 0},
+                ],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Spent"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "green"}}],
+            },
+        ],
+    )
+
+
+def what_changed(rep_month: str, est_month: str) -> list[Json]:
+    """This month against last month (at the same point and in total), last 7 days against
+    the 7 before, per provider; spend = the larger of reported and estimated."""
+    by = "provider, account"
+
+    def month(src: str) -> str:
+        return f"sum by ({by}) ({dd(src)})"
+
+    def week(metric: str, offset: str = "") -> str:
+        shift = f" offset {offset}" if offset else ""
+        return f"sum by ({by}) ({dd(f'increase({sel(metric)}[7d]{shift})')})"
+
+    mtd = spend(month(rep_month), month(est_month))
+    rep7, est7 = "llm_cost_reported_usd_total", "llm_cost_estimated_usd_total"
+    last7 = spend(week(rep7), week(est7))
+    prev7 = spend(week(rep7, "7d"), week(est7, "7d"))
+    same = last_month(mtd, same_point=True)
+    total = last_month(mtd, same_point=False)
+    per_provider = [
+        target(f"sum by (provider) ({mtd})", instant=True, table=True),
+        target(f"sum by (provider) ({same})", instant=True, table=True),
+        target(
+            f"sum by (provider) ({mtd}) / (sum by (provider) ({same}) > 0) - 1",
+            instant=True,
+            table=True,
+        ),
+        target(f"sum by (provider) ({total})", instant=True, table=True),
+        target(f"sum by (provider) ({last7})", instant=True, table=True),
+        target(f"sum by (provider) ({prev7})", instant=True, table=True),
+        target(
+            f"sum by (provider) ({last7}) / (sum by (provider) ({prev7}) > 0) - 1",
+            instant=True,
+            table=True,
+        ),
+    ]
+    change = thresholds((None, "green"), (0.1, "yellow"), (0.3, "red"))
+    basis = (
+        "Spend is, per provider account, the larger of reported and estimated cost (reported "
+        "lags by up to a day; estimated misses line items such as images and web search)."
+    )
+    history = (
+        "Figures about last month need Prometheus to hold last month (retention of 35 days "
+        "or more); until then they are empty."
+    )
+    return [
+        stat(
+            "Month to date vs last month, same point",
+            "Spend this month so far against spend last month at the same elapsed time of the "
+            f"month (as of the last poll), in percent. {basis} {history}",
+            [target(f"sum({mtd}) / (sum({same}) > 0) - 1", instant=True)],
+            "percentunit",
+            w=4,
+            steps=change,
+        ),
+        stat(
+            "Last month total",
+            f"Last month's total spend, as Prometheus last saw it in that month. {basis} {history}",
+            [target(f"sum({total})", instant=True)],
+            USD,
+            w=4,
+        ),
+        stat(
+            "Last 7 days vs the 7 days before",
+            "Spend in the last 7 days against the 7 days before (week over week), in percent, "
+            f"from the cost counters. {basis} Needs 14 days of Prometheus data.",
+            [target(f"sum({last7}) / (sum({prev7}) > 0) - 1", instant=True)],
+            "percentunit",
+            w=4,
+            steps=change,
+        ),
+        table(
+            "What changed, by provider",
+            "Per provider: spend this month, last month at the same point and the change, last "
+            f"month's total, the last 7 days, the 7 days before and the change. {basis} "
+            f"{history}",
+            per_provider,
+            USD,
+            w=12,
+            h=8,
+            columns={
+                "provider": "Provider",
+                "Value #A": "This month",
+                "Value #B": "Last month, same point",
+                "Value #C": "Change (month)",
+                "Value #D": "Last month total",
+                "Value #E": "Last 7 days",
+                "Value #F": "7 days before",
+                "Value #G": "Change (week)",
+            },
+            units={"Change (month)": "percentunit", "Change (week)": "percentunit"},
+            sort="This month",
+        ),
+    ]
+
+
+def reported_breakdown() -> list[Json]:
+    """Reported cost by line item and by model: spend that only the invoice side knows."""
+    rep = "llm_cost_reported_usd_total"
+    return [
+        timeseries(
+            "Daily reported cost by line item",
+            "Reported cost that arrived each day by provider and line item, as the provider "
+            "names it. Spend that exists only in reported cost (images, web search, code "
+            "interpreter, file search, storage) shows here and in no estimate.",
+            [
+                target(
+                    f"sum by (provider, line_item) ({inc(rep, '1d')})",
+                    "{{provider}} {{line_item}}",
+                    interval="1d",
+                )
+            ],
+            USD,
+            w=8,
+            bars=True,
+            stack=True,
+        ),
+        bargauge(
+            "Reported cost by line item (selected range)",
+            "Reported cost in the selected time range by provider and line item (increase of "
+            "the reported-cost counter, so it counts from when Prometheus started scraping).",
+            [
+                target(
+                    f"sort_desc(sum by (provider, line_item) ({inc(rep, '$__range')}))",
+                    "{{line_item}} ({{provider}})",
+                    instant=True,
+                )
+            ],
+            USD,
+            w=6,
+            steps=thresholds((None, "orange")),
+        ),
+        bargauge(
+            "Reported cost by model (selected range)",
+            "Reported cost in the selected time range by model, for providers whose cost "
+            "report names the model (Anthropic); OpenAI's cost report is by line item only.",
+            [
+                target(
+                    f"sort_desc(sum by (provider, model) ({inc(rep, '$__range', model='~.+')}))",
+                    "{{model}} ({{provider}})",
+                    instant=True,
+                )
+            ],
+            USD,
+            w=6,
+            steps=thresholds((None, "orange")),
+        ),
+    ]
+
+
+WEEKDAYS = ("1 Mon", "2 Tue", "3 Wed", "4 Thu", "5 Fri", "6 Sat", "7 Sun")
+
+
+def spend_heatmap() -> Json:
+    """Hour of day x weekday, from the recording rule that labels each hour's spend."""
+    expr = (
+        "sum by (weekday, hour) (avg_over_time("
+        f'{WEEKDAY_HOUR}{{provider=~"$provider",account=~"$account"}}[$__range]))'
+    )
+    return table(
+        "When the money is spent (hour of day x weekday)",
+        "Average estimated spend per hour, by weekday (rows) and hour of day (columns, in "
+        "UTC, the hour ending at the label) over the selected range, from the recording rule "
+        f"{WEEKDAY_HOUR}. Darker is more. It fills in as Prometheus collects data: a week "
+        "of data for every cell.",
+        [target(expr, instant=True, table=True)],
+        USD,
+        w=24,
+        h=9,
+        pre=[
+            {
+                "id": "groupingToMatrix",
+                "options": {"columnField": "hour", "rowField": "weekday", "valueField": "Value"},
+            }
+        ],
+        hide=(),
+        columns={"weekday\\hour": "Weekday"},
+        extra_defaults={"color": {"mode": "continuous-GrYlRd"}},
+        overrides=[
+            {
+                "matcher": {"id": "byType", "options": "number"},
+                "properties": [
+                    {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+                    {"id": "decimals", "value": 2},
+                ],
+            }
+        ],
+    )
+
+
+SCOPE = ("provider", "account", "project", "model")
+
+
+def model_rows() -> str:
+    """Every (provider, model) the model table can show a row for: usage or cost this month,
+    usage in the last day (the first day of a month), or a model with no price. Token series
+    alone would miss models billed per character, second or image."""
+    parts = [
+        dd(sel("llm_period_cost_estimated_usd", **MONTH)),
+        dd(sel("llm_period_tokens", **MONTH)),
+        inc("llm_tokens_total", "1d"),
+        inc("llm_model_requests_total", "1d"),
+        dd(sel("llm_unpriced_model_info")),
+    ]
+    return " or ".join(f"group by (provider, model) ({p})" for p in parts)
 
 
 def model_status() -> str:
     """One code per (provider, model): 4 unpriced, 3 source failing or stale, 2 over budget,
-    1 a budget at 80 % or more, 0 ok. Budgets match a model when their provider and model scope
-    is empty (all) or equal; regex scopes and account/project scopes are not resolved here."""
-    base = f"group by (provider, model) ({dd(sel('llm_tokens_total'))})"
-    zero = f"(0 * {base})"
-    ratio = dd("llm_budget_spent_ratio")
+    1 a budget at 80 % or more, 0 ok.
 
-    def scoped(prov: str, model: str) -> str:
-        info = (
-            f"group by (budget, provider, model) (llm_budget_info{{provider{prov},model{model}}})"
+    A budget covers a model when the model has usage this month inside the budget's scope:
+    each scope label (provider, account, project, model) is "" (all) or equals the usage
+    series' label. The join runs on the month's usage tuples (recording rule USAGE_MONTH),
+    which carry all four labels, so
+    a budget on `project="prod"` marks only models used in project prod. A regex scope
+    ("~...") cannot be matched by PromQL (the pattern is a label value), so such budgets are
+    left out of Status (see the description) rather than applied to every model."""
+    base = model_rows()
+    zero = f"(0 * ({base}))"
+    usage = USAGE_MONTH + "{" + ",".join(f'{v}=~"${v}"' for v in CHAIN) + "}"
+    ratio = dd('llm_budget_spent_ratio{budget=~"$budget"}')
+    terms = []
+    for n in range(1 << len(SCOPE)):
+        specific = [lab for i, lab in enumerate(SCOPE) if n >> i & 1]
+        matchers = ",".join(f'{lab}!~"|~.*"' if lab in specific else f'{lab}=""' for lab in SCOPE)
+        on = ", ".join(specific)
+        info = f"group by (budget, {', '.join(SCOPE)}) (llm_budget_info{{{matchers}}})"
+        # Highest spent ratio per distinct scope tuple (so the join below is one-to-one),
+        # then spread onto every usage series with the same scope labels.
+        by_scope = f"max by ({on}) ({ratio} * on (budget) group_left ({', '.join(SCOPE)}) {info})"
+        terms.append(
+            f"label_replace((0 * {usage}) + on ({on}) group_left () {by_scope}, "
+            f'"scope", "{n}", "", "")'
         )
-        return f"{ratio} * on (budget) group_left (provider, model) {info}"
-
-    specific = '!~"|~.*"'
-    empty = '=""'
-    terms = [
-        f"{zero} + on (provider, model) group_left () max by (provider, model) "
-        f"({scoped(specific, specific)})",
-        f"{zero} + on (provider) group_left () max by (provider) ({scoped(specific, empty)})",
-        f"{zero} + on (model) group_left () max by (model) ({scoped(empty, specific)})",
-        f"{zero} + on () group_left () max ({scoped(empty, empty)})",
-    ]
-    tagged = " or ".join(
-        f'label_replace({t}, "scope", "{i}", "provider", ".*")' for i, t in enumerate(terms)
-    )
-    budget = f"max by (provider, model) ({tagged})"
+    budget = f"max by (provider, model) ({' or '.join(terms)})"
     failing = (
         "group by (provider) ("
         f"(time() - {dd(sel('llm_source_last_success_timestamp_seconds'))} > 3600)"
@@ -862,12 +1252,17 @@ def model_status() -> str:
     )
     unpriced = f"group by (provider, model) ({dd(sel('llm_unpriced_model_info'))})"
     return (
-        f"(4 * ({unpriced} and on (provider, model) {base}))"
-        f" or (3 * ({base} * on (provider) group_left () {failing}))"
-        f" or (0 * ({budget} >= 1) + 2)"
-        f" or (0 * ({budget} >= 0.8) + 1)"
+        f"(4 * ({unpriced}))"
+        f" or (3 * (({base}) * on (provider) group_left () {failing}))"
+        # 2 at a ratio >= 1, 1 from 0.8, nothing below (one reference to the long part).
+        f" or ((floor(clamp_max({budget}, 1) * 5) - 3) > 0)"
         f" or {zero}"
     )
+
+
+NOT_REPORTED = [
+    {"type": "special", "options": {"match": "null", "result": {"text": "not reported"}}}
+]
 
 
 def model_table() -> Json:
@@ -875,6 +1270,7 @@ def model_table() -> Json:
     calls_1d = f"sum by (provider, model) ({inc('llm_model_requests_total', '1d')})"
     tokens_1d = f"sum by (provider, model) ({inc('llm_tokens_total', '1d')})"
     cost_month = f"sum by (provider, model) ({dd(sel('llm_period_cost_estimated_usd', **MONTH))})"
+    tokens_month = f"sum by (provider, model) ({dd(sel('llm_period_tokens', **MONTH))})"
     status = vmap(
         (0, "OK", "green"),
         (1, "Budget ≥ 80 %", "yellow"),
@@ -890,6 +1286,7 @@ def model_table() -> Json:
         target(cost_1d, "{{provider}} {{model}}", interval="6h"),
         target(model_status(), instant=True, table=True),
         target(cost_month, instant=True, table=True),
+        target(f"1000 * {cost_month} / ({tokens_month} > 0)", instant=True, table=True),
     ]
     columns = {
         "provider": "Provider",
@@ -901,6 +1298,7 @@ def model_table() -> Json:
         "Trend #E": "7-day trend",
         "Value #F": "Status",
         "Value #G": "Cost (month)",
+        "Value #H": "CPI (month)",
     }
     order = [
         "Rank",
@@ -911,6 +1309,7 @@ def model_table() -> Json:
         "Calls (24h)",
         "Avg tokens / call",
         "Cost / call",
+        "CPI (month)",
         "7-day trend",
         "Status",
     ]
@@ -918,9 +1317,17 @@ def model_table() -> Json:
         "Model cost breakdown",
         "One row per model, ranked by estimated cost this month. Calls, tokens and cost per "
         "call cover the last 24 hours; the trend shows daily estimated cost over 7 days. "
+        "CPI (month) is estimated cost per 1,000 tokens this month (exact period sums; the "
+        "cost includes a model's few non-token charges). Calls, Avg tokens / call and Cost / "
+        'call say "not reported" for providers that report no request counts (Anthropic) '
+        "and for models without requests in the last 24 hours. "
         "Status: Unpriced (no known price: its cost is missing), Source failing / stale (last "
         "successful poll over 1 hour ago or the last poll failed), Over budget / Budget ≥ 80 % "
-        "(a budget whose provider and model scope covers this model), OK.",
+        "(a budget of the Budget variable whose scope covers this model's usage this month: "
+        "each of its provider, account, project and model filters is empty or equal to the "
+        "usage's label; budgets with a regex filter are not matched here, see the Budgets "
+        "row; models whose usage this month has neither tokens nor estimated cost, such as "
+        "image models, match no budget here), OK.",
         targets,
         "short",
         h=12,
@@ -964,6 +1371,7 @@ def model_table() -> Json:
             "Cost (24h)": USD,
             "Cost (month)": USD,
             "Cost / call": USD,
+            "CPI (month)": USD,
             "7-day trend": USD,
             "Avg tokens / call": "short",
             "Calls (24h)": "short",
@@ -987,6 +1395,17 @@ def model_table() -> Json:
             {
                 "matcher": {"id": "byName", "options": "Rank"},
                 "properties": [{"id": "custom.width", "value": 60}],
+            },
+            {
+                "matcher": {
+                    "id": "byRegexp",
+                    "options": "Calls \\(24h\\)|Avg tokens / call|Cost / call",
+                },
+                "properties": [{"id": "mappings", "value": NOT_REPORTED}],
+            },
+            {
+                "matcher": {"id": "byName", "options": "CPI (month)"},
+                "properties": [{"id": "decimals", "value": 4}],
             },
         ],
         timeFrom="7d",
@@ -1218,9 +1637,13 @@ def prices() -> Json:
         row("Estimated vs reported"),
         demo_banner(w=4),
         stat(
-            "Reconciliation ratio",
-            "Estimated / reported cost over the closed days of this month, per account "
-            "(100 % = our price table agrees with the invoice). Outside 90-110 % a price is "
+            "Reconciliation ratio (token cost both sides report)",
+            "Estimated / reported token cost over the closed days of this month, per account "
+            "(100 % = our price table agrees with the invoice). It covers only the (model, "
+            "token type) pairs that both the usage and the cost report name, so it can read "
+            "100 % next to a large month gap: spend that only reported cost has (images, web "
+            'search, code interpreter, storage) is outside it, see "Estimated minus reported" '
+            "and the Overview's reported cost by line item. Outside 90-110 % a price is "
             "missing or wrong: check unpriced models and price overrides.",
             [target(recon, "{{provider}}/{{account}}", instant=True)],
             "percentunit",
@@ -1229,8 +1652,11 @@ def prices() -> Json:
         ),
         stat(
             "Estimated minus reported (month)",
-            "Estimated minus reported cost this month, for providers that report cost. "
-            "Today's reported cost lags, so a positive gap early in the day is normal.",
+            "Estimated minus reported cost this month, for providers that report cost: all of "
+            "it, not only the pairs the reconciliation ratio compares. A negative gap is "
+            "mostly spend only the invoice side has (images, web search, code interpreter, "
+            "storage: see reported cost by line item on the Overview). Today's reported cost "
+            "lags, so a positive gap early in the day is normal.",
             [
                 target(
                     f"sum by (provider) ({dd(est_month)}) - sum by (provider) ({dd(rep_month)})",
@@ -1262,16 +1688,19 @@ def prices() -> Json:
         ),
         timeseries(
             "Reconciliation ratio over time",
-            "Estimated / reported cost over closed days of the current month, per account. "
-            "Resets with the month.",
+            "Estimated / reported token cost over closed days of the current month, per "
+            "account, on the (model, token type) pairs both sides report. Resets with the "
+            "month.",
             [target(recon, "{{provider}}/{{account}}")],
             "percentunit",
             steps=recon_steps,
         ),
         table(
             "Month to date by account",
-            "Reported and estimated cost this month per provider and account, their ratio, and "
-            "the reconciliation ratio over closed days (the fair comparison).",
+            "Reported and estimated cost this month per provider and account, their ratio "
+            "(all spend: line items only the invoice has pull it below 100 %), and the "
+            "reconciliation ratio over closed days on the (model, token type) pairs both "
+            "sides report (the fair test of the price table).",
             [
                 target(f"sum by (provider, account) ({dd(rep_month)})", instant=True, table=True),
                 target(f"sum by (provider, account) ({dd(est_month)})", instant=True, table=True),

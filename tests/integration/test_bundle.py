@@ -15,6 +15,9 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,8 @@ UIDS = {
 }
 DS = {"type": "prometheus", "uid": "${datasource}"}
 CHAIN = ["provider", "account", "model", "project"]
-ALLOWED_VARS = {"$" + v for v in CHAIN} | {"$__range", "$__interval", "$__rate_interval"}
+# $budget: the Overview's budget variable (set by budget alert links), after the chain.
+ALLOWED_VARS = {"$" + v for v in CHAIN} | {"$budget", "$__range", "$__interval", "$__rate_interval"}
 # Series Prometheus itself creates (scrape meta and alert state).
 BUILTINS = {
     "up",
@@ -99,8 +103,19 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+# Series the shipped recording rules (prometheus/rules) record: dashboards may read them
+# (the heatmap and the run-rate forecast need them), as the bundle ships both.
+RECORDED = {
+    rule["record"]
+    for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
+    for group in yaml.safe_load(path.read_text())["groups"]
+    for rule in group["rules"]
+    if "record" in rule
+}
+
+
 def exposed(name: str) -> bool:
-    if name in BY_NAME or name in BUILTINS:
+    if name in BY_NAME or name in BUILTINS or name in RECORDED:
         return True
     for suffix in HISTOGRAM_SUFFIXES:
         base = name.removesuffix(suffix)
@@ -137,7 +152,9 @@ def test_metric_name_extraction() -> None:
     assert metric_names("histogram_quantile(0.9, sum by (le) (rate(x_bucket[1h])))") == {"x_bucket"}
     assert exposed("llm_source_api_request_duration_seconds_bucket")
     assert not exposed("llm_tokens_total_bucket")
-    assert not exposed("provider_account:llm_cost_reported_usd:increase1d")
+    # A recorded series counts only if the shipped rules record it.
+    assert exposed("provider_account:llm_cost_reported_usd:increase1d")
+    assert not exposed("provider_account:llm_cost_reported_usd:increase7d")
 
 
 # --- dashboards -------------------------------------------------------------------------------
@@ -366,39 +383,150 @@ def test_compose_structure() -> None:
 
 def test_compose_exporter_hardening_and_demo() -> None:
     services = _compose()["services"]
-    for name in ("exporter", "exporter-demo", "simulator"):
+    for name in ("exporter", "simulator"):
         svc = services[name]
         assert svc["read_only"] is True
         assert "/tmp" in svc["tmpfs"]
         assert interpolate(svc["image"]).startswith("llm-cost-exporter:")
-    for name in ("exporter", "exporter-demo"):
-        assert "/var/lib/llm-cost-exporter" in {
-            interpolate(v).split(":")[1] for v in services[name]["volumes"]
-        }
-        assert any(str(p).endswith(":9877:9877") for p in services[name]["ports"])
+        assert svc["healthcheck"]["test"][0] == "CMD-SHELL", "podman 4.3 splits CMD-form args"
+    exporter = services["exporter"]
+    assert "/var/lib/llm-cost-exporter" in {
+        interpolate(v).split(":")[1] for v in exporter["volumes"]
+    }
+    assert any(str(p).endswith(":9877:9877") for p in exporter["ports"])
     assert services["simulator"]["command"] == ["simulate", "--listen", "0.0.0.0:9878"]
-    assert services["simulator"]["profiles"] == ["demo"]
-    demo = services["exporter-demo"]
-    assert demo["profiles"] == ["demo"]
-    assert "exporter" in demo["networks"]["default"]["aliases"]
-    assert any("config.demo.yml" in c for c in demo["command"])
-    env = demo["environment"]
+    # A fresh clone's `docker compose up` starts everything: no profiles, and the exporter
+    # reads the demo config, polling the simulator with its fake keys.
+    for name, svc in services.items():
+        assert "profiles" not in svc, f"{name}: `docker compose up` must start it"
+    assert _bind_mounts(exporter)["./config.demo.yml"] == "/etc/llm-cost-exporter/config.yml"
+    assert exporter["depends_on"]["simulator"]["condition"] == "service_healthy"
+    env = exporter["environment"]
     assert env["SIMULATOR_URL"] == "http://simulator:9878"
     assert env["LLM_EXPORTER_STATE_DIR"] == "/var/lib/llm-cost-exporter"
     demo_config = (ROOT / "config.demo.yml").read_text(encoding="utf-8")
     for var in re.findall(r"key_env:\s*(\w+)", demo_config):
-        assert env.get(var, "").startswith("test-"), f"exporter-demo needs the fake key {var}"
+        assert env.get(var, "").startswith("test-"), f"the exporter needs the fake key {var}"
     for var in re.findall(r"\$\{(\w+)", demo_config):
-        assert var in env, f"config.demo.yml reads ${var}: set it in exporter-demo"
+        assert var in env, f"config.demo.yml reads ${var}: set it for the exporter"
+    # Live mode: the keys (and *_FILE) and settings pass through from .env, empty when unset
+    # (an empty key skips the account; an empty setting is ignored).
+    for provider_var in ("OPENAI_ADMIN_KEY", "ANTHROPIC_ADMIN_KEY", "GROQ_API_KEY"):
+        for var in (provider_var, provider_var + "_FILE"):
+            assert env[var] == f"${{{var}:-}}", var
+    for var in ("LLM_EXPORTER_LOG_LEVEL", "LLM_EXPORTER_POLL_INTERVAL"):
+        assert env[var] == f"${{{var}:-}}", var
+    # Everything else in .env arrives through the env_file .env.example points at .env.
+    default_env_file = ROOT / interpolate(exporter["env_file"])
+    assert default_env_file.is_file() and not [
+        ln for ln in default_env_file.read_text().splitlines() if ln and not ln.startswith("#")
+    ]
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert re.search(r"^LLM_EXPORTER_ENV_FILE=\.env$", example, re.M)
+    assert re.search(r"^LLM_EXPORTER_CONFIG=\./config\.example\.yml$", example, re.M)
 
 
-def test_compose_grafana_password_is_required() -> None:
+def test_compose_grafana_opens_without_a_password() -> None:
     env = _compose()["services"]["grafana"]["environment"]
+    # Anonymous read-only access on the loopback-bound port; an admin password from .env.
+    assert interpolate(env["GF_AUTH_ANONYMOUS_ENABLED"]) == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     password = env["GF_SECURITY_ADMIN_PASSWORD"]
-    assert re.fullmatch(r"\$\{GF_SECURITY_ADMIN_PASSWORD:\?[^}]+\}", password), password
-    with pytest.raises(ValueError):
-        interpolate(password)
+    assert interpolate(password) == "admin"  # Grafana asks to change it at the first login
     assert interpolate(password, {"GF_SECURITY_ADMIN_PASSWORD": "s3cret"}) == "s3cret"
+    off = {"GF_AUTH_ANONYMOUS_ENABLED": "false"}
+    assert interpolate(env["GF_AUTH_ANONYMOUS_ENABLED"], off) == "false"
+
+
+def _compose_config(tmp_path: Path, dotenv: str) -> dict[str, Any]:
+    """`docker-compose config` (Compose 1.29, no engine needed) with `dotenv` as the .env."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        assert not os.environ.get("CI"), "apt-get install docker-compose"
+        pytest.skip("docker-compose not installed")
+    env_file = tmp_path / ".env"
+    env_file.write_text(dotenv)
+    out = subprocess.run(
+        [
+            exe,
+            "--project-directory",
+            str(ROOT),
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        check=False,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    data: dict[str, Any] = yaml.safe_load(out.stdout)
+    return data
+
+
+def _exporter_check(tmp_path: Path, svc: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Run --config.check as the container would: its environment, its mounted config."""
+    # Compose 1.29 prints short syntax (src:dst:mode), v2 long syntax.
+    mounts = [
+        (v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
+        for v in svc["volumes"]
+    ]
+    (config,) = [src for src, dst in mounts if dst == "/etc/llm-cost-exporter/config.yml"]
+    env = {k: str(v) for k, v in svc["environment"].items() if v is not None}
+    env["LLM_EXPORTER_STATE_DIR"] = str(tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={config}", "--config.check"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env},
+        check=False,
+        cwd=tmp_path,
+    )
+
+
+def test_compose_fresh_clone_runs_the_demo(tmp_path: Path) -> None:
+    config = _compose_config(tmp_path, "")  # no .env at all
+    services = config["services"]
+    assert set(services) == {"simulator", "exporter", "prometheus", "alertmanager", "grafana"}
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            host_ip = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name} listens beyond localhost"
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    check = _exporter_check(tmp_path, services["exporter"])
+    assert check.returncode == 0, check.stderr
+    assert "configuration ok: openai/demo, anthropic/demo, groq/demo" in check.stdout
+
+
+def test_compose_live_mode_is_keys_in_dotenv(tmp_path: Path) -> None:
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    # The one documented step: cp .env.example .env, fill in keys (here only OpenAI's, plus a
+    # custom variable and a setting that docker-compose.yml does not list by name).
+    dotenv = example.replace("OPENAI_ADMIN_KEY=\n", "OPENAI_ADMIN_KEY=test-live-openai-key\n")
+    dotenv = dotenv.replace("LLM_EXPORTER_ENV_FILE=.env", f"LLM_EXPORTER_ENV_FILE={tmp_path}/.env")
+    dotenv += "LLM_EXPORTER_PRICES__REFRESH_INTERVAL=12h\nMY_OTHER_KEY=test-custom\n"
+    dotenv += "GF_SECURITY_ADMIN_PASSWORD=test-grafana-password\n"
+    services = _compose_config(tmp_path, dotenv)["services"]
+    exporter = services["exporter"]
+    env = exporter["environment"]
+    assert env["OPENAI_ADMIN_KEY"] == "test-live-openai-key"
+    assert env["LLM_EXPORTER_PRICES__REFRESH_INTERVAL"] == "12h"
+    assert env["MY_OTHER_KEY"] == "test-custom"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == (
+        "test-grafana-password"
+    )
+    check = _exporter_check(tmp_path, exporter)
+    # Only OpenAI has a key: it is polled; Anthropic and Groq are skipped, not fatal.
+    assert check.returncode == 0, check.stderr
+    assert "configuration ok: openai/main" in check.stdout
+    assert "anthropic/main: not configured, skipped" in check.stderr
+    assert "groq/main: not configured, skipped" in check.stderr
+    assert "test-live-openai-key" not in check.stdout + check.stderr
 
 
 def _compose_schema() -> Path | None:
@@ -434,7 +562,7 @@ def test_env_example_lists_every_variable() -> None:
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
     documented = set(re.findall(r"^#?\s*(\w+)=", example, re.M))
     assert used <= documented, f"undocumented in .env.example: {used - documented}"
-    assert re.search(r"^GF_SECURITY_ADMIN_PASSWORD=$", example, re.M), "no example password"
+    assert re.search(r"^GF_SECURITY_ADMIN_PASSWORD=$", example, re.M), "no password committed"
 
 
 # --- Dockerfile -------------------------------------------------------------------------------
@@ -446,7 +574,14 @@ def test_dockerfile() -> None:
     instr = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     froms = [ln for ln in instr if ln.startswith("FROM ")]
     assert len(froms) >= 2, "multi-stage build"
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in instr
+    # Reproducible: the base pinned by exact tag and digest, dependencies by hash.
+    (base,) = [ln.split("=", 1)[1] for ln in instr if ln.startswith("ARG PYTHON_IMAGE=")]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base), base
+    assert any("--require-hashes" in ln and "requirements.lock" in ln for ln in instr)
+    assert any("--no-build-isolation" in ln for ln in instr), "the build backend comes locked"
+    for label in ("title", "version", "revision", "created", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in text
+    assert "ARG REVISION" in text and "ARG VERSION" in text
     users = [ln.split()[1] for ln in instr if ln.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert "EXPOSE 9877" in instr
@@ -458,6 +593,7 @@ def test_dockerfile() -> None:
     ]
     health = next(ln for ln in instr if ln.startswith("HEALTHCHECK "))
     assert "urllib.request" in health and "/healthz" in health
+    assert "CMD [" not in health, "shell form: podman 4.3 splits exec-form arguments on spaces"
     assert "WORKDIR /var/lib/llm-cost-exporter" in instr
 
     ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
@@ -469,6 +605,29 @@ def test_dockerfile() -> None:
             for src in sources:
                 assert (ROOT / src).exists(), f"COPY {src}: not in the repo"
                 assert src.rstrip("/") in allowed, f"COPY {src}: excluded by .dockerignore"
+
+
+def test_lock_file_pins_every_dependency_with_hashes() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = [
+        *project["project"]["dependencies"],
+        *project["build-system"]["requires"],
+    ]
+    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    pinned = {
+        m.group(1).lower().replace("_", "-"): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, re.M)
+    }
+    for req in wanted:
+        name = re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower().replace("_", "-")  # type: ignore[union-attr]
+        assert name in pinned, f"{name} is not in requirements.lock: regenerate it (see Dockerfile)"
+    # Every requirement line carries at least one sha256.
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", lock.split("\n", 7)[-1])
+    for block in blocks:
+        if "==" in block:
+            assert "--hash=sha256:" in block, block.splitlines()[0]
 
 
 # --- Kubernetes example -----------------------------------------------------------------------

@@ -95,9 +95,14 @@ def _is_known_metric(name: str) -> bool:
     return False
 
 
+# Labels the recording rules themselves add (label_replace): the spend heatmap's hour of day
+# and weekday.
+RULE_LABELS = {"hour", "weekday"}
+
+
 def _exposed_labels() -> set[str]:
     labels = {label for spec in BY_NAME.values() for label in spec.labels if label != OPT}
-    return labels | set(GROUPABLE)  # the opt-in labels `{opt}` stands for
+    return labels | set(GROUPABLE) | RULE_LABELS  # GROUPABLE: the labels `{opt}` stands for
 
 
 def _split_level(level: str, labels: set[str]) -> bool:
@@ -124,6 +129,14 @@ def _github_anchors(markdown: str) -> set[str]:
 
 def _dashboard_uids() -> set[str]:
     return {json.loads(p.read_text())["uid"] for p in DASHBOARDS.glob("*.json")}
+
+
+def _dashboard_variables(uid: str) -> set[str]:
+    for p in DASHBOARDS.glob("*.json"):
+        dash = json.loads(p.read_text())
+        if dash["uid"] == uid:
+            return {v["name"] for v in dash["templating"]["list"]}
+    return set()
 
 
 def _tool(name: str) -> str:
@@ -169,11 +182,16 @@ def test_amtool_check_config() -> None:
     [
         (["alertname=LLMBudgetThresholdCrossed", "budget=team", "severity=info"], "null"),
         (["alertname=LLMBudgetThresholdCrossed", "budget=team", "severity=warning"], "llm-finops"),
-        (
-            ["alertname=LLMBudgetThresholdCrossed", "budget=team", "severity=critical"],
-            "llm-finops,llm-critical",
-        ),
+        # A budget at 100% is a FinOps ticket, never a page.
+        (["alertname=LLMBudgetThresholdCrossed", "budget=team", "severity=critical"], "llm-finops"),
+        (["alertname=LLMBudgetForecastOverrun", "budget=team", "severity=info"], "null"),
+        (["alertname=LLMBudgetForecastOverrun", "budget=team", "severity=warning"], "llm-finops"),
         (["alertname=LLMExporterDown", "severity=critical"], "llm-critical"),
+        (["alertname=LLMExporterDown", "severity=warning"], "llm-warning"),
+        (
+            ["alertname=LLMSourceAuthFailing", "provider=openai", "account=a", "severity=warning"],
+            "llm-warning",
+        ),
         (
             ["alertname=LLMSourceDown", "provider=openai", "account=a", "severity=warning"],
             "llm-warning",
@@ -181,7 +199,7 @@ def test_amtool_check_config() -> None:
     ],
 )
 def test_alertmanager_routes(labels: list[str], receivers: str) -> None:
-    """Budget alerts reach FinOps, critical ones also page, info goes nowhere."""
+    """Budget alerts reach FinOps only, other critical ones page, info goes nowhere."""
     out = _run(
         _tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels
     )
@@ -222,7 +240,13 @@ def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert m.group(1) in _dashboard_uids(), f"no dashboard with uid {m.group(1)}"
     for param in (m.group(2) or "?").lstrip("?").split("&"):
         if param:
-            assert re.fullmatch(r"var-\w+=\{\{ \$labels\.\w+ \| urlquery \}\}", param), param
+            link = re.fullmatch(r"var-(\w+)=\{\{ \$labels\.(\w+) \| urlquery \}\}", param)
+            assert link, param
+            # The link filters something: the target dashboard has that variable...
+            assert link.group(1) in _dashboard_variables(m.group(1)), (
+                f"{m.group(1)} has no variable {link.group(1)}: {notes['dashboard_url']}"
+            )
+            assert link.group(1) == link.group(2), param
 
 
 def test_every_alert_has_a_firing_and_a_quiet_promtool_case() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import http.client
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +82,56 @@ def test_landing_page_shows_sources_and_errors_without_secrets(
     assert "DOWN" in page and "HTTP 500" in page
     assert sim.settings.openai_key not in page
     assert get(port, "/nope").status == 404
+
+
+def test_restart_serves_the_state_file_before_its_first_poll(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart is ready at once from the persisted aggregates: no refold, no wait for a
+    provider (here one that hangs), and the same values as before the restart."""
+    sim = SimulatorServer(port=0, seed=2, start=dt.date(2026, 11, 1), now=NOW).start()
+    cfg = {
+        "history_start": "2026-11-01",
+        "state_file": str(tmp_path / "s.db"),
+        "providers": {"openai": [{"account": "main", "base_url": sim.openai_base_url}]},
+    }
+    (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
+    settings = load(tmp_path / "c.yml", {"OPENAI_ADMIN_KEY": sim.settings.openai_key})
+    first = App(settings, clock=lambda: float(sim.now()), retry=RETRY)
+    first.poll_once()
+    before = first.exposition.current.body
+    first.stop()
+
+    sim.add_fault("slow", provider="*", endpoint="*", count=-1, delay=30.0)
+    caplog.clear()
+    again = App(settings, clock=lambda: float(sim.now()), retry=RETRY)
+    server = again.serve("127.0.0.1:0")
+    port = int(server.server_address[1])
+    assert get(port, "/metrics").status == 503  # nothing rendered yet: never an empty 200
+    runner = threading.Thread(target=again.run_serving, daemon=True)
+    began = time.monotonic()
+    runner.start()
+    while get(port, "/-/ready").status != 200:
+        assert time.monotonic() - began < 10, "not ready from the state file"
+        time.sleep(0.05)
+    assert again.poller.cycles == 0  # the first poll is still waiting for the provider
+    assert "folding the whole ledger" not in caplog.text  # loaded, not refolded
+    served = get(port, "/metrics").read()
+    assert series(served, "llm_tokens_total") == series(before, "llm_tokens_total")
+    assert series(served, "llm_cost_reported_usd_total") == series(
+        before, "llm_cost_reported_usd_total"
+    )
+    again._stop.set()
+    sim.stop()  # releases the hanging request
+    runner.join(15)
+    again.stop()
+
+
+def series(body: bytes, name: str) -> dict[str, str]:
+    out = {}
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels] = value
+    assert out, f"no {name} series"
+    return out

@@ -1,4 +1,9 @@
-"""A bad configuration names the key and the problem, exits 2, and never echoes a key."""
+"""A bad configuration names the key and the problem, exits 2, and never echoes a key.
+
+An account without a key is not a bad configuration: it is skipped (warned about by
+--config.check, logged, shown on `/` and as llm_source_configured 0), so a half-filled `.env`
+never turns into a crash loop.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, exporter_cmd, free_port, http_get, parse, process, wait_for
 
 
 def run(
@@ -20,7 +25,7 @@ def run(
         [sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
         capture_output=True,
         text=True,
-        # This checkout's code, whatever copy of the package is installed.
+        # PYTHONPATH: this checkout's exporter, whatever `pip install -e` points at.
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})},
         check=False,
         cwd=tmp_path,
@@ -38,8 +43,8 @@ def run(
             "providers.openai[0].bogus: unknown setting",
         ),
         (
-            "providers:\n  openai:\n    - account: main\n",
-            "providers.openai[0] (account 'main'): no API key: set OPENAI_ADMIN_KEY",
+            "providers:\n  openai:\n    - account: main\n      key_file: /nonexistent/key\n",
+            "providers.openai[0].key_file: cannot read the key file /nonexistent/key",
         ),
         (
             "state_file: /nonexistent-dir/state.db\n",
@@ -139,3 +144,109 @@ def test_schema_errors_do_not_hide_the_later_checks(tmp_path: Path) -> None:
         "providers.openai[0] (account 'main'): the key in $OPENAI_ADMIN_KEY has a space or tab",
     ):
         assert expected in out.stderr, (expected, out.stderr)
+
+
+def test_missing_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    out = run(
+        tmp_path,
+        "providers:\n  openai:\n    - account: main\n  anthropic:\n    - account: main\n",
+        {"OPENAI_ADMIN_KEY": "test-openai-admin-key"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "configuration ok: openai/main" in out.stdout
+    assert (
+        "warning: anthropic/main: not configured, skipped: no API key: "
+        "set ANTHROPIC_ADMIN_KEY or ANTHROPIC_ADMIN_KEY_FILE or key_file"
+    ) in out.stderr
+    assert "test-openai-admin-key" not in out.stdout + out.stderr
+
+    none = run(tmp_path, "providers:\n  openai:\n    - account: main\n", {})
+    assert none.returncode == 0, none.stderr
+    assert "configuration ok: no accounts" in none.stdout
+    assert "openai/main: not configured, skipped: no API key: set OPENAI_ADMIN_KEY" in none.stderr
+    assert "nothing would be polled" in none.stderr
+
+
+def test_empty_key_variable_counts_as_absent(tmp_path: Path) -> None:
+    # compose passes unset variables through as empty strings
+    out = run(
+        tmp_path,
+        "providers:\n  openai:\n    - account: main\n",
+        {"OPENAI_ADMIN_KEY": "", "OPENAI_ADMIN_KEY_FILE": "", "LLM_EXPORTER_POLL_INTERVAL": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "openai/main: not configured" in out.stderr
+
+
+def test_key_file_variable_naming_a_missing_file_is_an_error(tmp_path: Path) -> None:
+    out = run(
+        tmp_path,
+        "providers:\n  openai:\n    - account: main\n      key_env: STAGING_KEY\n",
+        {"STAGING_KEY_FILE": "/run/secrets/missing"},
+    )
+    assert out.returncode == 2
+    assert "STAGING_KEY_FILE: cannot read the key file /run/secrets/missing" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_config_path_that_is_a_directory(tmp_path: Path) -> None:
+    # What Docker leaves behind when a bind-mounted config file does not exist on the host.
+    (tmp_path / "config.yml").mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={tmp_path / 'config.yml'}"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        check=False,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert "is a directory, not a file" in out.stderr and "LLM_EXPORTER_CONFIG" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_running_exporter_skips_an_account_without_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "poll_interval: 1h\n"
+        f"state_file: {tmp_path / 'state.db'}\n"
+        "providers:\n"
+        "  openai:\n    - account: main\n      base_url: http://127.0.0.1:9/v1\n"
+        "      timeout: 1s\n      options: {endpoints: [costs]}\n"
+        "  anthropic:\n    - account: main\n"
+    )
+    port = free_port()
+    log = tmp_path / "exporter.log"
+    env = {"OPENAI_ADMIN_KEY": "test-openai-admin-key", "ANTHROPIC_ADMIN_KEY": ""}
+    with process(exporter_cmd(config, f"127.0.0.1:{port}"), log, env=env) as proc:
+        body = wait_for(
+            lambda: (
+                (b := http_get(f"http://127.0.0.1:{port}/metrics"))
+                and b"llm_source_configured" in b
+                and b
+            ),
+            timeout=30,
+        )
+        samples = parse(body)
+        assert (
+            samples[
+                ("llm_source_configured", frozenset({("provider", "openai"), ("account", "main")}))
+            ]
+            == 1
+        )
+        assert (
+            samples[
+                (
+                    "llm_source_configured",
+                    frozenset({("provider", "anthropic"), ("account", "main")}),
+                )
+            ]
+            == 0
+        )
+        landing = http_get(f"http://127.0.0.1:{port}/").decode()
+        assert "Not configured (skipped)" in landing
+        assert "anthropic/main: no API key: set ANTHROPIC_ADMIN_KEY" in landing
+        assert proc.poll() is None, "the exporter must keep running"
+    text = log.read_text()
+    assert "anthropic/main: not configured, skipped: no API key" in text
+    assert "test-openai-admin-key" not in text

@@ -333,3 +333,45 @@ def test_a_budget_is_not_shown_as_zero_before_its_accounts_are_known() -> None:
     h.success("openai", "main", "completions", 1.0, T0, None, 0)
     polled = build(inp([], health=h, budgets=[budget]))  # polled: the provider reports nothing
     assert samples(polled, "llm_budget_spent_usd") == {("b",): 0}
+
+
+def test_daily_gauges_hold_each_days_exact_total_for_the_last_days() -> None:
+    """A day's total sits on its own date, however late it arrived; only the window shows."""
+    rows = [
+        sr(20, "completions", {"model": "m", "project": "p"}, {"tokens.input": 7, "requests": 2}),
+        sr(20, "completions", {"model": "m", "project": "q"}, {"tokens.input": 5, "requests": 1}),
+        sr(21, "completions", {"model": "m", "project": "p"}, {"tokens.input": 11, "requests": 4}),
+        sr(21, "costs", {"project": "p", "line_item": "m, input"}, {COST: Decimal("1.25")}),
+        # 12 Oct: 42 days before "now" (23 Nov), past the 35 days exposed
+        sr(-20, "completions", {"model": "m", "project": "p"}, {"tokens.input": 99}),
+    ]
+    fams = build(inp(rows, tz=ZoneInfo("UTC"), history_start=T0 - 40 * DAY))
+    tokens = samples(fams, "llm_daily_tokens")
+    assert tokens == {
+        ("openai", "main", "p", "m", "input", "2026-11-21"): 7,
+        ("openai", "main", "q", "m", "input", "2026-11-21"): 5,
+        ("openai", "main", "p", "m", "input", "2026-11-22"): 11,
+    }
+    assert (
+        samples(fams, "llm_daily_model_requests")[("openai", "main", "p", "m", "2026-11-22")] == 4
+    )
+    assert samples(fams, "llm_daily_cost_reported_usd") == {
+        ("openai", "main", "p", "", "2026-11-22"): Decimal("1.25")
+    }
+    narrow = samples(
+        render_model_days(rows, 1), "llm_daily_tokens"
+    )  # one day: today (the 23rd) has no data
+    assert narrow == {}
+
+
+def render_model_days(rows: list[StoredRow], days: int) -> list[Family]:
+    from exporter.aggregates import Aggregates
+    from exporter.fold import FoldContext
+    from exporter.model import RenderInput, render_model
+
+    agg = Aggregates(FoldContext(ZoneInfo("UTC"), ("project",)), daily_days=days)
+    agg.roll(NOW)
+    agg.fold(rows)
+    return render_model(
+        agg, RenderInput(Health(), NOW, ZoneInfo("UTC"), ("project",), daily_days=days)
+    )
