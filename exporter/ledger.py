@@ -541,7 +541,7 @@ class Ledger:
                 staged = None if observer is None else observer.stage(db, changes, rows_delta)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             if observer is not None:
                 observer.commit(staged)
@@ -565,7 +565,7 @@ class Ledger:
                 result = fn(db)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             return result
 
@@ -769,6 +769,13 @@ def _parse_number(text: str) -> Number:
     if not value.is_finite():
         raise BadRowError(f"{text!r} is not a finite number")
     return value
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already (it does by itself on some
+    errors, e.g. a full disk: a second ROLLBACK would then hide the real error)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _still_unreadable(db: sqlite3.Connection, bad: BadRow) -> bool:

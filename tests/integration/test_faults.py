@@ -500,3 +500,46 @@ def test_kill_9_during_writes_loses_nothing(tmp_path: Path, sim: SimulatorServer
     assert stable(parse(final.stdout)) == stable(parse(fresh.stdout))
     assert kills >= 3
     print(f"\nkill -9: {kills} of 5 runs killed mid-poll; end state equals a fresh run")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 600 KiB tmpfs (root only): the state directory of a disk that fills up."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_loses_nothing(tmp_path: Path, sim: SimulatorServer, tiny_disk: Path) -> None:
+    """The state file on a 600 KiB tmpfs, hourly buckets: most writes fail with SQLITE_FULL.
+    Each is rolled back and reported with the real cause; once the disk has room (remounted
+    larger) the next poll writes everything, and the values equal a fresh exporter's."""
+    app = make_app(tmp_path, sim, tiny_disk / "state.db", bucket_width="1h")
+    app.poll_once()
+    full = exposed(app)
+    h = app.health.snapshot()
+    failed = {e: st.last_error for (_, _, e), st in h.endpoints.items() if st.up == 0}
+    assert failed and all(msg == "state file: database or disk is full" for msg in failed.values())
+    assert total(full, "llm_source_up") >= 1  # what fitted was written and is served
+    subprocess.run(["mount", "-o", "remount,size=50m", str(tiny_disk)], check=True)
+    app.poll_once()
+    after = exposed(app)
+    assert total(after, "llm_source_up") == len(h.endpoints)
+    assert not never_down(counters(full), counters(after))
+    (tmp_path / "fresh").mkdir()
+    fresh = make_app(tmp_path / "fresh", sim, bucket_width="1h")
+    fresh.poll_once()
+    assert stable(after) == stable(exposed(fresh))
+    print(f"\nfull disk: {len(failed)} of {len(h.endpoints)} endpoint writes failed, all recovered")
+    fresh.stop()
+    app.stop()
