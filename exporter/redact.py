@@ -25,15 +25,19 @@ _PATTERNS = (
     # Runs of mask characters a provider puts around a key's visible ends
     re.compile(r"[A-Za-z0-9_\-]*\*{3,}[A-Za-z0-9_.\-*]*"),
 )
-# Long opaque tokens (hex, base62, JWT segments): 32+ characters mixing letters and digits.
-_OPAQUE = re.compile(r"[A-Za-z0-9_\-+/=]{32,}")
+# Long opaque tokens (hex, base62/64, JWT segments): 32+ characters mixing letters and
+# digits with a run of 20+ between separators (model names like gpt-4o-mini-2024-07-18 have
+# short runs and are kept).
+_OPAQUE = re.compile(r"[A-Za-z0-9_\-+/=.]{32,}")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-.]+")
 
 
 def _opaque(m: re.Match[str]) -> str:
     token = m.group(0)
     digits = sum(c.isdigit() for c in token)
     letters = sum(c.isalpha() for c in token)
-    return MASK if digits >= 4 and letters >= 4 and "/" not in token.strip("/") else token
+    longest = max(len(run) for run in re.split(r"[-_./]", token))
+    return MASK if digits >= 4 and letters >= 4 and longest >= 20 else token
 
 
 def _sub(m: re.Match[str]) -> str:
@@ -48,6 +52,7 @@ def redact(text: str, limit: int | None = SHORT) -> str:
     """`text` with secrets masked, cut to `limit` characters (None: not cut)."""
     for pattern in _PATTERNS:
         text = pattern.sub(_sub, text)
+    text = _JWT.sub(MASK, text)
     text = _OPAQUE.sub(_opaque, text)
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"

@@ -23,6 +23,7 @@ FAKE = "sk-admin-test0000notarealkey0000000000000000"
         ("https://x.test/v1?token=abcd1234efgh&x=1", "abcd1234efgh"),
         ("opaque 0123456789abcdef0123456789abcdef01234567 left", "0123456789abcdef0123"),
         ("gsk_test0000000000000000 rejected", "gsk_test"),
+        ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl", "eyJzdWIiOiJ0ZXN0In0"),
     ],
 )
 def test_secrets_are_masked(text: str, gone: str) -> None:
@@ -33,10 +34,23 @@ def test_secrets_are_masked(text: str, gone: str) -> None:
 def test_ordinary_text_is_kept_and_long_text_cut() -> None:
     keep = "completions: HTTP 500: The server had an error; state file /var/lib/x/state.db"
     assert redact(keep) == keep
-    assert redact("2026-11-20T15:00:00+00:00 model gpt-4o-2024-08-06") == (
-        "2026-11-20T15:00:00+00:00 model gpt-4o-2024-08-06"
-    )
+    for kept in (
+        "2026-11-20T15:00:00+00:00 model gpt-4o-2024-08-06",
+        "model gpt-4o-mini-transcribe-2025-03-20 is not priced",
+        "claude-3-5-sonnet-20241022 and proj_abc123def456",
+    ):
+        assert redact(kept) == kept
     assert len(redact("x" * 5000)) == 300
+
+
+def test_log_lines_are_redacted() -> None:
+    import logging
+
+    from exporter.cli import _LogfmtFormatter
+
+    record = logging.LogRecord("x", logging.WARNING, "f", 1, "HTTP 401: %s", (FAKE,), None)
+    line = _LogfmtFormatter().format(record)
+    assert FAKE[8:] not in line and "[redacted]" in line
 
 
 def test_a_provider_401_body_quoting_a_key_never_reaches_health() -> None:
