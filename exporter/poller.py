@@ -75,6 +75,7 @@ class Poller:
         self._rebuild = rebuild
         self.clock = clock
         self._threads: list[threading.Thread] = []
+        self._polled = threading.Event()  # an account finished a poll: rebuild
         for acc in self.accounts:
             for ep in acc.source.endpoints():
                 health.register(
@@ -207,7 +208,10 @@ class Poller:
 
     def run(self, stop: threading.Event) -> None:
         """Each account on its own thread and schedule: a slow or rate-limited account
-        delays no other. Returns once `stop` is set (threads are daemons: see `join`)."""
+        delays no other. This thread rebuilds the exposition after polls, one rebuild for
+        however many polls finished meanwhile, so rendering never holds up a poll (and a
+        poll every second on many accounts never queues rebuilds). Returns once `stop` is
+        set (the account threads are daemons: see `join`)."""
         self.stop = stop
         self._threads = [
             threading.Thread(
@@ -217,7 +221,14 @@ class Poller:
         ]
         for t in self._threads:
             t.start()
-        stop.wait()
+        while not stop.is_set():
+            if not self._polled.wait(0.2) or stop.is_set():
+                continue
+            self._polled.clear()
+            try:
+                self._after()
+            except Exception:
+                log.exception("rebuild after a poll failed")
 
     def _run_account(self, acc: Account, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -225,7 +236,7 @@ class Poller:
             try:
                 self.poll_account(acc)
                 acc.polls += 1  # before the rebuild, which publishes readiness
-                self._after()
+                self._polled.set()  # the run() thread rebuilds
             except Exception:
                 if stop.is_set():
                     return
