@@ -304,18 +304,20 @@ class Ledger:
     # --- rows that cannot be read ----------------------------------------------------------
     def _found_bad(self, bad: BadRow) -> None:
         """Note an unreadable row met by a read; `quarantine` removes it later."""
-        if (bad.table, bad.rowid) not in self._bad:
+        with self._lock:
+            if (bad.table, bad.rowid) in self._bad:
+                return
             self._bad[(bad.table, bad.rowid)] = bad
-            log.error(
-                "state file %s: unreadable %s (%s/%s %s bucket %d): %s",
-                self.path,
-                bad.what,
-                bad.provider,
-                bad.account,
-                bad.endpoint,
-                bad.start,
-                bad.problem,
-            )
+        log.error(
+            "state file %s: unreadable %s (%s/%s %s bucket %d): %s",
+            self.path,
+            bad.what,
+            bad.provider,
+            bad.account,
+            bad.endpoint,
+            bad.start,
+            bad.problem,
+        )
 
     def quarantine(self, reach: int) -> list[BadRow]:
         """Remove the unreadable rows met since the last call, in one transaction, and move
