@@ -410,7 +410,7 @@ class App:
         sleeping retry wakes, and a fetched window that is not written yet is dropped."""
         self._stop.set()
 
-    def stop(self, grace: float = 1.0) -> None:
+    def stop(self, grace: float = 0.5) -> None:
         """Stop: wait up to `grace` s for the pollers (a transaction in progress commits or
         rolls back; a request still in flight is abandoned), then close everything."""
         self._stop.set()
