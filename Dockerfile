@@ -64,6 +64,7 @@ RUN groupadd --system --gid 10001 exporter \
  && useradd --system --uid 10001 --gid exporter --no-create-home \
       --home-dir /var/lib/llm-cost-exporter --shell /usr/sbin/nologin exporter \
  && install -d -o exporter -g exporter -m 0750 /var/lib/llm-cost-exporter \
+ && install -d -o exporter -g exporter -m 0755 /var/lib/llm-cost-history \
  && install -d -m 0755 /etc/llm-cost-exporter
 
 COPY --from=build /opt/llm-cost-exporter /opt/llm-cost-exporter
@@ -77,6 +78,9 @@ COPY config.demo.yml /etc/llm-cost-exporter/config.demo.yml
 # this volume, so the container runs with a read-only root filesystem (plus a /tmp tmpfs).
 WORKDIR /var/lib/llm-cost-exporter
 VOLUME ["/var/lib/llm-cost-exporter"]
+# The compose one-shot `history` hands its OpenMetrics files to promtool through this one:
+# readable by Prometheus's user, unlike the state directory.
+VOLUME ["/var/lib/llm-cost-history"]
 USER 10001:10001
 
 EXPOSE 9877

@@ -157,8 +157,11 @@ class App:
             make_account(settings, p, a, self.health, retry, self._stop)
             for p, a in settings.providers.accounts()
         ]
+        # From every enabled account, polled or skipped for want of a key: the label set
+        # must not depend on which keys are present (a backfill runs without them).
         self.opt_labels = opt_labels_for(
-            settings.group_by_for(a) for _, a in settings.providers.accounts()
+            settings.group_by_for(a)
+            for _, a in (*settings.providers.accounts(), *settings.providers.not_configured())
         )
         self.estimator = make_estimator(settings)
         ctx = FoldContext(settings.tz, self.opt_labels, self.estimator, settings.budgets)

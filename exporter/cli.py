@@ -3,6 +3,7 @@
     llm-cost-exporter [--config.file=FILE] [--web.listen-address=:9877] [--log.level=info]
     llm-cost-exporter --config.check --config.file=FILE   # validate and exit
     llm-cost-exporter simulate [--listen 127.0.0.1:9878 ...]   # the provider simulator
+    llm-cost-exporter backfill --config.file=FILE --output history.om   # history for promtool
 
 Exit codes: 0 ok, 2 bad configuration, usage or state file, 1 unexpected failure (and
 `--once` with a failed source). An enabled account without a key is not an error: it is
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         from exporter.simulator import main as simulate
 
         return simulate(args_list[1:])
+    if args_list and args_list[0] == "backfill":
+        from exporter.backfill import main as backfill
+
+        return backfill(args_list[1:])
     args = parser().parse_args(args_list)
 
     from exporter.settings import ConfigError, load

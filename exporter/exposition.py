@@ -42,7 +42,7 @@ class Family:
         self.samples[key] = value
 
 
-def _escape_label(v: str) -> str:
+def escape_label(v: str) -> str:
     if "\\" not in v and "\n" not in v and '"' not in v:
         return v  # the common case, checked first: rendering is per poll over every series
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -68,7 +68,7 @@ def format_value(v: Value) -> str:
 
 
 def _labelset(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)]
+    parts = [f'{n}="{escape_label(v)}"' for n, v in zip(names, values, strict=True)]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""

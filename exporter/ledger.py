@@ -655,13 +655,17 @@ class Ledger:
             )
             return None
 
-    def iter_rows(self, since: int = 0, batch: int = 20_000) -> Iterator[StoredRow]:
+    def iter_rows(
+        self, since: int = 0, batch: int = 20_000, ordered: bool = False
+    ) -> Iterator[StoredRow]:
         """Every stored row whose bucket starts at or after `since`, streamed (constant
-        memory, for folding the whole ledger). Holds the ledger while it runs."""
+        memory, for folding the whole ledger), in bucket-start order if `ordered`. Holds
+        the ledger while it runs."""
         with self._lock:
             cur = self._db.execute(
                 "SELECT rowid, provider, account, endpoint, bucket_start, bucket_end, operation,"
-                " dims, measures FROM rows WHERE bucket_start >= ?",
+                " dims, measures FROM rows WHERE bucket_start >= ?"
+                + (" ORDER BY bucket_start" if ordered else ""),
                 (since,),
             )
             parsed: dict[str, tuple[tuple[str, str], ...]] = {}

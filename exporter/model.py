@@ -216,7 +216,7 @@ def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
     """Every family, from the current sums. Holds the aggregates' lock while it reads."""
     out = _Out(inp.opt_labels)
     with agg.lock:
-        keep = _fold_sets(agg, inp.opt_labels, inp.max_values)
+        keep = fold_sets(agg, inp.opt_labels, inp.max_values)
         _counters(out, agg, keep)
         _periods(out, agg, keep, inp)
         _daily(out, agg, keep, inp)
@@ -234,7 +234,19 @@ def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
     return list(out.fams.values())
 
 
-def _fold_sets(agg: Aggregates, opt: tuple[str, ...], max_values: int) -> dict[str, set[str]]:
+def history_families(
+    agg: Aggregates, inp: RenderInput, keep: Mapping[str, set[str]]
+) -> list[Family]:
+    """What a backfill writes at one past time: the counters and the budget gauges, folded
+    with the live exporter's kept label values (`keep`), so the series are the live ones."""
+    out = _Out(inp.opt_labels)
+    with agg.lock:
+        _counters(out, agg, keep)
+        _budgets(out, agg, inp)
+    return list(out.fams.values())
+
+
+def fold_sets(agg: Aggregates, opt: tuple[str, ...], max_values: int) -> dict[str, set[str]]:
     """Per folded label, the values to keep; the others become "other".
 
     Which values are kept must not change from one poll to the next, or history would move

@@ -370,7 +370,17 @@ def test_compose_structure() -> None:
             if "build" not in svc:
                 assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: pin an exact version"
         hc = svc.get("healthcheck") or {}
-        assert hc.get("test") and not hc.get("disable"), f"{name}: needs a healthcheck"
+        if svc.get("restart") == "no":  # a one-shot: its dependents wait for it to succeed
+            waiting = [
+                n
+                for n, other in services.items()
+                if isinstance(other.get("depends_on"), dict)
+                and other["depends_on"].get(name, {}).get("condition")
+                == "service_completed_successfully"
+            ]
+            assert waiting, f"{name}: a one-shot nobody waits for"
+        else:
+            assert hc.get("test") and not hc.get("disable"), f"{name}: needs a healthcheck"
         for src in _bind_mounts(svc):
             if src.startswith("."):
                 assert (ROOT / src).exists(), f"{name}: bind-mounted {src} is not in the repo"
@@ -491,7 +501,26 @@ def _exporter_check(tmp_path: Path, svc: dict[str, Any]) -> subprocess.Completed
 def test_compose_fresh_clone_runs_the_demo(tmp_path: Path) -> None:
     config = _compose_config(tmp_path, "")  # no .env at all
     services = config["services"]
-    assert set(services) == {"simulator", "exporter", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {
+        "simulator",
+        "exporter",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "history",  # one-shots: the ledger's history into Prometheus before it starts
+        "prometheus-backfill",
+    }
+    # The history one-shot runs as the exporter does: same config, keys and state volume.
+    history, exporter = services["history"], services["exporter"]
+    assert history["environment"] == exporter["environment"]
+
+    def targets(svc: dict[str, Any]) -> set[str]:
+        return {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in svc["volumes"]}
+
+    assert targets(exporter) <= targets(history)
+    assert services["prometheus"]["depends_on"]["prometheus-backfill"]["condition"] == (
+        "service_completed_successfully"
+    )
     for name, svc in services.items():
         for port in svc.get("ports", []):
             host_ip = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
@@ -667,3 +696,48 @@ def test_kubernetes_example() -> None:
     assert files == set(UIDS)
     for f in dashboards["files"]:
         assert (k8s / f).resolve().is_file()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (Debian prometheus)")
+def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
+    """The compose one-shots, run as compose runs them (sh, same environment variables):
+    the first `up` writes the history and turns it into blocks; the second adds nothing
+    and does not fail."""
+    from exporter.simulator.server import SimulatorServer
+
+    sim = SimulatorServer(port=0, seed=4).start()
+    state, data = tmp_path / "state", tmp_path / "prometheus"
+    state.mkdir()
+    data.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SIMULATOR_URL": sim.url,
+        "DEMO_OPENAI_ADMIN_KEY": sim.settings.openai_key,
+        "DEMO_ANTHROPIC_ADMIN_KEY": sim.settings.anthropic_key,
+        "DEMO_GROQ_API_KEY": sim.settings.groq_key,
+        "LLM_EXPORTER_STATE_DIR": str(state),
+        "HISTORY_DIR": str(state / "backfill"),
+        "LLM_EXPORTER_CMD": f"{sys.executable} -m exporter",
+        "CONFIG": str(ROOT / "config.demo.yml"),
+        "PROMETHEUS_DATA": str(data),
+        "BACKFILL_DIR": str(state / "backfill"),
+    }
+    scripts = ROOT / "deploy/compose"
+    try:
+        runs = []
+        for _ in range(2):
+            for script in ("history.sh", "prometheus-backfill.sh"):
+                done = subprocess.run(
+                    ["sh", str(scripts / script)], env=env, capture_output=True, text=True
+                )
+                assert done.returncode == 0, done.stderr[-2000:]
+                runs.append(done.stdout)
+            blocks = sorted(p.name for p in data.iterdir() if p.is_dir())
+            runs.append(blocks)
+    finally:
+        sim.stop()
+    first_blocks, second_blocks = runs[2], runs[5]
+    assert len(list((state / "backfill/history").glob("history-*.om"))) >= 1
+    assert first_blocks and second_blocks == first_blocks  # nothing added the second time
+    assert "nothing to do" in runs[3] and "nothing to do" in runs[4]

@@ -215,12 +215,17 @@ def images(podman_env: dict[str, str]) -> dict[str, str]:
         ctx = work / f"ctx-{name}"
         ctx.mkdir()
         shutil.copy2(str(shutil.which(binary)), ctx / name)
+        tools = ""
+        if name == "prometheus":  # the upstream image ships promtool (the backfill one-shot)
+            shutil.copy2(str(shutil.which("promtool")), ctx / "promtool")
+            tools = "COPY promtool /bin/promtool\n"
         # The packages' data (Alertmanager's default templates, web assets) comes along.
         shutil.copytree("/usr/share/prometheus", ctx / "share")
         # Like the upstream images: the binary in /bin, running as nobody, data dir owned.
         (ctx / "Dockerfile").write_text(
             f"FROM {BASE}\n"
             f"COPY {name} /bin/{name}\n"
+            f"{tools}"
             "COPY share /usr/share/prometheus\n"
             f"RUN install -d -o 65534 -g 65534 {data} /etc/{name}\n"
             "USER 65534:65534\n"
@@ -446,6 +451,31 @@ def test_demo_stack_under_podman(stack: dict[str, str], images: dict[str, str]) 
     TIMINGS["up==1 after healthy"] = time.monotonic() - began
     assert result[0]["metric"]["instance"] == "exporter:9877"
     TIMINGS["up to up==1"] = time.monotonic() - float(env["STARTED"])
+
+    # The one-shots backfilled the ledger's history before Prometheus started: it holds the
+    # exporter's series days back, long before its first scrape, under the live labels.
+    days_ago = time.time() - 3 * 86400
+    past = urllib.parse.urlencode(
+        {"query": "count(llm_cost_reported_usd_total)", "time": str(days_ago)}
+    )
+    backfilled = json.loads(http_get(f"http://127.0.0.1:9090/api/v1/query?{past}"))
+    one_shot_logs = {
+        name: subprocess.run(
+            ["podman", "logs", _container(name)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        for name in ("history", "prometheus-backfill")
+    }
+    assert backfilled["data"]["result"], {
+        k: (v.stdout[-1500:], v.stderr[-1500:]) for k, v in one_shot_logs.items()
+    }
+    for one_shot in ("history", "prometheus-backfill"):
+        state = _inspect(env, one_shot)["State"]
+        assert isinstance(state, dict) and state["ExitCode"] == 0, (one_shot, state)
 
     # Alertmanager is reachable from Prometheus by its service name as well.
     ams = json.loads(http_get("http://127.0.0.1:9090/api/v1/alertmanagers"))

@@ -1,0 +1,362 @@
+"""`llm-cost-exporter backfill`: the ledger's history as OpenMetrics, for Prometheus's past.
+
+Why: Prometheus only sees the exporter's counters from its first scrape, so a fresh install
+has empty charts and alerts without a baseline, although the ledger already holds months of
+exact history. This writes that history with sample timestamps:
+
+    llm-cost-exporter backfill --config.file config.yml --output history/
+    for f in history/*.om; do promtool tsdb create-blocks-from openmetrics "$f" /prometheus; done
+
+Each sample at time T holds what the exporter would have exposed at T had it known then what
+the ledger knows now: every bucket that ended by T, revisions included (so counters never go
+down and a late bucket lands at its own time). Samples are `--step` apart (15m: every 1h
+window holds several, as `increase()` needs), from the first bucket to `--until` (now). The
+series are those of the live scrape, with the same labels (folded values included) plus
+`job` and `instance` as Prometheus attaches them, so backfilled and live samples form one
+series with no reset at the seam. What is written: every counter, and the budget gauges
+(rules and the forecast panels read them over time). Period and per-day gauges are not:
+they describe the present, and the per-day ones carry their past in their `date` label.
+
+Against an existing Prometheus that already scrapes the exporter, set `--until` to the time
+of its first scrape, so no backfilled sample falls among live ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import heapq
+import logging
+import math
+import os
+import re
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from exporter.aggregates import Aggregates
+from exporter.exposition import Family, escape_label, format_value
+from exporter.fold import FoldContext, opt_labels_for
+from exporter.health import Health
+from exporter.ledger import Ledger, StoredRow
+from exporter.model import RenderInput, fold_sets, history_families
+from exporter.names import COUNTER
+from exporter.poller import history_start_ts
+from exporter.pricing import PriceBook
+from exporter.settings import ConfigError, Settings, load, parse_duration
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JOB = "llm-cost-exporter"
+DEFAULT_INSTANCE = "exporter:9877"  # the compose scrape target (prometheus/prometheus.yml)
+
+
+class BackfillError(Exception):
+    """A problem the user can act on (message names it)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llm-cost-exporter backfill",
+        description="Write the ledger's history as OpenMetrics for promtool tsdb "
+        "create-blocks-from openmetrics.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=os.environ.get("LLM_EXPORTER_CONFIG"),
+        help="the exporter's YAML configuration (env LLM_EXPORTER_CONFIG): its state file",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="file to write ('-' for standard output), or a directory (or a path ending in "
+        "'/'): one file per UTC day, which promtool converts much faster",
+    )
+    p.add_argument("--job", default=DEFAULT_JOB, help="the `job` label of the live scrape")
+    p.add_argument(
+        "--instance", default=DEFAULT_INSTANCE, help="the `instance` label of the live scrape"
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another target label the live scrape carries (repeatable), e.g. the namespace, "
+        "service and endpoint labels a ServiceMonitor adds",
+    )
+    p.add_argument("--step", default="15m", help="time between samples (a duration)")
+    p.add_argument(
+        "--poll",
+        action="store_true",
+        help="poll the providers once first (fills a fresh state file; the compose one-shot)",
+    )
+    p.add_argument(
+        "--until",
+        default=None,
+        help="last sample time, ISO 8601 or Unix seconds (default: now); before the first "
+        "live scrape when Prometheus already scrapes the exporter",
+    )
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        settings = load(Path(args.config_file) if args.config_file else None)
+    except ConfigError as exc:
+        print("llm-cost-exporter backfill: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    if args.poll:
+        from exporter.app import App
+
+        app = App(settings)
+        try:
+            app.poll_once()
+        finally:
+            app.stop()
+    try:
+        step = int(parse_duration(args.step))
+        if step < 1:
+            raise BackfillError(f"--step {args.step!r}: must be at least one second")
+        until = parse_time(args.until) if args.until else int(dt.datetime.now(dt.UTC).timestamp())
+        extra = {"job": args.job, "instance": args.instance, **target_labels(args.label)}
+        series = history(settings, step, until)
+        out = Path(args.output)
+        if args.output == "-":
+            n = emit(sys.stdout, series, step, extra)
+        elif args.output.endswith("/") or out.is_dir():
+            n = emit_days(out, series, step, extra)
+        else:
+            tmp = out.with_name(out.name + ".tmp")
+            with tmp.open("w", encoding="utf-8") as f:
+                n = emit(f, series, step, extra)
+            tmp.replace(out)
+    except (BackfillError, ValueError) as exc:
+        print(f"llm-cost-exporter backfill: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"llm-cost-exporter backfill: cannot write {args.output}: {exc}", file=sys.stderr)
+        return 2
+    log.info("wrote %d samples to %s", n, args.output)
+    return 0
+
+
+def target_labels(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+            raise BackfillError(f"--label {pair!r}: give NAME=VALUE with a valid label name")
+        out[name] = value
+    return out
+
+
+def parse_time(text: str) -> int:
+    try:
+        return int(float(text))
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BackfillError(f"--until {text!r}: not a time (ISO 8601 or Unix seconds)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+def history(settings: Settings, step: int, until: int) -> Series:
+    """The exposed values at every step up to `until`, replayed from the state file."""
+    path = Path(settings.state_file)
+    if not path.is_file():
+        raise BackfillError(
+            f"state file {path} does not exist: run the exporter (or `--once`) first, "
+            "so the ledger holds the history to write"
+        )
+    ledger = Ledger(path)
+    try:
+        stored = ledger.get_meta("history_start")
+        now = dt.datetime.fromtimestamp(until, dt.UTC)
+        _, history_start = history_start_ts(settings.history_start, stored, now, settings.tz)
+        ctx = FoldContext(
+            settings.tz,
+            opt_labels_for(
+                settings.group_by_for(a)
+                for _, a in (*settings.providers.accounts(), *settings.providers.not_configured())
+            ),
+            PriceBook(settings.prices),
+            settings.budgets,
+        )
+        replay = History(ctx, settings, history_start)
+        replay.fold_all(ledger)  # first pass: which label values fold into "other"
+        return replay.replay(ledger, step, until)
+    finally:
+        ledger.close()
+
+
+# family -> (an empty family: spec and label names, per series: (first sample time, values))
+Series = dict[str, tuple[Family, dict[tuple[str, ...], tuple[int, "array[float]"]]]]
+
+
+class History:
+    """Replays the ledger in bucket-end order, snapshotting the exposed values at each step."""
+
+    def __init__(self, ctx: FoldContext, settings: Settings, history_start: int) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.history_start = history_start
+        self.keep: dict[str, set[str]] = {}
+
+    def _aggregates(self) -> Aggregates:
+        return Aggregates(
+            self.ctx,
+            history_start=self.history_start,
+            daily_days=self.settings.cardinality.daily_days,
+        )
+
+    def _render(self, agg: Aggregates, at: int) -> list[Family]:
+        inp = RenderInput(
+            Health(),
+            dt.datetime.fromtimestamp(at, dt.UTC),
+            self.settings.tz,
+            self.ctx.opt_labels,
+            self.settings.cardinality.max_values,
+            None,
+            self.settings.budgets,
+            daily_days=self.settings.cardinality.daily_days,
+        )
+        return history_families(agg, inp, self.keep)
+
+    def fold_all(self, ledger: Ledger) -> None:
+        agg = self._aggregates()
+        agg.fold(ledger.iter_rows(self.history_start))
+        self.keep = fold_sets(agg, self.ctx.opt_labels, self.settings.cardinality.max_values)
+
+    def replay(self, ledger: Ledger, step: int, until: int) -> Series:
+        agg = self._aggregates()
+        rows = _by_end(ledger, self.history_start)
+        pending = next(rows, None)
+        if pending is None:
+            raise BackfillError("the ledger holds no data yet: nothing to backfill")
+        first = math.ceil(pending[0].end / step) * step
+        series: Series = {}
+        index = 0
+        for at in range(first, until + 1, step):
+            batch_rows: list[StoredRow] = []
+            batch_rev: list[StoredRow] = []
+            while pending is not None and pending[0].end <= at:
+                (batch_rev if pending[1] else batch_rows).append(pending[0])
+                pending = next(rows, None)
+            agg.roll(dt.datetime.fromtimestamp(at, dt.UTC))
+            agg.fold(batch_rows)
+            agg.fold(batch_rev, revised=True)
+            for fam in self._render(agg, at):
+                _, per_series = series.setdefault(fam.spec.name, (fam, {}))
+                for key, value in fam.samples.items():
+                    found = per_series.get(key)
+                    if found is None:
+                        found = per_series[key] = (index, array("d"))
+                    found[1].append(float(value))
+            index += 1
+        if index == 0:
+            raise BackfillError(
+                f"--until {until} is before the first bucket's end ({first}): nothing to write"
+            )
+        for _, per_series in series.values():
+            for key, (start, values) in list(per_series.items()):
+                per_series[key] = (first + start * step, values)  # step index -> time
+        return series
+
+
+def _by_end(ledger: Ledger, since: int) -> Iterator[tuple[StoredRow, bool]]:
+    """Rows and revision rows in bucket-end order (rows stream in start order; a bucket
+    ends after it starts, so a small heap puts them in end order)."""
+    revisions = sorted(ledger.revision_rows(since), key=lambda r: (r.end, r.start))
+    heap: list[tuple[int, int, StoredRow, bool]] = []
+    seq = 0
+    rev_at = 0
+
+    def push(sr: StoredRow, revised: bool) -> None:
+        nonlocal seq
+        heapq.heappush(heap, (sr.end, seq, sr, revised))
+        seq += 1
+
+    for sr in ledger.iter_rows(since, ordered=True):
+        while heap and heap[0][0] <= sr.start:
+            _, _, done, revised = heapq.heappop(heap)
+            yield done, revised
+        push(sr, False)
+        while rev_at < len(revisions) and revisions[rev_at].end <= sr.start:
+            push(revisions[rev_at], True)
+            rev_at += 1
+    for rev in revisions[rev_at:]:
+        push(rev, True)
+    while heap:
+        _, _, done, revised = heapq.heappop(heap)
+        yield done, revised
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: dict[str, str]) -> str:
+    pairs = [*zip(names, values, strict=True), *extra.items()]
+    return ",".join(f'{n}="{escape_label(v)}"' for n, v in pairs)
+
+
+def emit(
+    out: TextIO,
+    series: Series,
+    step: int,
+    extra: dict[str, str],
+    lo: int = 0,
+    hi: int = 2**62,
+) -> int:
+    """OpenMetrics text: one family after another, each series' samples in time order;
+    only the samples in [lo, hi)."""
+    n = 0
+    for name in sorted(series):
+        fam, per_series = series[name]
+        spec = fam.spec
+        base = name[: -len("_total")] if spec.type == COUNTER else name
+        header = f"# HELP {base} {spec.help}\n# TYPE {base} {spec.type}\n"
+        for key in sorted(per_series):
+            start, values = per_series[key]
+            first = max(0, -(-(lo - start) // step))
+            last = min(len(values), -(-(hi - start) // step))
+            if first >= last:
+                continue
+            if header:
+                out.write(header)
+                header = ""
+            head = f"{name}{{{_labels(fam.labels, key, extra)}}} "
+            out.writelines(
+                f"{head}{format_value(values[i])} {start + i * step}\n" for i in range(first, last)
+            )
+            n += last - first
+    out.write("# EOF\n")
+    return n
+
+
+def emit_days(directory: Path, series: Series, step: int, extra: dict[str, str]) -> int:
+    """One OpenMetrics file per UTC day (history-YYYY-MM-DD.om): promtool's conversion
+    reads its whole input once per 2-hour block, so day files keep it linear in history."""
+    spans = [(s, s + len(v) * step) for _, per in series.values() for s, v in per.values()]
+    if not spans:
+        return 0
+    directory.mkdir(parents=True, exist_ok=True)
+    n = 0
+    first = min(s for s, _ in spans)
+    day, end = first - first % 86400, max(e for _, e in spans)
+    while day < end:
+        name = dt.datetime.fromtimestamp(day, dt.UTC).date().isoformat()
+        tmp = directory / f".history-{name}.om.tmp"
+        with tmp.open("w", encoding="utf-8") as f:
+            n += emit(f, series, step, extra, day, day + 86400)
+        tmp.replace(directory / f"history-{name}.om")
+        day += 86400
+    return n

@@ -1,0 +1,263 @@
+"""Backfill, then live scrapes, through the real promtool and Prometheus.
+
+The exporter polls the simulator (three providers, hourly buckets, history since ten days
+ago), `llm-cost-exporter backfill` writes the ledger's history as OpenMetrics, promtool turns
+it into blocks, and a real Prometheus starts on them and scrapes the exporter live. Then:
+
+- for every past day, the counters' increase over that day (from the backfilled samples)
+  and the exact per-day gauges (from the live scrape) both equal the ledger's total of that
+  day, per provider, for reported cost and for tokens;
+- no counter resets across the backfill/live seam, and the series continue under the same
+  labels;
+- Prometheus rejected no sample (out of order, duplicate, out of bounds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.app import App
+from exporter.backfill import main as backfill
+from exporter.ledger import Ledger
+from exporter.names import COUNTER, SPECS
+from exporter.settings import load
+from exporter.simulator.server import SimulatorServer
+from exporter.sources._http import RetryPolicy
+from tests.helpers import binary, free_port, http_get, process, prom_query, wait_for
+
+PROMETHEUS = binary("prometheus")
+PROMTOOL = binary("promtool")
+RETRY = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, retry_after_max=0.02)
+DAYS = 6
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        PROMETHEUS is None or PROMTOOL is None,
+        reason="needs the prometheus and promtool binaries (Debian package prometheus)",
+    ),
+]
+
+
+Totals = dict[tuple[str, str, str], Decimal]
+
+
+def ledger_days(state: Path, since: int) -> tuple[Totals, Totals, Totals]:
+    """Read straight from the ledger's rows, (what, provider, UTC date) -> exact total:
+    the current values (what the day gauges show), the revised-away amounts (which the
+    counters keep on top), and per provider the buckets still open (ending in the future)."""
+    rows: Totals = defaultdict(Decimal)
+    revised: Totals = defaultdict(Decimal)
+    ledger = Ledger(state)
+    for into, stored in ((rows, ledger.iter_rows(since)), (revised, ledger.revision_rows(since))):
+        for sr in stored:
+            day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date().isoformat()
+            for name, v in sr.row.measures.items():
+                if name == "cost":
+                    into[("cost", sr.provider, day)] += Decimal(v)
+                    if sr.end > time.time():
+                        into[("cost", sr.provider, "open")] += Decimal(v)
+                elif name.startswith("tokens.") and sr.row.operation != "claude_code":
+                    into[("tokens", sr.provider, day)] += Decimal(v)
+    ledger.close()
+    return rows, revised, {}
+
+
+def by_provider(result: list[dict[str, Any]]) -> dict[str, float]:
+    return {r["metric"].get("provider", ""): float(r["value"][1]) for r in result}
+
+
+@pytest.fixture(scope="module")
+def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("backfill")
+    today = dt.datetime.now(dt.UTC).date()
+    start = today - dt.timedelta(days=DAYS)
+    sim = SimulatorServer(port=0, seed=7, start=start - dt.timedelta(days=30)).start()
+    cfg = {
+        "history_start": start.isoformat(),
+        "bucket_width": "1h",
+        "state_file": str(tmp / "state.db"),
+        "providers": {
+            "openai": [{"account": "bf", "base_url": sim.openai_base_url}],
+            "anthropic": [{"account": "bf", "base_url": sim.anthropic_base_url}],
+        },
+    }
+    (tmp / "exporter.yml").write_text(yaml.safe_dump(cfg))
+    env = {
+        "OPENAI_ADMIN_KEY": sim.settings.openai_key,
+        "ANTHROPIC_ADMIN_KEY": sim.settings.anthropic_key,
+    }
+    settings = load(tmp / "exporter.yml", env)
+    app = App(settings, retry=RETRY)
+    app.poll_once()
+    sim.add_fault("revise", factor=0.8)  # closed days revised down: counters keep the peak
+    app.poll_once()
+    port = free_port()
+    app.serve(f"127.0.0.1:{port}")
+
+    until = int(time.time())
+    began = time.monotonic()
+    assert (
+        backfill(
+            [
+                f"--config.file={tmp / 'exporter.yml'}",
+                f"--output={tmp / 'history'}/",
+                f"--instance=127.0.0.1:{port}",
+                f"--until={until}",
+            ]
+        )
+        == 0
+    )
+    files = sorted((tmp / "history").glob("history-*.om"))
+    assert len(files) >= DAYS
+    for f in files:
+        subprocess.run(
+            [
+                PROMTOOL,
+                "tsdb",
+                "create-blocks-from",
+                "openmetrics",
+                "-q",
+                str(f),
+                str(tmp / "prom"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    took = time.monotonic() - began
+    prom_port = free_port()
+    (tmp / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "llm-cost-exporter",
+                        "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    with process(
+        [
+            str(PROMETHEUS),
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'prom'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        tmp / "prom.log",
+    ):
+        base = f"http://127.0.0.1:{prom_port}"
+        live = "count(llm_tokens_total) and on () (time() - timestamp(up) < 5)"
+        wait_for(
+            lambda: prom_query(base, "count_over_time(up[1m]) > 2") and prom_query(base, live),
+            timeout=60,
+        )
+        yield {
+            "prom": base,
+            "tmp": tmp,
+            "start": start,
+            "until": until,
+            "took": took,
+            "truth": ledger_days(
+                tmp / "state.db", int(dt.datetime.combine(start, dt.time(), dt.UTC).timestamp())
+            ),
+        }
+    app.stop()
+    sim.stop()
+
+
+def test_each_past_day_equals_the_ledger(backfilled: Any) -> None:
+    """The counters' increase over each day (backfilled samples) and the per-day gauges
+    (live) both give the ledger's exact day total, per provider."""
+    prom, (rows, revised, _) = backfilled["prom"], backfilled["truth"]
+    assert any(v > 0 for v in revised.values())  # the revision reached the ledger
+    today = dt.datetime.now(dt.UTC).date()
+    day = backfilled["start"]
+    checked = 0
+    gauges = {
+        "cost": "sum by (provider, date) (max without (instance, pod) (llm_daily_cost_reported_usd))",
+        "tokens": "sum by (provider, date) (max without (instance, pod) (llm_daily_tokens))",
+    }
+    counters = {
+        "cost": "sum by (provider) (max without (instance, pod) (llm_cost_reported_usd_total))",
+        "tokens": "sum by (provider) (max without (instance, pod) (llm_tokens_total))",
+    }
+    per_date = {
+        what: {
+            (r["metric"]["provider"], r["metric"]["date"]): float(r["value"][1])
+            for r in prom_query(prom, q)
+        }
+        for what, q in gauges.items()
+    }
+    while day < today:
+        t0 = dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
+        for what, q in counters.items():
+            end = by_provider(prom_query(prom, q, at=t0 + 86400))
+            begin = by_provider(prom_query(prom, q, at=t0)) if day > backfilled["start"] else {}
+            for provider in ("openai", "anthropic"):
+                key = (what, provider, day.isoformat())
+                want = float(rows.get(key, 0))  # the day as the provider reports it now
+                peak = want + float(revised.get(key, 0))  # what the counters keep
+                got = end.get(provider, 0.0) - begin.get(provider, 0.0)
+                assert got == pytest.approx(peak, rel=1e-9, abs=1e-6), (what, provider, day)
+                gauge = per_date[what].get((provider, day.isoformat()), 0.0)
+                assert gauge == pytest.approx(want, rel=1e-9, abs=1e-6), (what, provider, day)
+                checked += want > 0
+        day += dt.timedelta(days=1)
+    assert checked >= 2 * (DAYS - 1)  # real data on most days, for both providers
+
+
+def test_no_reset_and_the_same_series_across_the_seam(backfilled: Any) -> None:
+    prom, until = backfilled["prom"], backfilled["until"]
+    last = until - until % 900  # the last backfilled sample (15m steps)
+    counters = [s.name for s in SPECS if s.type == COUNTER and s.name.startswith("llm_")]
+    checked = 0
+    for name in counters:
+        resets = prom_query(prom, f"max(resets({name}[30d]))")
+        if not resets:
+            continue  # a metric this dataset does not produce
+        assert float(resets[0]["value"][1]) == 0, name
+        checked += 1
+    assert checked >= 8
+    # The seam: the first live value exceeds the last backfilled one by exactly the buckets
+    # still open (today's partial cost), nothing else: no jump.
+    q = "sum by (provider) (max without (instance, pod) (llm_cost_reported_usd_total))"
+    at_seam, live = by_provider(prom_query(prom, q, at=last)), by_provider(prom_query(prom, q))
+    rows, revised, _ = backfilled["truth"]
+    for provider in ("openai", "anthropic"):
+        still_open = float(rows.get(("cost", provider, "open"), 0))
+        still_open += float(revised.get(("cost", provider, "open"), 0))
+        assert live[provider] - at_seam[provider] == pytest.approx(still_open, abs=1e-6)
+    for name in ("llm_cost_reported_usd_total", "llm_tokens_total", "llm_cost_estimated_usd_total"):
+        before = {tuple(sorted(r["metric"].items())) for r in prom_query(prom, name, at=last)}
+        after = {tuple(sorted(r["metric"].items())) for r in prom_query(prom, name)}
+        assert before and before <= after, name  # the live scrape continues every series
+
+
+def test_prometheus_rejected_no_sample(backfilled: Any) -> None:
+    metrics = http_get(backfilled["prom"] + "/metrics").decode()
+    rejected = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith(
+            (
+                "prometheus_target_scrapes_sample_out_of_order_total",
+                "prometheus_target_scrapes_sample_duplicate_timestamp_total",
+                "prometheus_target_scrapes_sample_out_of_bounds_total",
+                "prometheus_tsdb_out_of_order_samples_total",
+            )
+        )
+    }
+    assert rejected and all(v == 0 for v in rejected.values()), rejected
+    assert backfilled["took"] < 120  # backfill + promtool, for six days of hourly data
