@@ -32,6 +32,7 @@ from exporter.sources._http import (
 
 log = logging.getLogger(__name__)
 
+IDLE_REBUILD = 60.0  # seconds: the longest the exposition goes without a rebuild
 STORAGE = "storage"  # the state file could not be written (a health reason, not an API one)
 
 
@@ -89,8 +90,9 @@ class Poller:
 
     @property
     def cycles(self) -> int:
-        """Rounds in which every account was polled (readiness: the first has finished)."""
-        return min((a.polls for a in self.accounts), default=0)
+        """Rounds in which every account was polled (readiness: the first has finished);
+        with no account to poll, nothing is awaited."""
+        return min((a.polls for a in self.accounts), default=1)
 
     def poll_endpoint(self, acc: Account, ep: Endpoint) -> str | None:
         """Fetch and store one endpoint's window: None if it succeeded, else the reason."""
@@ -221,10 +223,15 @@ class Poller:
         ]
         for t in self._threads:
             t.start()
+        last = time.monotonic()
         while not stop.is_set():
-            if not self._polled.wait(0.2) or stop.is_set():
+            # After polls; and at least once a minute (periods roll over, process metrics move
+            # on) even when no account is due or there is none.
+            polled = self._polled.wait(0.2)
+            if stop.is_set() or not (polled or time.monotonic() - last >= IDLE_REBUILD):
                 continue
             self._polled.clear()
+            last = time.monotonic()
             try:
                 self._after()
             except Exception:
