@@ -9,8 +9,9 @@ exact history. This writes that history with sample timestamps:
 
 Each sample at time T holds what the exporter would have exposed at T had it known then what
 the ledger knows now: every bucket that ended by T, revisions included (so counters never go
-down and a late bucket lands at its own time). Samples are `--step` apart (15m: every 1h
-window holds several, as `increase()` needs), from the first bucket to `--until` (now). The
+down and a late bucket lands at its own time). Samples are `--step` apart (5m: within
+Prometheus's lookback, so instant queries over the past find a sample and every 1h window
+holds twelve), from the first bucket to `--until` (now). The
 series are those of the live scrape, with the same labels (folded values included) plus
 `job` and `instance` as Prometheus attaches them, so backfilled and live samples form one
 series with no reset at the seam. What is written: every counter, and the budget gauges
@@ -88,7 +89,12 @@ def parser() -> argparse.ArgumentParser:
         help="another target label the live scrape carries (repeatable), e.g. the namespace, "
         "service and endpoint labels a ServiceMonitor adds",
     )
-    p.add_argument("--step", default="15m", help="time between samples (a duration)")
+    p.add_argument(
+        "--step",
+        default="5m",
+        help="time between samples (a duration); at most Prometheus's 5m lookback, or "
+        "instant queries over the backfilled past find gaps",
+    )
     p.add_argument(
         "--poll",
         action="store_true",

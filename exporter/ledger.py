@@ -619,18 +619,28 @@ class Ledger:
     # --- reads ---------------------------------------------------------------------------
     def rows(self, since: int = 0) -> Iterator[StoredRow]:
         """Every stored row whose bucket starts at or after `since`, in key order."""
+        return self._select(since, "ORDER BY provider, account, endpoint, bucket_start")
+
+    def iter_rows(self, since: int = 0, ordered: bool = False) -> Iterator[StoredRow]:
+        """Every stored row whose bucket starts at or after `since`, streamed (constant
+        memory, for folding the whole ledger), in bucket-start order if `ordered`."""
+        return self._select(since, "ORDER BY bucket_start" if ordered else "")
+
+    def _select(self, since: int, order: str, batch: int = 20_000) -> Iterator[StoredRow]:
+        """Rows streamed in batches, unreadable ones left out (and noted: see `quarantine`);
+        holds the ledger while it runs."""
         with self._lock:
-            fetched = self._db.execute(
+            cur = self._db.execute(
                 "SELECT rowid, provider, account, endpoint, bucket_start, bucket_end, operation,"
-                " dims, measures FROM rows WHERE bucket_start >= ?"
-                " ORDER BY provider, account, endpoint, bucket_start",
+                f" dims, measures FROM rows WHERE bucket_start >= ? {order}",
                 (since,),
-            ).fetchall()
-        parsed: dict[str, tuple[tuple[str, str], ...]] = {}  # a group recurs every bucket
-        for raw in fetched:
-            sr = self._read_row(raw, parsed)
-            if sr is not None:
-                yield sr
+            )
+            parsed: dict[str, tuple[tuple[str, str], ...]] = {}  # a group recurs every bucket
+            while chunk := cur.fetchmany(batch):
+                for raw in chunk:
+                    sr = self._read_row(raw, parsed)
+                    if sr is not None:
+                        yield sr
 
     def _read_row(
         self, raw: tuple[object, ...], parsed: dict[str, tuple[tuple[str, str], ...]]
@@ -654,26 +664,6 @@ class Ledger:
                 BadRow("rows", str(p), str(a), str(e), _int_or(s), int(rowid), str(exc))  # type: ignore[call-overload]
             )
             return None
-
-    def iter_rows(
-        self, since: int = 0, batch: int = 20_000, ordered: bool = False
-    ) -> Iterator[StoredRow]:
-        """Every stored row whose bucket starts at or after `since`, streamed (constant
-        memory, for folding the whole ledger), in bucket-start order if `ordered`. Holds
-        the ledger while it runs."""
-        with self._lock:
-            cur = self._db.execute(
-                "SELECT rowid, provider, account, endpoint, bucket_start, bucket_end, operation,"
-                " dims, measures FROM rows WHERE bucket_start >= ?"
-                + (" ORDER BY bucket_start" if ordered else ""),
-                (since,),
-            )
-            parsed: dict[str, tuple[tuple[str, str], ...]] = {}
-            while chunk := cur.fetchmany(batch):
-                for raw in chunk:
-                    sr = self._read_row(raw, parsed)
-                    if sr is not None:
-                        yield sr
 
     def revision_rows(
         self, since: int = 0, account: tuple[str, str] | None = None

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from exporter.app import App
-from exporter.settings import load
+from exporter.settings import Settings, load
 from exporter.simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
 
@@ -22,16 +22,20 @@ NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())
 RETRY = RetryPolicy(attempts=1, backoff_base=0.01, backoff_max=0.02, retry_after_max=0.02)
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[tuple[App, SimulatorServer, int]]:
-    sim = SimulatorServer(port=0, seed=2, start=dt.date(2026, 11, 1), now=NOW).start()
+def settings_for(tmp_path: Path, sim: SimulatorServer) -> Settings:
     cfg = {
         "history_start": "2026-11-01",
         "state_file": str(tmp_path / "s.db"),
         "providers": {"openai": [{"account": "main", "base_url": sim.openai_base_url}]},
     }
     (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
-    settings = load(tmp_path / "c.yml", {"OPENAI_ADMIN_KEY": sim.settings.openai_key})
+    return load(tmp_path / "c.yml", {"OPENAI_ADMIN_KEY": sim.settings.openai_key})
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[tuple[App, SimulatorServer, int]]:
+    sim = SimulatorServer(port=0, seed=2, start=dt.date(2026, 11, 1), now=NOW).start()
+    settings = settings_for(tmp_path, sim)
     application = App(settings, clock=lambda: float(sim.now()), retry=RETRY)
     server = application.serve("127.0.0.1:0")
     yield application, sim, int(server.server_address[1])
@@ -90,13 +94,7 @@ def test_restart_serves_the_state_file_before_its_first_poll(
     """A restart is ready at once from the persisted aggregates: no refold, no wait for a
     provider (here one that hangs), and the same values as before the restart."""
     sim = SimulatorServer(port=0, seed=2, start=dt.date(2026, 11, 1), now=NOW).start()
-    cfg = {
-        "history_start": "2026-11-01",
-        "state_file": str(tmp_path / "s.db"),
-        "providers": {"openai": [{"account": "main", "base_url": sim.openai_base_url}]},
-    }
-    (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
-    settings = load(tmp_path / "c.yml", {"OPENAI_ADMIN_KEY": sim.settings.openai_key})
+    settings = settings_for(tmp_path, sim)
     first = App(settings, clock=lambda: float(sim.now()), retry=RETRY)
     first.poll_once()
     before = first.exposition.current.body
