@@ -22,14 +22,15 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.aggregates import Aggregates
-from exporter.exposition import Exposition
+from exporter.exposition import Exposition, Family
 from exporter.fold import FoldContext
 from exporter.health import Health
-from exporter.ledger import Ledger
+from exporter.ledger import Ledger, StateFileError, move_aside, salvage_history_start
 from exporter.model import RenderInput, opt_labels_for, render_model
 from exporter.names import BY_NAME
 from exporter.poller import Account, Poller, history_start_ts
 from exporter.pricing import PriceBook
+from exporter.redact import redact
 from exporter.server import parse_listen
 from exporter.serving import ServingProcess
 from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
@@ -55,6 +56,7 @@ def make_account(
     acc: AccountSettings,
     health: Health,
     retry: RetryPolicy | None = None,
+    cancel: threading.Event | None = None,
 ) -> Account:
     assert acc.api_key is not None, "resolve_secrets() runs before wiring"
     client = ApiClient(
@@ -63,12 +65,38 @@ def make_account(
         recorder=health.recorder(provider, acc.account),
         timeout=acc.timeout,
         retry=retry,
+        cancel=cancel,
     )
     factory = registry()[provider]
     source = factory(
         acc, client, group_by=settings.group_by_for(acc), bucket_width=settings.bucket_seconds
     )
     return Account(source, client, settings.interval_for(acc))
+
+
+def open_ledger(settings: Settings, now: dt.datetime) -> Ledger:
+    """The state file as a ledger. A damaged one raises StateFileError (a one-line message
+    naming it and what to do), or, with `state_recover`, is moved aside (never deleted) and
+    a new one is started: its history is fetched again from the providers."""
+    path = settings.state_file
+    try:
+        return Ledger(path)
+    except StateFileError:
+        if not settings.state_recover:
+            raise
+    history = salvage_history_start(path)
+    moved = move_aside(path, now)
+    log.warning(
+        "state file %s was damaged: moved it to %s and starting a new one; the history is "
+        "fetched again from the providers%s",
+        path,
+        moved,
+        f" from {history}" if history else "",
+    )
+    ledger = Ledger(path)
+    if history is not None:
+        ledger.set_meta("history_start", history)
+    return ledger
 
 
 def make_estimator(settings: Settings) -> PriceBook:
@@ -107,10 +135,15 @@ class App:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.ledger = Ledger(settings.state_file)
+        now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+        self.ledger = open_ledger(settings, now)
         self.health = Health()
         self.exposition = Exposition()
-        now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+        self._stop = threading.Event()
+        self._rebuild_lock = threading.Lock()
+        self.rebuild_failures = 0
+        self.last_rebuild_error = ""
+        self.last_rebuild_ok: float | None = None
         day, self.history_start = history_start_ts(
             settings.history_start, self.ledger.get_meta("history_start"), now, settings.tz
         )
@@ -121,7 +154,7 @@ class App:
         self.ledger.set_meta("history_start", day.isoformat())
         self._reshaped = [s for p, a in settings.providers.accounts() if (s := self._shape(p, a))]
         accounts = [
-            make_account(settings, p, a, self.health, retry)
+            make_account(settings, p, a, self.health, retry, self._stop)
             for p, a in settings.providers.accounts()
         ]
         # From every enabled account, polled or skipped for want of a key: the label set
@@ -144,14 +177,15 @@ class App:
             self.rebuild,
             clock,
             self.aggregates,
+            self._stop,
         )
         self._process = CollectorRegistry()
         ProcessCollector(registry=self._process)
         PlatformCollector(registry=self._process)
         self._process.register(ConfiguredAccounts(settings))
         self.server: ServingProcess | None = None
-        self._stop = threading.Event()
         self._has_history = False
+        self._closed = False
 
     def _shape(self, provider: str, acc: AccountSettings) -> tuple[str, str, str] | None:
         """(provider, account, new shape) if the account's bucket width, grouping or
@@ -181,7 +215,18 @@ class App:
         if self._prices is None:
             self._prices = self.estimator.fingerprint()
             now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
-            self.aggregates.open(now, self._prices)
+            try:
+                self.aggregates.open(now, self._prices)
+            except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+                # Stored sums that cannot be read are derived data: fold them again.
+                log.error("the stored sums cannot be read (%s): folding the ledger again", exc)
+                self.aggregates.refold(now, self._prices, "the stored sums were unreadable")
+            if self.ledger.get_meta("refold_wanted") == "1":
+                # Unreadable rows were met before the last stop: the stored sums may still
+                # hold (or miss) their content.
+                self.aggregates.refold(now, self._prices, "unreadable ledger rows were removed")
+                self.ledger.refolded()
+            self.ledger.quarantine(self.history_start)
             for provider, account, shape in self._reshaped:
                 log.warning(
                     "%s/%s: bucket width, grouping or options changed: refetching its history",
@@ -193,14 +238,51 @@ class App:
         return bool(self.aggregates.sums("t:_account"))
 
     def rebuild(self) -> None:
+        """Render the exposition; if that fails, keep serving the last good one, and count,
+        log and show the failure (`llm_exporter_errors_total{kind="rebuild"}`, `/`)."""
+        with self._rebuild_lock:
+            if self._closed:
+                return
+            try:
+                self._rebuild()
+                self.last_rebuild_ok = self.clock()
+            except Exception as exc:
+                self.rebuild_failures += 1
+                self.last_rebuild_error = redact(f"{type(exc).__name__}: {exc}")
+                log.exception("cannot rebuild the exposition; the last good one is served")
+            self.exposition.set_tail(self.error_families())
+            try:
+                self.publish()
+            except OSError as exc:  # the server process is gone (stopping) or stuck
+                if not self._stop.is_set():
+                    log.error("cannot hand the exposition to the HTTP server: %s", exc)
+
+    def error_families(self) -> list[Family]:
+        errors = Family.of("llm_exporter_errors_total")
+        errors.set(("bad_ledger_row",), self.ledger.bad_rows.snapshot()[0])
+        errors.set(("rebuild",), self.rebuild_failures)
+        out = [errors]
+        if self.last_rebuild_ok is not None:
+            ok = Family.of("llm_exporter_last_rebuild_success_timestamp_seconds")
+            ok.set((), self.last_rebuild_ok)
+            out.append(ok)
+        return out
+
+    def _rebuild(self) -> None:
         """Render the exposition from the aggregates: work in proportion to the series."""
         began = time.monotonic()
         self.open_state()
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        self.ledger.quarantine(self.history_start)
         prices = self.estimator.fingerprint()
         if prices != self._prices:  # a price refresh changed the data: estimates are stale
             self.aggregates.refold(now, prices, "the price data changed")
             self._prices = prices
+        if self.ledger.refold_wanted():
+            # Unreadable rows were removed and the provider gave their buckets back.
+            self.aggregates.refold(now, prices, "unreadable ledger rows were refetched")
+            self.ledger.refolded()
+            self.ledger.quarantine(self.history_start)
         self.aggregates.roll(now)
         families = render_model(
             self.aggregates,
@@ -218,7 +300,6 @@ class App:
         )
         # Process metrics are rendered with the rest, so a scrape stays a memory copy.
         rendered = self.exposition.update(families, generate_latest(self._process))
-        self.publish()
         log.debug(
             "rebuilt exposition: %d families, %d bytes, %.3fs",
             len(families),
@@ -229,6 +310,36 @@ class App:
     def poll_once(self) -> None:
         self.open_state()
         self.poller.poll_once()
+
+    def failed_sources(self) -> list[str]:
+        """`provider/account endpoint (reason)` of every endpoint whose last poll failed."""
+        h = self.health.snapshot()
+        return [
+            f"{p}/{a} {e} ({st.last_error_reason or 'failed'})"
+            for (p, a, e), st in sorted(h.endpoints.items())
+            if st.up == 0
+        ]
+
+    def problems(self) -> list[str]:
+        """The exporter's own problems (not the providers'), for `/`."""
+        out = []
+        if self.rebuild_failures:
+            out.append(
+                f"{self.rebuild_failures} failed rebuild(s) of the exposition; the last good "
+                f"one is served. Last: {self.last_rebuild_error}"
+            )
+        total, recent = self.ledger.bad_rows.snapshot()
+        if total:
+            out.append(
+                f"{total} unreadable state-file row(s) removed and refetched from the provider"
+            )
+            out += [
+                f"unreadable {b.what}: {b.provider}/{b.account} {b.endpoint} bucket "
+                f"{dt.datetime.fromtimestamp(b.start, dt.UTC).isoformat(timespec='seconds')}: "
+                f"{redact(b.problem)}"
+                for b in recent
+            ]
+        return out
 
     def status(self) -> dict[str, Any]:
         h = self.health.snapshot()
@@ -243,6 +354,7 @@ class App:
         return {
             "version": __version__,
             "last_poll": ts(h.last_poll),
+            "problems": self.problems(),
             "sources": [
                 {
                     "provider": p,
@@ -251,7 +363,7 @@ class App:
                     "up": st.up,
                     "last_success": ts(st.last_success),
                     "watermark": ts(st.watermark),
-                    "error": st.last_error,
+                    "error": redact(st.last_error),
                 }
                 for (p, a, e), st in sorted(h.endpoints.items())
             ],
@@ -261,9 +373,10 @@ class App:
             ],
         }
 
-    def serve(self, listen: str) -> ServingProcess:
-        """Start the HTTP server (its own process: see `exporter.serving`)."""
-        self.server = ServingProcess(parse_listen(listen))
+    def serve(self, listen: str, web_config: str | None = None) -> ServingProcess:
+        """Start the HTTP server (its own process: see `exporter.serving`), with TLS and
+        basic auth when `web_config` names an exporter-toolkit web config file."""
+        self.server = ServingProcess(parse_listen(listen), web_config)
         self.publish()
         return self.server
 
@@ -272,20 +385,21 @@ class App:
         if self.server is not None:
             self.server.publish(self.exposition.current, self.status(), self.ready())
 
-    def run(self, listen: str) -> None:
-        srv = self.serve(listen)
+    def run(self, listen: str, web_config: str | None = None) -> None:
+        """Serve and poll until `request_stop` (SIGTERM): then stop within about 2 s."""
+        srv = self.serve(listen, web_config)
         log.info("listening on %s:%d", *srv.server_address[:2])
         self.run_serving()
 
     def run_serving(self) -> None:
         """With the server up: serve the state file's history, then poll until stopped."""
         try:
-            # Serve history from the state file before the first poll finishes.
             self._has_history = self.open_state()
-            self.rebuild()
         except Exception:
-            log.exception("cannot build the exposition from the state file; polling anyway")
+            log.exception("cannot read the state file's history; polling anyway")
+        self.rebuild()
         self.poller.run(self._stop)
+        self.stop()
 
     def ready(self) -> bool:
         """Ready once an exposition exists that shows data: the state file's history, or
@@ -294,11 +408,29 @@ class App:
             return False
         return self._has_history or self.poller.cycles > 0
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the pollers to stop (safe in a signal handler): no new request is made, a
+        sleeping retry wakes, and a fetched window that is not written yet is dropped."""
         self._stop.set()
+
+    def stop(self, grace: float = 0.5) -> None:
+        """Stop: wait up to `grace` s for the pollers (a transaction in progress commits or
+        rolls back; a request still in flight is abandoned), then close everything."""
+        self._stop.set()
+        if self._closed:
+            return
+        began = time.monotonic()
+        finished = self.poller.join(grace)
+        with self._rebuild_lock:
+            self._closed = True
         if self.server is not None:
             self.server.shutdown()
         self.estimator.stop_refresh()
-        for acc in self.poller.accounts:
-            acc.client.close()
+        if finished:
+            for acc in self.poller.accounts:
+                acc.client.close()
+        else:  # a request still in flight: its thread is a daemon and ends with the process
+            log.info("stopping with a provider request still in flight (abandoned)")
+        # Waits for a write transaction in progress (milliseconds), never for a request.
         self.ledger.close()
+        log.debug("stopped in %.2fs", time.monotonic() - began)

@@ -5,8 +5,9 @@
     llm-cost-exporter simulate [--listen 127.0.0.1:9878 ...]   # the provider simulator
     llm-cost-exporter backfill --config.file=FILE --output history.om   # history for promtool
 
-Exit codes: 0 ok, 2 bad configuration or usage, 1 unexpected failure. An enabled account
-without a key is not an error: it is skipped with a warning (and shown as not configured).
+Exit codes: 0 ok, 2 bad configuration, usage or state file, 1 unexpected failure (and
+`--once` with a failed source). An enabled account without a key is not an error: it is
+skipped with a warning (and shown as not configured).
 """
 
 from __future__ import annotations
@@ -16,22 +17,28 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from exporter import __version__
+from exporter.redact import redact
+
+if TYPE_CHECKING:
+    from exporter.app import App
+    from exporter.settings import Settings
+    from exporter.webconfig import WebConfig
 
 log = logging.getLogger("exporter")
 
 
 class _LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage().replace('"', "'")
+        msg = redact(record.getMessage(), limit=None).replace('"', "'")
         if record.exc_info:
-            msg += " | " + self.formatException(record.exc_info).replace("\n", " | ").replace(
-                '"', "'"
-            )
+            msg += " | " + redact(self.formatException(record.exc_info), limit=None).replace(
+                "\n", " | "
+            ).replace('"', "'")
         ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z")
         return f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
 
@@ -72,12 +79,30 @@ def parser() -> argparse.ArgumentParser:
         help="log level (overrides config)",
     )
     p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default=os.environ.get("LLM_EXPORTER_WEB_CONFIG"),
+        help="exporter-toolkit web config: TLS and basic auth for /metrics and / "
+        "(env LLM_EXPORTER_WEB_CONFIG)",
+    )
+    p.add_argument(
         "--config.check",
         dest="check",
         action="store_true",
         help="validate the configuration, warn about accounts without a key, then exit",
     )
-    p.add_argument("--once", action="store_true", help="poll once, print the exposition, exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="poll once, print the exposition, exit (1 if any enabled source failed)",
+    )
+    p.add_argument(
+        "--state.recover",
+        dest="state_recover",
+        action="store_true",
+        help="move a damaged state file aside (never deleted) and refetch from the providers "
+        "(also the setting state_recover)",
+    )
     p.add_argument("--version", action="version", version=f"llm-cost-exporter {__version__}")
     return p
 
@@ -96,11 +121,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from exporter.settings import ConfigError, load
 
+    if args.state_recover:  # before load(): a damaged file is then not a config problem
+        os.environ["LLM_EXPORTER_STATE_RECOVER"] = "true"
+    web, web_problems = _web_config(args.web_config)
     try:
         settings = load(Path(args.config_file) if args.config_file else None)
     except ConfigError as exc:
+        web_problems = exc.problems + web_problems
+    if web_problems:  # every problem of both files at once
         print("llm-cost-exporter: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in web_problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or settings.log_level)
@@ -126,30 +156,66 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.providers.accounts():
         log.warning("no provider account is configured or enabled: nothing will be polled")
 
+    return _run(args, settings, web)
+
+
+def _web_config(path: str | None) -> tuple[WebConfig | None, list[str]]:
+    """The `--web.config.file`, or the problems found in it (checked with the config)."""
+    if not path:
+        return None, []
+    from exporter.webconfig import WebConfigError, load_web_config
+
+    try:
+        return load_web_config(Path(path)), []
+    except WebConfigError as exc:
+        return None, exc.problems
+
+
+def _run(args: argparse.Namespace, settings: Settings, web: WebConfig | None) -> int:
+    """Start the exporter: `--once`, or the service until SIGTERM/SIGINT."""
     from exporter.app import App
+    from exporter.ledger import StateFileError
 
     try:
         app = App(settings)
     except ValueError as exc:  # adapter option errors name their option
         print(f"llm-cost-exporter: invalid configuration:\n  {exc}", file=sys.stderr)
         return 2
+    except StateFileError as exc:
+        print(f"llm-cost-exporter: {exc}", file=sys.stderr)
+        return 2
     if args.once:
-        app.poll_once()
-        sys.stdout.buffer.write(app.exposition.current.body)
-        app.stop()
-        return 0
+        return _once(app)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("received signal %d, shutting down", signum)
-        threading.Thread(target=app.stop, daemon=True).start()
+        app.request_stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        app.run(args.listen or settings.listen_address)
+        app.run(args.listen or settings.listen_address, args.web_config if web else None)
     except OSError as exc:
         log.error("cannot serve on %s: %s", args.listen or settings.listen_address, exc.strerror)
+        app.stop()
         return 2
+    log.info("stopped")
+    return 0
+
+
+def _once(app: App) -> int:
+    """Poll every account once, print the exposition; exit 1 naming each failed source."""
+    app.poll_once()
+    sys.stdout.buffer.write(app.exposition.current.body)
+    sys.stdout.flush()
+    failed = app.failed_sources()
+    app.stop()
+    if failed:
+        print(
+            f"llm-cost-exporter: {len(failed)} source endpoint(s) failed: " + ", ".join(failed),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

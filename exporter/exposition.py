@@ -106,19 +106,38 @@ class Rendered:
 
 
 class Exposition:
-    """Holds the latest rendered body; `update` swaps it atomically."""
+    """Holds the latest rendered body; `update` swaps it atomically.
+
+    The body is the main part (rendered after a successful rebuild) plus a small tail of the
+    exporter's own error counters, which `set_tail` replaces even when a rebuild failed: the
+    last good data keeps being served, and the failure is counted in the same scrape.
+    """
 
     def __init__(self) -> None:
+        self._main = b""
+        self._tail = b""
         self._current = Rendered(b"", gzip.compress(b""))
         self._lock = threading.Lock()
 
     def update(self, families: Iterable[Family], extra: bytes = b"") -> Rendered:
         """Render `families` (plus already-rendered `extra` text) and swap it in."""
         body = render(families) + extra
-        rendered = Rendered(body, gzip.compress(body, compresslevel=6))
         with self._lock:
-            self._current = rendered
-        return rendered
+            self._main = body
+            return self._swap()
+
+    def set_tail(self, families: Iterable[Family]) -> Rendered:
+        """Replace the tail (families no main part may hold) and swap the body in."""
+        tail = render(families)
+        with self._lock:
+            self._tail = tail if tail.strip() else b""
+            return self._swap()
+
+    def _swap(self) -> Rendered:
+        # No main part yet: nothing is served (a 503), never a body of error counters alone.
+        body = self._main + self._tail if self._main else b""
+        self._current = Rendered(body, gzip.compress(body, compresslevel=6))
+        return self._current
 
     def swap(self, rendered: Rendered) -> None:
         """Serve an exposition rendered elsewhere (the server process's side of a publish)."""

@@ -12,6 +12,8 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from exporter.redact import redact
+
 # Buckets for provider API request durations: admin APIs are slow (up to tens of seconds).
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -103,7 +105,7 @@ class Health:
         with self._lock:
             st = self.endpoints.setdefault((provider, account, endpoint), EndpointState())
             st.up = 0
-            st.last_error = message
+            st.last_error = redact(message)
             st.last_error_reason = reason
 
     def poll_done(

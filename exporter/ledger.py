@@ -12,14 +12,16 @@ of one endpoint are one transaction.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -109,9 +111,23 @@ def _dump_measures(measures: Mapping[str, Number]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+class BadRowError(ValueError):
+    """A stored row (or revised amount) that cannot be read back: hand-edited, or damaged."""
+
+
 def _load_measures(text: str) -> dict[str, Number]:
-    raw = json.loads(text)
-    return {k: (Decimal(v) if isinstance(v, str) else int(v)) for k, v in raw.items()}
+    try:
+        raw = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise BadRowError(f"measures are not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise BadRowError("measures are not a JSON object")
+    out: dict[str, Number] = {}
+    for k, v in raw.items():
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise BadRowError(f"measure {k!r} is not a number")
+        out[k] = _parse_number(v) if isinstance(v, str) else v
+    return out
 
 
 def _dump_dims(dims: tuple[tuple[str, str], ...]) -> str:
@@ -119,7 +135,111 @@ def _dump_dims(dims: tuple[tuple[str, str], ...]) -> str:
 
 
 def _load_dims(text: str) -> tuple[tuple[str, str], ...]:
-    return tuple((k, v) for k, v in json.loads(text))
+    try:
+        raw = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise BadRowError(f"dimensions are not JSON ({exc})") from None
+    if not isinstance(raw, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in raw
+    ):
+        raise BadRowError("dimensions are not a list of [name, value] pairs")
+    return tuple((k, v) for k, v in raw)
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """Where a row that could not be read lies, and why (shown on `/` and in logs)."""
+
+    table: str  # "rows" or "revisions"
+
+    @property
+    def what(self) -> str:
+        return "row" if self.table == "rows" else "revised amount"
+
+    provider: str
+    account: str
+    endpoint: str
+    start: int
+    rowid: int
+    problem: str
+
+
+class StateFileError(Exception):
+    """The state file cannot be opened as a ledger; the message names it and what to do."""
+
+
+def _check_state_file(db: sqlite3.Connection) -> str | None:
+    """None if SQLite finds the file sound, else what it found (first problem)."""
+    try:
+        found = db.execute("PRAGMA quick_check(1)").fetchone()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if found is not None and found[0] == "ok" else str(found[0] if found else "?")
+
+
+def state_file_problem(path: Path) -> str | None:
+    """Check an existing state file without changing it (read-only): None if it is usable
+    (or does not exist yet), else one line naming the file and what to do."""
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return f"state file {path} is not a regular file"
+    if not os.access(path, os.R_OK):
+        return f"state file {path} is not readable by this user"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return _corrupt_message(path, str(exc))
+    try:
+        problem = _check_state_file(db)
+        if problem is None:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if tables and "meta" not in tables:
+                problem = "it is an SQLite database, but not this exporter's state file"
+    except sqlite3.Error as exc:
+        problem = str(exc)
+    finally:
+        db.close()
+    return None if problem is None else _corrupt_message(path, problem)
+
+
+def _corrupt_message(path: Path | str, problem: str) -> str:
+    problem = " ".join(problem.replace("*** in database main ***", "").split())
+    return (
+        f"state file {path} is damaged or not a state file ({problem}): restart with "
+        "--state.recover (or state_recover: true) to move it aside and refetch from the "
+        "providers, or point state_file at another path"
+    )
+
+
+def move_aside(path: Path, now: dt.datetime) -> Path:
+    """Rename a damaged state file (and its -wal/-shm companions) out of the way, never
+    deleting it; returns the new name."""
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    for suffix in ("-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            companion.rename(target.with_name(target.name + suffix))
+    path.rename(target)
+    return target
+
+
+def salvage_history_start(path: Path) -> str | None:
+    """The history start kept in a damaged state file, if it can still be read."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key = 'history_start'").fetchone()
+        finally:
+            db.close()
+        return None if found is None else dt.date.fromisoformat(str(found[0])).isoformat()
+    except (sqlite3.Error, ValueError):
+        return None
 
 
 def _merge(into: dict[str, Number], add: Iterable[tuple[str, Number]]) -> None:
@@ -136,10 +256,22 @@ class Ledger:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._lock = threading.RLock()  # re-entrant: `write` callbacks may read rows
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._closed = False
+        # Rows found unreadable, not yet removed (see `quarantine`), and the buckets removed
+        # for that which the provider has not given back yet.
+        self._bad: dict[tuple[str, int], BadRow] = {}
+        self.bad_rows = BadRowLog()
+        self.awaiting: set[tuple[str, str, str, int]] = set()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            problem = _check_state_file(self._db)
+            if problem is not None:
+                raise StateFileError(_corrupt_message(self.path, problem))
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateFileError(_corrupt_message(self.path, str(exc))) from None
         version = self.get_meta("schema_version")
         if version is not None and version != SCHEMA_VERSION:
             # The ledger is a cache of provider data: an older layout is dropped and
@@ -160,8 +292,92 @@ class Ledger:
         self.set_meta("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
+        """Close the file once no transaction is running (waits for the one that is)."""
         with self._lock:
+            self._closed = True
             self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- rows that cannot be read ----------------------------------------------------------
+    def _found_bad(self, bad: BadRow) -> None:
+        """Note an unreadable row met by a read; `quarantine` removes it later."""
+        with self._lock:
+            if (bad.table, bad.rowid) in self._bad:
+                return
+            self._bad[(bad.table, bad.rowid)] = bad
+        log.error(
+            "state file %s: unreadable %s (%s/%s %s bucket %d): %s",
+            self.path,
+            bad.what,
+            bad.provider,
+            bad.account,
+            bad.endpoint,
+            bad.start,
+            bad.problem,
+        )
+
+    def quarantine(self, reach: int) -> list[BadRow]:
+        """Remove the unreadable rows met since the last call, in one transaction, and move
+        each endpoint's cursor back to the first bucket removed inside `reach` (the history
+        start: the poller fetches that far), so the provider's value comes back. The sums
+        then no longer match the rows: `refold_wanted` tells when to fold them again."""
+        with self._lock:
+            found = list(self._bad.values())
+            self._bad.clear()
+            if not found or self._closed:
+                return []
+
+            def drop(db: sqlite3.Connection) -> None:
+                for bad in found:
+                    if not _still_unreadable(db, bad):
+                        continue  # rewritten meanwhile (its rowid may even be reused)
+                    db.execute(f"DELETE FROM {bad.table} WHERE rowid = ?", (bad.rowid,))
+                    if bad.start >= reach:
+                        db.execute(
+                            "UPDATE cursors SET closed_before = min(closed_before, ?)"
+                            " WHERE provider=? AND account=? AND endpoint=?",
+                            (bad.start, bad.provider, bad.account, bad.endpoint),
+                        )
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('refold_wanted', '1')")
+
+            self.write(drop)
+            for bad in found:
+                self.bad_rows.add(bad)
+                if bad.start >= reach:
+                    self.awaiting.add((bad.provider, bad.account, bad.endpoint, bad.start))
+        for bad in found:
+            log.warning(
+                "removed the unreadable %s of %s/%s %s bucket %d; %s",
+                bad.what,
+                bad.provider,
+                bad.account,
+                bad.endpoint,
+                bad.start,
+                "it is refetched from the provider"
+                if bad.start >= reach
+                else "it lies before the history start (not counted)",
+            )
+        return found
+
+    def refetched(self, provider: str, account: str, endpoint: str, since: int) -> None:
+        """A poll of this endpoint from `since` succeeded: its removed buckets are back."""
+        with self._lock:
+            self.awaiting = {
+                k for k in self.awaiting if k[:3] != (provider, account, endpoint) or k[3] < since
+            }
+
+    def refold_wanted(self) -> bool:
+        """Unreadable rows were removed (or replaced) and every removed bucket inside reach
+        has been fetched again: the sums must be folded from the rows again."""
+        with self._lock:
+            return not self.awaiting and self.get_meta("refold_wanted") == "1"
+
+    def refolded(self) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM meta WHERE key = 'refold_wanted'")
 
     # --- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -237,7 +453,7 @@ class Ledger:
                         else:
                             _merge(into, row.measures.items())
                     texts = {key: _dump_measures(m) for key, m in new.items()}
-                    stored = db.execute(
+                    stored: list[tuple[str, str, str, int]] = db.execute(
                         "SELECT operation, dims, measures, bucket_end FROM rows WHERE provider=?"
                         " AND account=? AND endpoint=? AND bucket_start=?",
                         where,
@@ -248,17 +464,24 @@ class Ledger:
                     ):
                         written += len(new)  # unchanged (a closed bucket fetched again)
                         continue
-                    old: dict[tuple[str, str], dict[str, Number]] = {
-                        (op, dims): _load_measures(text) for op, dims, text, _ in stored
-                    }
-                    old_rev: dict[tuple[str, str, str], Number] = {
-                        (op, dims, m): _parse_number(amount)
-                        for op, dims, m, amount in db.execute(
-                            "SELECT operation, dims, measure, amount FROM revisions WHERE provider=?"
-                            " AND account=? AND endpoint=? AND bucket_start=?",
-                            where,
+                    old, old_rev, unreadable = _stored_bucket(db, where, stored)
+                    if unreadable:
+                        # What the sums hold for the unreadable part is unknown: it is
+                        # replaced here, and the sums are folded again after this poll.
+                        log.error(
+                            "state file %s: %s/%s %s bucket %d: %s; replacing it with the "
+                            "provider's value",
+                            self.path,
+                            provider,
+                            account,
+                            endpoint,
+                            bucket.start,
+                            unreadable,
                         )
-                    }
+                        self.bad_rows.add(
+                            BadRow("rows", provider, account, endpoint, bucket.start, 0, unreadable)
+                        )
+                        db.execute("INSERT OR REPLACE INTO meta VALUES ('refold_wanted', '1')")
                     measures_of: dict[tuple[str, str], set[str]] = defaultdict(set)
                     for key, values in old.items():
                         measures_of[key].update(values)
@@ -320,7 +543,7 @@ class Ledger:
                 staged = None if observer is None else observer.stage(db, changes, rows_delta)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             if observer is not None:
                 observer.commit(staged)
@@ -344,7 +567,7 @@ class Ledger:
                 result = fn(db)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             return result
 
@@ -359,13 +582,15 @@ class Ledger:
         where = (provider, account)
 
         def removed(db: sqlite3.Connection) -> Iterator[Change]:
-            for p, a, e, s, end, op, dims, measures in db.execute(
-                "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
-                " measures FROM rows WHERE provider=? AND account=?",
+            parsed: dict[str, tuple[tuple[str, str], ...]] = {}
+            for raw in db.execute(
+                "SELECT rowid, provider, account, endpoint, bucket_start, bucket_end, operation,"
+                " dims, measures FROM rows WHERE provider=? AND account=?",
                 where,
-            ):
-                row = Row(op, _load_dims(dims), _load_measures(measures))
-                yield Change(-1, False, StoredRow(p, a, e, int(s), int(end), row))
+            ).fetchall():
+                sr = self._read_row(raw, parsed)
+                if sr is not None:
+                    yield Change(-1, False, sr)
             for sr in self.revision_rows(0, where):
                 yield Change(-1, True, sr)
 
@@ -378,6 +603,13 @@ class Ledger:
                 staged = observer.stage(db, removed(db), -int(n))
             for table in ("rows", "revisions", "cursors"):
                 db.execute(f"DELETE FROM {table} WHERE provider=? AND account=?", where)
+            # Unreadable rows of this account are gone with it; what the sums held for them
+            # is unknown, so they are folded again.
+            gone = [k for k, bad in self._bad.items() if (bad.provider, bad.account) == where]
+            for k in gone:
+                del self._bad[k]
+            if gone:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('refold_wanted', '1')")
             return staged
 
         staged = self.write(drop)
@@ -395,24 +627,43 @@ class Ledger:
         return self._select(since, "ORDER BY bucket_start" if ordered else "")
 
     def _select(self, since: int, order: str, batch: int = 20_000) -> Iterator[StoredRow]:
-        """Rows streamed in batches; holds the ledger while it runs."""
+        """Rows streamed in batches, unreadable ones left out (and noted: see `quarantine`);
+        holds the ledger while it runs."""
         with self._lock:
             cur = self._db.execute(
-                "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
-                f" measures FROM rows WHERE bucket_start >= ? {order}",
+                "SELECT rowid, provider, account, endpoint, bucket_start, bucket_end, operation,"
+                f" dims, measures FROM rows WHERE bucket_start >= ? {order}",
                 (since,),
             )
             parsed: dict[str, tuple[tuple[str, str], ...]] = {}  # a group recurs every bucket
             while chunk := cur.fetchmany(batch):
-                for p, a, e, s, end, op, dims, measures in chunk:
-                    key = parsed.get(dims)
-                    if key is None:
-                        if len(parsed) > 100_000:
-                            parsed.clear()
-                        key = parsed[dims] = _load_dims(dims)
-                    yield StoredRow(
-                        p, a, e, int(s), int(end), Row(op, key, _load_measures(measures))
-                    )
+                for raw in chunk:
+                    sr = self._read_row(raw, parsed)
+                    if sr is not None:
+                        yield sr
+
+    def _read_row(
+        self, raw: tuple[object, ...], parsed: dict[str, tuple[tuple[str, str], ...]]
+    ) -> StoredRow | None:
+        """A `rows` row (rowid first) as a StoredRow; None (and noted) if it is unreadable."""
+        rowid, p, a, e, s, end, op, dims, measures = raw
+        try:
+            key = parsed.get(dims) if isinstance(dims, str) else None
+            if key is None:
+                key = _load_dims(dims)  # type: ignore[arg-type]
+                if len(parsed) > 100_000:
+                    parsed.clear()
+                parsed[dims] = key  # type: ignore[index]
+            if not all(isinstance(x, str) for x in (p, a, e, op)):
+                raise BadRowError("a key column is not text")
+            if not isinstance(s, int) or not isinstance(end, int) or end <= s:
+                raise BadRowError("bucket bounds are not increasing integers")
+            return StoredRow(p, a, e, s, end, Row(op, key, _load_measures(measures)))  # type: ignore[arg-type]
+        except BadRowError as exc:
+            self._found_bad(
+                BadRow("rows", str(p), str(a), str(e), _int_or(s), int(rowid), str(exc))  # type: ignore[call-overload]
+            )
+            return None
 
     def revision_rows(
         self, since: int = 0, account: tuple[str, str] | None = None
@@ -420,7 +671,7 @@ class Ledger:
         """Revised-away amounts as rows, one per (endpoint, bucket, group), as `replace`
         reports them to its observer; all accounts', or one (provider, account)'s."""
         sql = (
-            "SELECT provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
+            "SELECT rowid, provider, account, endpoint, bucket_start, bucket_end, operation, dims,"
             " measure, amount FROM revisions WHERE bucket_start >= ?"
         )
         args: tuple[object, ...] = (since,)
@@ -430,10 +681,18 @@ class Ledger:
         with self._lock:
             fetched = self._db.execute(sql, args).fetchall()
         grouped: dict[tuple[str, str, str, int, int, str, str], dict[str, Number]] = {}
-        for p, a, e, s, end, op, dims, m, amount in fetched:
-            grouped.setdefault((p, a, e, int(s), int(end), op, dims), {})[m] = _parse_number(amount)
+        dims_of: dict[str, tuple[tuple[str, str], ...]] = {}
+        for rowid, p, a, e, s, end, op, dims, m, amount in fetched:
+            try:
+                if dims not in dims_of:
+                    dims_of[dims] = _load_dims(dims)
+                value = _parse_number(amount)
+            except BadRowError as exc:
+                self._found_bad(BadRow("revisions", p, a, e, _int_or(s), rowid, str(exc)))
+                continue
+            grouped.setdefault((p, a, e, int(s), int(end), op, dims), {})[m] = value
         return [
-            StoredRow(p, a, e, s, end, Row(op, _load_dims(dims), measures))
+            StoredRow(p, a, e, s, end, Row(op, dims_of[dims], measures))
             for (p, a, e, s, end, op, dims), measures in grouped.items()
         ]
 
@@ -446,10 +705,13 @@ class Ledger:
                 " bucket_start",
                 (since,),
             ).fetchall()
-        return [
-            Revision(p, a, op, int(s), int(e), _load_dims(d), m, _parse_number(v))
-            for p, a, op, s, e, d, m, v in fetched
-        ]
+        out = []
+        for p, a, op, s, e, d, m, v in fetched:
+            try:
+                out.append(Revision(p, a, op, int(s), int(e), _load_dims(d), m, _parse_number(v)))
+            except BadRowError:
+                continue  # noted and removed by `revision_rows` / `quarantine`
+        return out
 
     def count(self, since: int = 0) -> int:
         with self._lock:
@@ -493,4 +755,98 @@ def _parse_number(text: str) -> Number:
     try:
         return int(text)
     except ValueError:
-        return Decimal(text)
+        pass
+    except TypeError:
+        raise BadRowError(f"{text!r} is not a number") from None
+    try:
+        value = Decimal(text)
+    except (InvalidOperation, TypeError):
+        raise BadRowError(f"{text!r} is not a number") from None
+    if not value.is_finite():
+        raise BadRowError(f"{text!r} is not a finite number")
+    return value
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already (it does by itself on some
+    errors, e.g. a full disk: a second ROLLBACK would then hide the real error)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def _still_unreadable(db: sqlite3.Connection, bad: BadRow) -> bool:
+    if bad.table == "rows":
+        found = db.execute(
+            "SELECT dims, measures, bucket_start, bucket_end FROM rows WHERE rowid = ?",
+            (bad.rowid,),
+        ).fetchone()
+    else:
+        found = db.execute(
+            "SELECT dims, amount, bucket_start, bucket_start + 1 FROM revisions WHERE rowid = ?",
+            (bad.rowid,),
+        ).fetchone()
+    if found is None:
+        return False
+    dims, value, start, end = found
+    try:
+        _load_dims(dims)
+        if bad.table == "rows":
+            _load_measures(value)
+        else:
+            _parse_number(value)
+        if not isinstance(start, int) or not isinstance(end, int) or end <= start:
+            return True
+    except BadRowError:
+        return True
+    return False
+
+
+def _int_or(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _stored_bucket(
+    db: sqlite3.Connection,
+    where: tuple[str, str, str, int],
+    stored: list[tuple[str, str, str, int]],
+) -> tuple[_Groups, dict[tuple[str, str, str], Number], str]:
+    """The stored rows and revised amounts of one bucket, leaving out what cannot be read;
+    the third value says what was left out ("" if nothing)."""
+    problems: list[str] = []
+    old: _Groups = {}
+    for op, dims, text, _ in stored:
+        try:
+            _load_dims(dims)
+            old[(op, dims)] = _load_measures(text)
+        except BadRowError as exc:
+            problems.append(f"unreadable row ({exc})")
+    old_rev: dict[tuple[str, str, str], Number] = {}
+    for op, dims, m, amount in db.execute(
+        "SELECT operation, dims, measure, amount FROM revisions WHERE provider=?"
+        " AND account=? AND endpoint=? AND bucket_start=?",
+        where,
+    ):
+        try:
+            _load_dims(dims)
+            old_rev[(op, dims, m)] = _parse_number(amount)
+        except BadRowError as exc:
+            problems.append(f"unreadable revision ({exc})")
+    return old, old_rev, "; ".join(problems)
+
+
+class BadRowLog:
+    """How many unreadable rows were met since start, and the last few (for `/`)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.recent: list[BadRow] = []
+        self._lock = threading.Lock()
+
+    def add(self, bad: BadRow) -> None:
+        with self._lock:
+            self.total += 1
+            self.recent = [*self.recent[-9:], bad]
+
+    def snapshot(self) -> tuple[int, list[BadRow]]:
+        with self._lock:
+            return self.total, list(self.recent)

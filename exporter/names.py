@@ -440,6 +440,20 @@ SPECS: tuple[Spec, ...] = (
         "1, labelled with the exporter's version.",
     ),
     Spec(
+        "llm_exporter_errors_total",
+        COUNTER,
+        ("kind",),
+        "Problems the exporter met in its own data since it started, by kind: bad_ledger_row "
+        "(an unreadable state-file row, removed and refetched from the provider), rebuild (the "
+        "exposition could not be rebuilt: the last good one is still served).",
+    ),
+    Spec(
+        "llm_exporter_last_rebuild_success_timestamp_seconds",
+        GAUGE,
+        (),
+        "When the served exposition was last rebuilt successfully.",
+    ),
+    Spec(
         "llm_exporter_last_poll_timestamp_seconds",
         GAUGE,
         (),

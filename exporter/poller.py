@@ -21,10 +21,18 @@ from dataclasses import dataclass
 from exporter.health import Health
 from exporter.ledger import ChangeObserver, Ledger
 from exporter.sources import Endpoint, Source
-from exporter.sources._http import DECODE, REASONS, ApiClient, SourceError
+from exporter.sources._http import (
+    DECODE,
+    RATE_LIMITED,
+    REASONS,
+    ApiClient,
+    Cancelled,
+    SourceError,
+)
 
 log = logging.getLogger(__name__)
 
+IDLE_REBUILD = 60.0  # seconds: the longest the exposition goes without a rebuild
 STORAGE = "storage"  # the state file could not be written (a health reason, not an API one)
 
 
@@ -40,6 +48,7 @@ class Account:
     client: ApiClient
     interval: float
     next_due: float = 0.0
+    polls: int = 0  # completed polls of this account
 
     @property
     def name(self) -> str:
@@ -56,15 +65,18 @@ class Poller:
         rebuild: Callable[[], None],
         clock: Callable[[], float] = time.time,
         observer: ChangeObserver | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.ledger = ledger
+        self.stop = stop or threading.Event()  # set: abandon fetches, write nothing more
         self.observer = observer  # told of every changed row (the aggregates)
         self.health = health
         self.accounts = list(accounts)
         self.history_start = history_start
         self._rebuild = rebuild
         self.clock = clock
-        self.cycles = 0  # completed poll cycles (readiness: the first one has finished)
+        self._threads: list[threading.Thread] = []
+        self._polled = threading.Event()  # an account finished a poll: rebuild
         for acc in self.accounts:
             for ep in acc.source.endpoints():
                 health.register(
@@ -76,30 +88,55 @@ class Poller:
         start = max(self.history_start, closed or 0)
         return align_down(start, ep.width), now
 
-    def poll_endpoint(self, acc: Account, ep: Endpoint) -> bool:
+    @property
+    def cycles(self) -> int:
+        """Rounds in which every account was polled (readiness: the first has finished);
+        with no account to poll, nothing is awaited."""
+        return min((a.polls for a in self.accounts), default=1)
+
+    def poll_endpoint(self, acc: Account, ep: Endpoint) -> str | None:
+        """Fetch and store one endpoint's window: None if it succeeded, else the reason."""
         src = acc.source
         now = int(self.clock())
         start, end = self.window(acc, ep, now)
         try:
             buckets = src.fetch(ep, start, end)
+        except Cancelled:
+            return "cancelled"
         except SourceError as exc:
+            if self.stop.is_set():
+                return "cancelled"
             self.health.failure(src.provider, src.account, ep.name, exc.reason, str(exc))
             log.warning("poll failed: %s %s: %s (%s)", acc.name, ep.name, exc, exc.reason)
-            return False
+            return exc.reason
         except Exception as exc:  # an adapter bug must not kill the loop
+            if self.stop.is_set():  # e.g. the client closed under a request at shutdown
+                return "cancelled"
             self.health.failure(src.provider, src.account, ep.name, DECODE, type(exc).__name__)
             acc.client.recorder.failure(ep.name, DECODE)
             log.exception("poll failed: %s %s: unexpected error", acc.name, ep.name)
-            return False
+            return DECODE
+        if self.stop.is_set():
+            log.info("stopping: %s %s fetched but not written", acc.name, ep.name)
+            return "cancelled"
         closed = max(start, align_down(now - ep.horizon, ep.width))
         try:
             written, drops = self.ledger.replace(
                 src.provider, src.account, ep.name, buckets, closed, self.observer
             )
         except (sqlite3.Error, OSError) as exc:  # disk full, read-only volume, locked file
+            if self.stop.is_set():
+                return "cancelled"
             self.health.failure(src.provider, src.account, ep.name, STORAGE, f"state file: {exc}")
             log.error("cannot write the state file for %s %s: %s", acc.name, ep.name, exc)
-            return False
+            return STORAGE
+        except Exception as exc:  # a row the sums cannot take: rolled back, reported
+            self.health.failure(
+                src.provider, src.account, ep.name, STORAGE, f"not stored: {type(exc).__name__}"
+            )
+            log.exception("cannot store %s %s (rolled back)", acc.name, ep.name)
+            return STORAGE
+        self.ledger.refetched(src.provider, src.account, ep.name, start)
         latest = max((b.end for b in buckets if b.rows), default=None)
         self.health.success(
             src.provider, src.account, ep.name, self.clock(), closed, latest, written, len(drops)
@@ -113,15 +150,28 @@ class Poller:
             start,
             end,
         )
-        return True
+        return None
 
     def poll_account(self, acc: Account) -> None:
+        """Poll every endpoint of one account. A rate limit stops the round: the account's
+        other endpoints are not asked until its backoff is over (other accounts go on)."""
         began = time.monotonic()
         acc.client.reset_count()
         ok = 0
         endpoints = list(acc.source.endpoints())
-        for ep in endpoints:
-            ok += self.poll_endpoint(acc, ep)
+        for i, ep in enumerate(endpoints):
+            if self.stop.is_set():
+                break
+            reason = self.poll_endpoint(acc, ep)
+            ok += reason is None
+            if reason == RATE_LIMITED and i + 1 < len(endpoints):
+                log.warning(
+                    "%s is rate limited: its %d other endpoint(s) wait %.1fs, for the next poll",
+                    acc.name,
+                    len(endpoints) - i - 1,
+                    max(acc.client.backoff_remaining(), acc.interval),
+                )
+                break
         errors = dict(getattr(acc.source, "payload_errors", {}) or {})
         self.health.poll_done(
             acc.source.provider,
@@ -139,8 +189,14 @@ class Poller:
             time.monotonic() - began,
         )
 
+    def _after(self) -> None:
+        self.health.last_poll = self.clock()
+        if not self.stop.is_set():
+            self._rebuild()
+
     def poll_once(self, only_due: bool = False) -> None:
-        """Poll every (due) account concurrently, then rebuild the exposition once."""
+        """Poll every (due) account concurrently, then rebuild the exposition once (tests,
+        `--once`; the service runs each account on its own schedule, see `run`)."""
         now = self.clock()
         due = [a for a in self.accounts if not only_due or a.next_due <= now]
         for a in due:  # scheduled before polling: a failure never makes the loop spin
@@ -148,18 +204,59 @@ class Poller:
         if due:
             with ThreadPoolExecutor(max_workers=min(8, len(due))) as pool:
                 list(pool.map(self.poll_account, due))
-        self.health.last_poll = self.clock()
-        self.cycles += 1  # before the rebuild, which publishes readiness
-        self._rebuild()
+        for a in due:  # before the rebuild, which publishes readiness
+            a.polls += 1
+        self._after()
 
     def run(self, stop: threading.Event) -> None:
+        """Each account on its own thread and schedule: a slow or rate-limited account
+        delays no other. This thread rebuilds the exposition after polls, one rebuild for
+        however many polls finished meanwhile, so rendering never holds up a poll (and a
+        poll every second on many accounts never queues rebuilds). Returns once `stop` is
+        set (the account threads are daemons: see `join`)."""
+        self.stop = stop
+        self._threads = [
+            threading.Thread(
+                target=self._run_account, args=(acc, stop), name=f"poll {acc.name}", daemon=True
+            )
+            for acc in self.accounts
+        ]
+        for t in self._threads:
+            t.start()
+        last = time.monotonic()
         while not stop.is_set():
+            # After polls; and at least once a minute (periods roll over, process metrics move
+            # on) even when no account is due or there is none.
+            polled = self._polled.wait(0.2)
+            if stop.is_set() or not (polled or time.monotonic() - last >= IDLE_REBUILD):
+                continue
+            self._polled.clear()
+            last = time.monotonic()
             try:
-                self.poll_once(only_due=True)
+                self._after()
             except Exception:
-                log.exception("poll cycle failed")
-            next_due = min((a.next_due for a in self.accounts), default=self.clock() + 60)
-            stop.wait(max(0.05, next_due - self.clock()))
+                log.exception("rebuild after a poll failed")
+
+    def _run_account(self, acc: Account, stop: threading.Event) -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                self.poll_account(acc)
+                acc.polls += 1  # before the rebuild, which publishes readiness
+                self._polled.set()  # the run() thread rebuilds
+            except Exception:
+                if stop.is_set():
+                    return
+                log.exception("poll of %s failed", acc.name)
+            wait = acc.interval - (time.monotonic() - began)
+            stop.wait(max(0.05, wait, acc.client.backoff_remaining()))
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the account threads to stop; True if all did."""
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
 
 def history_start_ts(

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from exporter.exposition import CONTENT_TYPE, Exposition
+from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def parse_listen(address: str) -> tuple[str, int]:
 
 
 def _landing(status: dict[str, Any]) -> bytes:
+    problems = "".join(f"<li>{html.escape(str(p))}</li>" for p in status.get("problems", []))
     rows = []
     for s in status.get("sources", []):
         state = {1: "up", 0: "DOWN", None: "not polled yet"}[s["up"]]
@@ -68,7 +70,8 @@ def _landing(status: dict[str, Any]) -> bytes:
         f"<p>Version {html.escape(str(status.get('version', '')))}. "
         f"Last poll: {html.escape(str(status.get('last_poll') or 'not yet'))}.</p>"
         '<p><a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a></p>'
-        f"<h2>Sources</h2>{table}</body></html>"
+        + (f"<h2>Problems</h2><ul>{problems}</ul>" if problems else "")
+        + f"<h2>Sources</h2>{table}</body></html>"
     )
     return page.encode("utf-8")
 
@@ -101,6 +104,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         srv = self.server
+        web = srv.web
+        if (
+            web is not None
+            and web.guards(path)
+            and not web.authorized(self.headers.get("Authorization"))
+        ):
+            self._send(
+                401,
+                b"unauthorized\n",
+                "text/plain; charset=utf-8",
+                {"WWW-Authenticate": 'Basic realm="llm-cost-exporter"'},
+            )
+            return
         if path == "/metrics":
             cur = srv.exposition.current
             if not cur.body:  # never a 200 with no series: Prometheus would see "up", empty
@@ -145,7 +161,9 @@ class MetricsServer(ThreadingHTTPServer):
         exposition: Exposition,
         status: StatusFn,
         ready: Callable[[], bool] | None = None,
+        web: WebConfig | None = None,
     ) -> None:
+        self.web = web
         if ":" in address[0]:
             import socket
 
@@ -155,7 +173,26 @@ class MetricsServer(ThreadingHTTPServer):
         self.status = status
         self.ready = ready or (lambda: bool(exposition.current.body))
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """With TLS, the handshake runs here, on the connection's own thread (a slow or
+        failing client never holds up `accept`)."""
+        ctx = self.web.ssl_context if self.web is not None else None
+        if ctx is not None:
+            request.settimeout(10)
+            try:
+                request = ctx.wrap_socket(request, server_side=True)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("http: error serving %s", client_address[0], exc_info=True)
+
     def start(self) -> threading.Thread:
-        t = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        # A short poll interval: `shutdown` (SIGTERM) returns within 0.1 s.
+        t = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+        )
         t.start()
         return t

@@ -14,10 +14,12 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import threading
+from pathlib import Path
 from typing import Any
 
 from exporter.exposition import Exposition, Rendered
 from exporter.server import MetricsServer
+from exporter.webconfig import WebConfigError, load_web_config
 
 _READY_TIMEOUT = 30.0  # seconds for the server process to start listening
 _ACK_TIMEOUT = 10.0
@@ -26,11 +28,14 @@ _ACK_TIMEOUT = 10.0
 class ServingProcess:
     """Starts the server process and publishes to it. `server_address` is where it listens."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], web_config: str | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=_serve, args=(address, child), name="llm-cost-exporter-http", daemon=True
+            target=_serve,
+            args=(address, child, web_config),
+            name="llm-cost-exporter-http",
+            daemon=True,
         )
         self.process.start()
         child.close()
@@ -64,12 +69,24 @@ class ServingProcess:
         self._conn.close()
 
 
-def _serve(address: tuple[str, int], conn: multiprocessing.connection.Connection) -> None:
-    """The server process: serve what was published last until told to stop (or orphaned)."""
+def _serve(
+    address: tuple[str, int],
+    conn: multiprocessing.connection.Connection,
+    web_config: str | None = None,
+) -> None:
+    """The server process: serve what was published last until told to stop (or orphaned).
+    `web_config` (TLS, basic auth) is read here: an SSL context does not cross processes."""
     exposition = Exposition()
     state: dict[str, Any] = {"status": {}, "ready": False}
     try:
-        server = MetricsServer(address, exposition, lambda: state["status"], lambda: state["ready"])
+        web = None if web_config is None else load_web_config(Path(web_config))
+    except WebConfigError as exc:
+        conn.send(("error", "; ".join(exc.problems)))
+        return
+    try:
+        server = MetricsServer(
+            address, exposition, lambda: state["status"], lambda: state["ready"], web
+        )
     except OSError as exc:
         conn.send(("error", f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}"))
         return

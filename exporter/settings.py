@@ -185,6 +185,19 @@ class BudgetSettings(Strict):
     basis: Literal["reported", "estimated", "blended"] = "blended"
     thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 0.9, 1.0])
 
+    @field_validator("selector")
+    @classmethod
+    def _selector_compiles(cls, v: dict[str, str]) -> dict[str, str]:
+        """A regex that does not compile is a config error (reported with the schema's),
+        not a rebuild that fails forever."""
+        from exporter.budgets import compile_selector
+
+        try:
+            compile_selector(v)
+        except ValueError as exc:  # "selector.KEY: invalid regex ...": the path has "selector"
+            raise ValueError(str(exc).removeprefix("selector.")) from None
+        return v
+
 
 class Settings(BaseSettings):
     """The whole configuration. See config.example.yml for every key with a comment."""
@@ -204,6 +217,9 @@ class Settings(BaseSettings):
     bucket_width: Literal["1d", "1h"] = "1d"
     group_by: list[str] = Field(default_factory=lambda: list(DEFAULT_GROUP_BY))
     state_file: Path = Path("llm-cost-exporter.db")
+    # A damaged state file is moved aside (renamed, never deleted) and a new one is started,
+    # refetched from the providers; off: the exporter names the file and exits.
+    state_recover: bool = False
     listen_address: str = DEFAULT_LISTEN
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     cardinality: CardinalitySettings = Field(default_factory=CardinalitySettings)
@@ -373,7 +389,7 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError([f"config.file: {path} is not valid YAML: {exc}"]) from None
+            raise ConfigError([yaml_error_line(path, exc)]) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -393,6 +409,7 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
             if e["type"] == "extra_forbidden":
                 msg = "unknown setting"
             problems.append(f"{_loc(tuple(e['loc']))}: {msg}")
+        problems += _problems_past_schema(data, exc, environ)
         raise ConfigError(problems) from None
     finally:
         if old is not None:
@@ -400,9 +417,44 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
             os.environ.update(old)
     problems = resolve_secrets(settings, environ)
     problems += _check_state_path(settings.state_file)
+    problems += _startup_problems(settings, environ)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _problems_past_schema(
+    data: dict[str, Any], exc: ValidationError, environ: dict[str, str] | None
+) -> list[str]:
+    """With schema errors, the checks after the schema still run on the settings without
+    the top-level keys that have errors, so one run lists every problem it can."""
+    bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+    try:
+        partial = Settings(**{k: v for k, v in data.items() if k not in bad})
+    except ValidationError:  # e.g. an environment variable is wrong too: schema problems only
+        return []
+    return (
+        resolve_secrets(partial, environ)
+        + _check_state_path(partial.state_file)
+        + _startup_problems(partial, environ)
+    )
+
+
+def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
+    """`config.file: FILE:LINE:COLUMN: problem` for a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = " ".join(
+        str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x
+    )
+    return f"config.file: {where}: not valid YAML: {what or type(exc).__name__}"
+
+
+def _startup_problems(settings: Settings, environ: Mapping[str, str] | None) -> list[str]:
+    """The checks start-up makes beyond the schema (see `exporter.checks`)."""
+    from exporter.checks import startup_problems
+
+    return startup_problems(settings, environ)
 
 
 def _check_state_path(path: Path) -> list[str]:

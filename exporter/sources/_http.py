@@ -13,12 +13,15 @@ import email.utils
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx2 as httpx
+
+from exporter.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,10 @@ class SourceError(Exception):
         super().__init__(message)
         self.reason = reason
         self.status = status
+
+
+class Cancelled(Exception):
+    """The exporter is stopping: no further request is made (not a provider failure)."""
 
 
 class RequestRecorder(Protocol):
@@ -96,7 +103,8 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def _error_text(response: httpx.Response) -> str:
-    """A short message from a provider error body (provider bodies never echo full keys)."""
+    """A short message from a provider error body, keys and tokens masked (a provider's
+    401 text may quote the key it refused, masked or not)."""
     try:
         body = response.json()
     except ValueError:
@@ -104,9 +112,9 @@ def _error_text(response: httpx.Response) -> str:
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
-            return str(err.get("message") or err.get("type") or "")[:200]
+            return redact(str(err.get("message") or err.get("type") or ""), 200)
         if isinstance(err, str):
-            return err[:200]
+            return redact(err, 200)
     return response.reason_phrase or ""
 
 
@@ -121,8 +129,9 @@ class ApiClient:
         recorder: RequestRecorder | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         transport: httpx.BaseTransport | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self._client = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
@@ -133,8 +142,25 @@ class ApiClient:
         )
         self.recorder: RequestRecorder = recorder or NullRecorder()
         self.retry = retry or RetryPolicy()
-        self._sleep = sleep
+        self.cancel = cancel or threading.Event()
+        self._sleep = sleep or self._wait
         self.requests_made = 0  # attempts since the last reset_count(); read by the poller
+        # After a 429 (or a 5xx with Retry-After) no request of this account, whatever its
+        # endpoint, goes out before this time.monotonic() value.
+        self.blocked_until = 0.0
+        self._gate = threading.Lock()
+
+    def _wait(self, seconds: float) -> None:
+        if self.cancel.wait(seconds):
+            raise Cancelled()
+
+    def backoff_remaining(self) -> float:
+        """Seconds until the account may be asked again (0 if it may now)."""
+        return max(0.0, self.blocked_until - time.monotonic())
+
+    def _block(self, seconds: float) -> None:
+        with self._gate:
+            self.blocked_until = max(self.blocked_until, time.monotonic() + seconds)
 
     def close(self) -> None:
         self._client.close()
@@ -158,6 +184,11 @@ class ApiClient:
         """
         last: SourceError | None = None
         for attempt in range(self.retry.attempts):
+            if self.cancel.is_set():
+                raise Cancelled()
+            wait = self.backoff_remaining() if attempt == 0 else 0.0
+            if wait > 0:  # the account is backing off (an earlier request was rate limited)
+                self._sleep(wait)
             delay: float | None = None
             began = time.monotonic()
             self.requests_made += 1
@@ -204,13 +235,16 @@ class ApiClient:
                     raise err
             assert last is not None
             self.recorder.failure(endpoint, last.reason)
-            if attempt + 1 >= self.retry.attempts:
-                break
+            hinted = delay is not None
             if delay is None:
                 cap = min(self.retry.backoff_max, self.retry.backoff_base * (2**attempt))
                 delay = random.uniform(cap / 2, cap)
             else:
                 delay = min(delay, self.retry.retry_after_max)
+            if hinted or last.reason == RATE_LIMITED:
+                self._block(delay)  # the whole account waits, not only this request
+            if attempt + 1 >= self.retry.attempts:
+                break
             log.info(
                 "%s; retrying in %.1fs (attempt %d/%d)",
                 last,
@@ -220,6 +254,10 @@ class ApiClient:
             )
             self._sleep(delay)
         assert last is not None
+        if last.reason == RATE_LIMITED:
+            # Out of attempts: keep the account quiet for one more backoff step.
+            cap = min(self.retry.backoff_max, self.retry.backoff_base * (2**self.retry.attempts))
+            self._block(max(self.backoff_remaining(), cap))
         raise last
 
 

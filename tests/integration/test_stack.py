@@ -235,6 +235,8 @@ def _rfc3339(text: str) -> float:
 
 def _ready(ctx: dict[str, Any]) -> bytes:
     def poll_done() -> bytes | None:
+        # Accounts poll on their own schedules: ready once every account has been polled.
+        http_get(ctx["exporter"] + "/-/ready")
         body = http_get(ctx["exporter"] + "/metrics")
         got = parse(body)
         endpoints = [v for (n, _), v in got.items() if n == "llm_source_up"]

@@ -81,6 +81,71 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert "poll_interval: 'never' is not a duration" in out.stderr
 
 
+def test_config_check_reports_every_startup_problem_at_once(tmp_path: Path) -> None:
+    """What start-up rejects, --config.check rejects too, all in one run, each with its path;
+    a key is never shown, only where it came from."""
+    (tmp_path / "state.db").write_text("a text file, not a database\n")
+    out = run(
+        tmp_path,
+        "state_file: state.db\n"
+        "providers:\n"
+        "  openai:\n    - account: main\n      options: {endpoints: [bogus]}\n"
+        "  anthropic:\n    - account: nl\n      key_env: NL_KEY\n"
+        "  groq:\n    - account: accent\n"
+        "budgets:\n  - name: b\n    selector: {model: '~gpt-(4'}\n"
+        "prices:\n  overrides:\n    - {provider: nobody, model: m, usd_per_mtok: {input: 1}}\n",
+        {
+            "OPENAI_ADMIN_KEY": "test-key",
+            "NL_KEY": "test-line\nbreak",
+            "GROQ_API_KEY": "test-clé",
+        },
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    for expected in (
+        "providers.openai[0].options.endpoints: unknown endpoint(s) ['bogus']",
+        "budgets[0].selector: model: invalid regex 'gpt-(4'",
+        "providers.anthropic[0] (account 'nl'): the key in $NL_KEY has a line break",
+        "providers.groq[0] (account 'accent'): the key in $GROQ_API_KEY has a non-ASCII",
+        "prices.overrides[0].provider: unknown provider 'nobody'",
+        f"state_file: state file {tmp_path / 'state.db'} is damaged or not a state file",
+    ):
+        assert expected in out.stderr, (expected, out.stderr)
+    assert "Traceback" not in out.stderr
+    assert "test-line" not in out.stderr and "clé" not in out.stderr
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    out = run(tmp_path, "poll_interval: 5m\ntimezone: UTC\n history_start: 2026-11-01\n")
+    assert out.returncode == 2
+    assert f"config.file: {tmp_path / 'config.yml'}:3:" in out.stderr, out.stderr
+    assert "<unicode string>" not in out.stderr
+
+
+def test_state_recover_flag_skips_the_damaged_state_file_problem(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_text("garbage")
+    out = run(tmp_path, "state_file: state.db\nstate_recover: true\n")
+    assert out.returncode == 0, out.stderr
+
+
+def test_schema_errors_do_not_hide_the_later_checks(tmp_path: Path) -> None:
+    """An unknown setting and a bad regex (schema) are listed with a bad key (checked after
+    the schema), not one after the other as each is fixed."""
+    out = run(
+        tmp_path,
+        "pol_interval: 5m\n"
+        "budgets:\n  - name: b\n    selector: {model: '~gpt-(4'}\n"
+        "providers:\n  openai:\n    - account: main\n",
+        {"OPENAI_ADMIN_KEY": "test-key\twith-a-tab"},
+    )
+    assert out.returncode == 2
+    for expected in (
+        "pol_interval: unknown setting",
+        "budgets[0].selector: model: invalid regex",
+        "providers.openai[0] (account 'main'): the key in $OPENAI_ADMIN_KEY has a space or tab",
+    ):
+        assert expected in out.stderr, (expected, out.stderr)
+
+
 def test_missing_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
     out = run(
         tmp_path,

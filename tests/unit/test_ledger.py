@@ -177,3 +177,64 @@ def test_forget_drops_one_account(tmp_path: Path) -> None:
     led.forget("openai", "a")
     assert [sr.account for sr in led.rows()] == ["b"]
     assert led.closed_before("openai", "a", "completions") is None
+
+
+def _poison(path: Path, sql: str) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute(sql)
+    db.commit()
+    db.close()
+
+
+def test_unreadable_rows_and_revisions_are_skipped_removed_and_their_buckets_reopened(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    led = Ledger(path)
+    for day in range(3):
+        led.replace(
+            "openai",
+            "main",
+            "completions",
+            [Bucket("completions", day * DAY, (day + 1) * DAY, [_tokens(10 + day)])],
+            closed_before=3 * DAY,
+        )
+    cost = [Bucket("costs", 0, DAY, [Row.make("costs", {"project": "p"}, {COST: Decimal("2")})])]
+    led.replace("openai", "main", "costs", cost)
+    led.replace("openai", "main", "costs", [Bucket("costs", 0, DAY, [])])  # revised away
+    led.close()
+    _poison(path, "UPDATE rows SET dims = 'nope' WHERE bucket_start = 86400")
+    _poison(path, "UPDATE rows SET measures = '[1]' WHERE bucket_start = 172800")
+    _poison(path, "UPDATE revisions SET amount = 'NaN'")
+
+    led = Ledger(path)
+    assert [sr.start for sr in led.iter_rows()] == [0]  # the two bad rows are skipped
+    assert led.revision_rows() == []  # so is the bad revision
+    removed = led.quarantine(reach=DAY)  # the bucket at 0 lies before reach
+    assert sorted((b.table, b.start) for b in removed) == [
+        ("revisions", 0),
+        ("rows", DAY),
+        ("rows", 2 * DAY),
+    ]
+    assert led.bad_rows.snapshot()[0] == 3
+    assert led.count() == 1
+    assert led.closed_before("openai", "main", "completions") == DAY  # refetched from here
+    assert not led.refold_wanted()  # not until the provider gave both buckets back
+    led.refetched("openai", "main", "completions", DAY)
+    assert led.refold_wanted()
+    led.refolded()
+    assert not led.refold_wanted() and led.quarantine(reach=DAY) == []
+
+
+def test_a_replace_over_an_unreadable_row_rewrites_the_bucket(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    led = Ledger(path)
+    led.replace("openai", "main", "completions", [Bucket("completions", 0, DAY, [_tokens(5)])])
+    led.close()
+    _poison(path, "UPDATE rows SET measures = '{not json'")
+    led = Ledger(path)
+    led.replace("openai", "main", "completions", [Bucket("completions", 0, DAY, [_tokens(7)])])
+    assert _totals(led) == {"tokens.input": 7, "requests": 1}
+    assert led.get_meta("refold_wanted") == "1" and led.bad_rows.snapshot()[0] == 1

@@ -1,0 +1,115 @@
+"""What start-up validates beyond the schema, as `key.path: problem` lines, all at once.
+
+`settings.load` runs these after the schema and the keys, so `--config.check` and a start
+reject the same configurations: adapter options (each source is built, offline), price
+overrides, key characters (a key must fit in an HTTP header: the variable or file is named,
+the key never shown), and the state file (readable, and an SQLite file of this exporter,
+checked read-only). Budget selector regexes are compiled
+by the schema itself (`BudgetSettings`), so they are listed with its problems.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
+
+
+def startup_problems(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    env = os.environ if environ is None else environ
+    return (
+        adapter_option_problems(settings)
+        + price_override_problems(settings)
+        + key_character_problems(settings, env)
+        + state_file_problems(settings)
+    )
+
+
+def _accounts(settings: Settings) -> list[tuple[str, int, AccountSettings]]:
+    """(provider, index in the config list, account) of every enabled account."""
+    return [
+        (p, i, acc)
+        for p in PROVIDER_DEFAULTS
+        for i, acc in enumerate(getattr(settings.providers, p))
+        if acc.enabled
+    ]
+
+
+def adapter_option_problems(settings: Settings) -> list[str]:
+    """Build each enabled account's source (no request is made) and collect what it rejects."""
+    from exporter.sources import registry
+    from exporter.sources._http import ApiClient
+
+    factories = registry()
+    problems = []
+    for provider, i, acc in _accounts(settings):
+        client = ApiClient("http://config-check.invalid/", {})
+        try:
+            factories[provider](
+                acc,
+                client,
+                group_by=settings.group_by_for(acc),
+                bucket_width=settings.bucket_seconds,
+            )
+        except ValueError as exc:
+            for line in str(exc).splitlines():
+                problems.append(f"providers.{provider}[{i}].{line}")
+        finally:
+            client.close()
+    return problems
+
+
+def price_override_problems(settings: Settings) -> list[str]:
+    from exporter.pricing import validate_overrides
+
+    return validate_overrides(settings.prices)
+
+
+def _key_source(provider: str, acc: AccountSettings, env: Mapping[str, str]) -> str:
+    """Where `resolve_secrets` read this account's key from (a name, never the key)."""
+    var = acc.key_env or PROVIDER_DEFAULTS[provider][0]
+    if acc.key_file is not None:
+        return f"key_file {acc.key_file}"
+    if env.get(var):
+        return f"${var}"
+    return f"the file named by ${var}_FILE"
+
+
+def key_character_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """A key with a newline, a space, a control or a non-ASCII character cannot go into an
+    HTTP header: every request would fail locally. Name where it came from, never the key."""
+    problems = []
+    for provider, i, acc in _accounts(settings):
+        if acc.api_key is None:
+            continue
+        key = acc.api_key.get_secret_value()
+        for pos, ch in enumerate(key, 1):
+            if ch.isascii() and ch.isprintable() and not ch.isspace():
+                continue
+            what = (
+                "a line break"
+                if ch in "\r\n"
+                else "a space or tab"
+                if ch.isspace()
+                else "a non-ASCII character"
+                if not ch.isascii()
+                else "a control character"
+            )
+            problems.append(
+                f"providers.{provider}[{i}] (account {acc.account!r}): the key in "
+                f"{_key_source(provider, acc, environ)} has {what} at position {pos} of "
+                f"{len(key)}; an HTTP header cannot carry it: copy the key again"
+            )
+            break
+    return problems
+
+
+def state_file_problems(settings: Settings) -> list[str]:
+    from exporter.ledger import state_file_problem
+
+    if settings.state_recover:
+        return []  # a damaged file is moved aside at start
+    problem = state_file_problem(Path(settings.state_file).expanduser().resolve())
+    return [] if problem is None else [f"state_file: {problem}"]
