@@ -939,7 +939,7 @@ def overview() -> Json:
             "Estimated cost of each calendar day by provider account and project (exact day "
             "totals, llm_daily_cost_estimated_usd); (none) is usage without a project, or "
             "all usage when the exporter does not group by project.",
-            'label_join(label_replace('
+            "label_join(label_replace("
             + days("llm_daily_cost_estimated_usd", "date, provider, account, project")
             + ', "project", "(none)", "project", ""), "series", "/", "provider", "account", '
             '"project")',

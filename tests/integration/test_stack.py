@@ -379,13 +379,18 @@ def _advance(stack: dict[str, Any]) -> None:
     )
     wait_for(lambda: prom_query(stack["prom"], "min(llm_source_up) == 1"), timeout=60)
     # The recording rules the dashboards read have evaluated on the new data.
-    for rule in (
+    rules: tuple[str, ...] = (
         AGE,
         "provider_account_weekday_hour:llm_cost_estimated_usd:increase1h",
         "provider_account_project_model:llm_period_cost_estimated_usd:month",
         "provider_account:llm_period_cost_estimated_usd:month_end_run_rate",
-    ):
-        wait_for(lambda rule=rule: prom_query(stack["prom"], rule), timeout=60)
+    )
+    for rule in rules:
+
+        def recorded(rule: str = rule) -> list[dict[str, Any]]:
+            return prom_query(stack["prom"], rule)
+
+        wait_for(recorded, timeout=60)
     stack["advanced"] = True
 
 
