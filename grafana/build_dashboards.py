@@ -11,6 +11,14 @@ Query conventions (see DESIGN.md):
   cost data is daily, so windows are 1h or 1d (`increase(...[1d])`), never short rates.
 - Month/day totals come from the exact period gauges, not from `increase()`, so they are
   right from the first scrape.
+- Per-day figures (daily bars, yesterday/today, the last 7 days, the 7-day trend) come from
+  the exact-day gauges `llm_daily_*` (one series per calendar day in the exporter's time
+  zone, revisions included, a `date` label), never from `increase(...[1d])`, which books a
+  day's cost on the day it arrived and shows nothing until Prometheus has history. Days are
+  selected by age with the recording rule AGE (0 = today, 1 = yesterday), e.g. the last 7
+  complete days are `AGE >= 1 <= 7`. Daily bars are Grafana bar charts over the `date` label
+  of an instant table query. Measures without exact-day gauges (line items, savings, images,
+  ...) stay on 1d increases and say so.
 - Exporter replicas expose identical usage/cost values, so those are de-duplicated with
   `max without (instance, pod)` before any `sum`. Self-health metrics are per replica
   (each replica really calls the APIs): they are summed (traffic) or reduced worst-case.
@@ -88,6 +96,20 @@ def savings(by: str, window: str) -> str:
 def fallback(expr: str, label: str, value: str = "none") -> str:
     """A zero series when a counter has never been incremented (no failures is good news)."""
     return f'({expr}) or label_replace(vector(0), "{label}", "{value}", "", "")'
+
+
+# Age in days of each `date` of the exact-day gauges, as of the exporter's last poll
+# (recording rule in prometheus/rules/llm-cost.rules.yml): 0 = today, 1 = yesterday.
+AGE = "date:llm_daily_cost_estimated_usd:age_days"
+
+
+def days(metric: str, by: str, ages: str = "", **fixed: str) -> str:
+    """`sum by (by)` of an exact-day gauge, over the dates whose age passes `ages` (a
+    comparison chain such as "== 1" or ">= 1 <= 7"; all exposed dates when empty)."""
+    expr = dd(sel(metric, **fixed))
+    if ages:
+        expr = f"{expr} and on (date) ({AGE} {ages})"
+    return f"sum by ({by}) ({expr})"
 
 
 # --- panel builders ------------------------------------------------------------------------
@@ -289,6 +311,71 @@ def bargauge(
             "sizing": "auto",
         },
         **kw,
+    )
+
+
+def daily_bars(
+    title: str,
+    description: str,
+    expr: str,
+    series: str,
+    unit: str,
+    *,
+    w: int = 12,
+    h: int = 8,
+    stack: bool = True,
+) -> Json:
+    """Exact days as bars: an instant table query with one row per (date, `series` label),
+    pivoted to one row per date and one column per series value, drawn as a bar chart with
+    the date on the x axis. Right from the first scrape: no range query, no history."""
+    return panel(
+        "barchart",
+        title,
+        description,
+        [target(expr, instant=True, table=True)],
+        unit=unit,
+        w=w,
+        h=h,
+        custom={
+            "fillOpacity": 80,
+            "lineWidth": 1,
+            "gradientMode": "none",
+            "axisPlacement": "auto",
+            "axisSoftMin": 0,
+        },
+        options={
+            "xField": "Date",
+            "orientation": "vertical",
+            "stacking": "normal" if stack else "none",
+            "groupWidth": 0.8,
+            "barWidth": 0.9,
+            "showValue": "never",
+            "xTickLabelRotation": -45,
+            "xTickLabelSpacing": 0,
+            "legend": {
+                "displayMode": "table",
+                "placement": "right",
+                "calcs": ["sum"],
+                "showLegend": True,
+            },
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        transformations=[
+            {
+                "id": "groupingToMatrix",
+                "options": {
+                    "columnField": series,
+                    "rowField": "date",
+                    "valueField": "Value",
+                    "emptyValue": "zero",
+                },
+            },
+            {
+                "id": "organize",
+                "options": {"renameByName": {f"date\\{series}": "Date"}},
+            },
+            {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "Date"}]}},
+        ],
     )
 
 
@@ -814,36 +901,50 @@ def overview() -> Json:
         row("What changed"),
         *what_changed(rep_month, est_month),
         row("Spend over time"),
-        timeseries(
+        daily_bars(
             "Daily spend by provider (reported)",
-            "Reported cost that arrived each day (increase of the cost counter over 1 day). "
-            "Cost data is daily and lags, so today's bar grows through the next day. Counts "
-            "from when Prometheus started scraping.",
-            [
-                target(
-                    f"sum by (provider) ({inc('llm_cost_reported_usd_total', '1d')})",
-                    "{{provider}}",
-                    interval="1d",
-                )
-            ],
+            "Reported cost of each calendar day (exporter time zone) by provider: the exact "
+            "total of that usage day as the provider reports it now, revisions included, "
+            "whenever the cost arrived (llm_daily_cost_reported_usd, the last "
+            "cardinality.daily_days days, 35 by default). Complete from the first scrape. "
+            "Recent days still grow or get revised for a few days (reported cost lags usage "
+            "by hours to a day); Groq reports no cost (see the estimated bars).",
+            days("llm_daily_cost_reported_usd", "date, provider"),
+            "provider",
             USD,
-            bars=True,
-            stack=True,
         ),
-        timeseries(
+        daily_bars(
             "Daily estimated cost by provider",
-            "Estimated cost of the usage that arrived each day (tokens x price), stacked by "
-            "provider. Covers providers without a cost API (Groq).",
-            [
-                target(
-                    f"sum by (provider) ({inc('llm_cost_estimated_usd_total', '1d')})",
-                    "{{provider}}",
-                    interval="1d",
-                )
-            ],
+            "Estimated cost (tokens x price at the day's date) of each calendar day by "
+            "provider, exact day totals from the exporter (llm_daily_cost_estimated_usd): a "
+            "day's usage counts on its own day however late it arrived. Covers providers "
+            "without a cost API (Groq); leaves out unpriced models and line items only "
+            "reported cost has (images, web search, code interpreter, storage).",
+            days("llm_daily_cost_estimated_usd", "date, provider"),
+            "provider",
             USD,
-            bars=True,
-            stack=True,
+        ),
+        daily_bars(
+            "Daily estimated cost by model",
+            "Estimated cost of each calendar day by model (exact day totals, "
+            "llm_daily_cost_estimated_usd), stacked. Use the Model variable to compare a few.",
+            "label_join("
+            + days("llm_daily_cost_estimated_usd", "date, provider, model")
+            + ', "series", " · ", "provider", "model")',
+            "series",
+            USD,
+        ),
+        daily_bars(
+            "Daily estimated cost by account and project",
+            "Estimated cost of each calendar day by provider account and project (exact day "
+            "totals, llm_daily_cost_estimated_usd); (none) is usage without a project, or "
+            "all usage when the exporter does not group by project.",
+            "label_join(label_replace("
+            + days("llm_daily_cost_estimated_usd", "date, provider, account, project")
+            + ', "project", "(none)", "project", ""), "series", "/", "provider", "account", '
+            '"project")',
+            "series",
+            USD,
         ),
         bargauge(
             "Top models by estimated cost (month to date)",
@@ -898,7 +999,9 @@ def overview() -> Json:
         timeseries(
             "Daily savings: prompt cache and batch",
             "What prompt caching (cached tokens x (input - cache read price)) and batch "
-            "processing (only with batch in group_by) saved against standard prices, per day.",
+            "processing (only with batch in group_by) saved against standard prices, per day "
+            "of arrival (increase over 1 day: there is no exact-day savings figure, so it "
+            "counts from when Prometheus started scraping).",
             [target(savings("provider", "1d"), "{{provider}} · {{kind}}", interval="1d")],
             USD,
             bars=True,
@@ -1018,14 +1121,14 @@ def what_changed(rep_month: str, est_month: str) -> list[Json]:
     def month(src: str) -> str:
         return f"sum by ({by}) ({dd(src)})"
 
-    def week(metric: str, offset: str = "") -> str:
-        shift = f" offset {offset}" if offset else ""
-        return f"sum by ({by}) ({dd(f'increase({sel(metric)}[7d]{shift})')})"
+    def week(metric: str, ages: str) -> str:
+        return days(metric, by, ages)
 
     mtd = spend(month(rep_month), month(est_month))
-    rep7, est7 = "llm_cost_reported_usd_total", "llm_cost_estimated_usd_total"
-    last7 = spend(week(rep7), week(est7))
-    prev7 = spend(week(rep7, "7d"), week(est7, "7d"))
+    rep7, est7 = "llm_daily_cost_reported_usd", "llm_daily_cost_estimated_usd"
+    # Exact weeks: the 7 complete days before today (ages 1-7) and the 7 before those.
+    last7 = spend(week(rep7, ">= 1 <= 7"), week(est7, ">= 1 <= 7"))
+    prev7 = spend(week(rep7, ">= 8 <= 14"), week(est7, ">= 8 <= 14"))
     same = last_month(mtd, same_point=True)
     total = last_month(mtd, same_point=False)
     per_provider = [
@@ -1052,7 +1155,14 @@ def what_changed(rep_month: str, est_month: str) -> list[Json]:
     )
     history = (
         "Figures about last month need Prometheus to hold last month (retention of 35 days "
-        "or more); until then they are empty."
+        "or more); until then they are empty (the exporter's exact days cover only its last "
+        "35 days, not a whole previous month at the same point)."
+    )
+    weeks = (
+        "Weeks are exact: the 7 complete calendar days before today (exporter time zone) "
+        "and the 7 before those, summed from the exporter's exact day totals "
+        "(llm_daily_*, days picked by age with the recording rule "
+        f"{AGE}), revisions included, right from the first scrape."
     )
     return [
         stat(
@@ -1072,9 +1182,9 @@ def what_changed(rep_month: str, est_month: str) -> list[Json]:
             w=4,
         ),
         stat(
-            "Last 7 days vs the 7 days before",
-            "Spend in the last 7 days against the 7 days before (week over week), in percent, "
-            f"from the cost counters. {basis} Needs 14 days of Prometheus data.",
+            "Last 7 complete days vs the 7 before",
+            "Spend in the last 7 complete days against the 7 days before them (week over "
+            f"week), in percent. {weeks} {basis}",
             [target(f"sum({last7}) / (sum({prev7}) > 0) - 1", instant=True)],
             "percentunit",
             w=4,
@@ -1083,8 +1193,8 @@ def what_changed(rep_month: str, est_month: str) -> list[Json]:
         table(
             "What changed, by provider",
             "Per provider: spend this month, last month at the same point and the change, last "
-            f"month's total, the last 7 days, the 7 days before and the change. {basis} "
-            f"{history}",
+            "month's total, the last 7 complete days, the 7 days before them and the change. "
+            f"{weeks} {basis} {history}",
             per_provider,
             USD,
             w=12,
@@ -1095,7 +1205,7 @@ def what_changed(rep_month: str, est_month: str) -> list[Json]:
                 "Value #B": "Last month, same point",
                 "Value #C": "Change (month)",
                 "Value #D": "Last month total",
-                "Value #E": "Last 7 days",
+                "Value #E": "Last 7 complete days",
                 "Value #F": "7 days before",
                 "Value #G": "Change (week)",
             },
@@ -1111,9 +1221,12 @@ def reported_breakdown() -> list[Json]:
     return [
         timeseries(
             "Daily reported cost by line item",
-            "Reported cost that arrived each day by provider and line item, as the provider "
-            "names it. Spend that exists only in reported cost (images, web search, code "
-            "interpreter, file search, storage) shows here and in no estimate.",
+            "Reported cost that ARRIVED each day (increase of the cost counter over 1 day) by "
+            "provider and line item, as the provider names it: the exporter has no exact-day "
+            "figure per line item, so late or revised cost lands on the day it arrived and "
+            "the bars start when Prometheus started scraping. Spend that exists only in "
+            "reported cost (images, web search, code interpreter, file search, storage) shows "
+            "here and in no estimate; exact days by provider are in Daily spend by provider.",
             [
                 target(
                     f"sum by (provider, line_item) ({inc(rep, '1d')})",
@@ -1204,13 +1317,14 @@ SCOPE = ("provider", "account", "project", "model")
 
 def model_rows() -> str:
     """Every (provider, model) the model table can show a row for: usage or cost this month,
-    usage in the last day (the first day of a month), or a model with no price. Token series
-    alone would miss models billed per character, second or image."""
+    usage yesterday or today (yesterday matters on the first day of a month), or a model
+    with no price. Token series alone would miss models billed per character, second or
+    image."""
     parts = [
         dd(sel("llm_period_cost_estimated_usd", **MONTH)),
         dd(sel("llm_period_tokens", **MONTH)),
-        inc("llm_tokens_total", "1d"),
-        inc("llm_model_requests_total", "1d"),
+        f"{dd(sel('llm_daily_tokens'))} and on (date) ({AGE} <= 1)",
+        f"{dd(sel('llm_daily_model_requests'))} and on (date) ({AGE} <= 1)",
         dd(sel("llm_unpriced_model_info")),
     ]
     return " or ".join(f"group by (provider, model) ({p})" for p in parts)
@@ -1266,9 +1380,22 @@ NOT_REPORTED = [
 
 
 def model_table() -> Json:
-    cost_1d = f"sum by (provider, model) ({inc('llm_cost_estimated_usd_total', '1d')})"
-    calls_1d = f"sum by (provider, model) ({inc('llm_model_requests_total', '1d')})"
-    tokens_1d = f"sum by (provider, model) ({inc('llm_tokens_total', '1d')})"
+    by = "provider, model"
+    cost_1d = days("llm_daily_cost_estimated_usd", by, "== 1")
+    calls_1d = days("llm_daily_model_requests", by, "== 1")
+    tokens_1d = days("llm_daily_tokens", by, "== 1")
+    cost_today = days("llm_daily_cost_estimated_usd", by, "== 0")
+    # The 7-day trend as a time series for the sparkline, from the latest scrape only
+    # (`@ end()`): the point at time t is the day before t's day (exporter time zone), so the
+    # 7 daily steps of the panel's 7-day range show the last 7 complete days, exact, from the
+    # first scrape (no history needed). Days are told apart by the exporter's day start.
+    day_start = 'max(llm_period_start_timestamp_seconds{period="day"} @ end())'
+    age_at_t = f"ceil(({day_start} - time()) / 86400) + 1"
+    trend = (
+        f"sum by ({by}) ({dd(sel('llm_daily_cost_estimated_usd') + ' @ end()')}"
+        f" and on (date) (({AGE} @ end()) >= 1 <= 7"
+        f" == on () group_left () ({age_at_t})))"
+    )
     cost_month = f"sum by (provider, model) ({dd(sel('llm_period_cost_estimated_usd', **MONTH))})"
     tokens_month = f"sum by (provider, model) ({dd(sel('llm_period_tokens', **MONTH))})"
     status = vmap(
@@ -1283,30 +1410,33 @@ def model_table() -> Json:
         target(calls_1d, instant=True, table=True),
         target(f"{tokens_1d} / ({calls_1d} > 0)", instant=True, table=True),
         target(f"{cost_1d} / ({calls_1d} > 0)", instant=True, table=True),
-        target(cost_1d, "{{provider}} {{model}}", interval="6h"),
+        target(trend, "{{provider}} {{model}}", interval="1d"),
         target(model_status(), instant=True, table=True),
         target(cost_month, instant=True, table=True),
         target(f"1000 * {cost_month} / ({tokens_month} > 0)", instant=True, table=True),
+        target(cost_today, instant=True, table=True),
     ]
     columns = {
         "provider": "Provider",
         "model": "Model",
-        "Value #A": "Cost (24h)",
-        "Value #B": "Calls (24h)",
+        "Value #A": "Cost (yesterday)",
+        "Value #B": "Calls (yesterday)",
         "Value #C": "Avg tokens / call",
         "Value #D": "Cost / call",
         "Trend #E": "7-day trend",
         "Value #F": "Status",
         "Value #G": "Cost (month)",
         "Value #H": "CPI (month)",
+        "Value #I": "Cost (today)",
     }
     order = [
         "Rank",
         "Model",
         "Provider",
         "Cost (month)",
-        "Cost (24h)",
-        "Calls (24h)",
+        "Cost (yesterday)",
+        "Cost (today)",
+        "Calls (yesterday)",
         "Avg tokens / call",
         "Cost / call",
         "CPI (month)",
@@ -1315,12 +1445,16 @@ def model_table() -> Json:
     ]
     return table(
         "Model cost breakdown",
-        "One row per model, ranked by estimated cost this month. Calls, tokens and cost per "
-        "call cover the last 24 hours; the trend shows daily estimated cost over 7 days. "
+        "One row per model, ranked by estimated cost this month. Cost (yesterday), Calls "
+        "(yesterday), Avg tokens / call and Cost / call cover yesterday, the last complete "
+        "calendar day in the exporter's time zone; Cost (today) is today so far. All are "
+        "exact day totals from the exporter (llm_daily_*, revisions included, whenever the "
+        "data arrived), right from the first scrape. The 7-day trend is the estimated cost "
+        "of each of the last 7 complete days, oldest to newest. "
         "CPI (month) is estimated cost per 1,000 tokens this month (exact period sums; the "
         "cost includes a model's few non-token charges). Calls, Avg tokens / call and Cost / "
         'call say "not reported" for providers that report no request counts (Anthropic) '
-        "and for models without requests in the last 24 hours. "
+        "and for models without requests yesterday. "
         "Status: Unpriced (no known price: its cost is missing), Source failing / stale (last "
         "successful poll over 1 hour ago or the last poll failed), Over budget / Budget ≥ 80 % "
         "(a budget of the Budget variable whose scope covers this model's usage this month: "
@@ -1368,13 +1502,14 @@ def model_table() -> Json:
             },
         ],
         units={
-            "Cost (24h)": USD,
+            "Cost (yesterday)": USD,
+            "Cost (today)": USD,
             "Cost (month)": USD,
             "Cost / call": USD,
             "CPI (month)": USD,
             "7-day trend": USD,
             "Avg tokens / call": "short",
-            "Calls (24h)": "short",
+            "Calls (yesterday)": "short",
             "Rank": "none",
         },
         overrides=[
@@ -1399,7 +1534,7 @@ def model_table() -> Json:
             {
                 "matcher": {
                     "id": "byRegexp",
-                    "options": "Calls \\(24h\\)|Avg tokens / call|Cost / call",
+                    "options": "Calls \\(yesterday\\)|Avg tokens / call|Cost / call",
                 },
                 "properties": [{"id": "mappings", "value": NOT_REPORTED}],
             },
@@ -1551,6 +1686,25 @@ def usage() -> Json:
             bars=True,
             stack=True,
         ),
+        daily_bars(
+            "Daily tokens by token type (exact days)",
+            "Tokens of each calendar day (exporter time zone) by token type: exact day totals "
+            "(llm_daily_tokens, the last cardinality.daily_days days), whenever the usage "
+            "arrived, right from the first scrape.",
+            days("llm_daily_tokens", "date, token_type"),
+            "token_type",
+            "short",
+        ),
+        daily_bars(
+            "Daily model requests by model (exact days)",
+            "Model requests of each calendar day by model: exact day totals "
+            "(llm_daily_model_requests). Anthropic reports no request counts.",
+            "label_join("
+            + days("llm_daily_model_requests", "date, provider, model")
+            + ', "series", " · ", "provider", "model")',
+            "series",
+            "short",
+        ),
         daily(
             "llm_model_requests_total",
             "provider, operation",
@@ -1558,7 +1712,8 @@ def usage() -> Json:
             "short",
             "Model requests by operation (daily)",
             "Requests per day by operation (completions, embeddings, moderations, images, "
-            "audio ...).",
+            "audio ...), per day of arrival (increase over 1 day; there is no exact-day "
+            "figure per operation): exact days by model are in Daily model requests.",
         ),
         row("Other billed measures"),
         daily(
@@ -1667,24 +1822,21 @@ def prices() -> Json:
             USD,
             w=10,
         ),
-        timeseries(
+        daily_bars(
             "Estimated vs reported cost per provider (daily)",
-            "Cost that arrived each day: reported by the provider's cost API vs estimated from "
-            "tokens x price. Reported cost lags usage, so compare over several days.",
-            [
-                target(
-                    f"sum by (provider) ({inc('llm_cost_reported_usd_total', '1d')})",
-                    "{{provider}} · reported",
-                    interval="1d",
-                ),
-                target(
-                    f"sum by (provider) ({inc('llm_cost_estimated_usd_total', '1d')})",
-                    "{{provider}} · estimated",
-                    interval="1d",
-                ),
-            ],
+            "Each calendar day's exact cost per provider (exporter time zone, revisions "
+            "included, whenever it arrived): reported by the provider's cost API next to "
+            "estimated from tokens x price (llm_daily_cost_reported_usd and "
+            "llm_daily_cost_estimated_usd). Reported cost lags usage by hours to a day, so "
+            "the last day or two are not comparable yet; line items only the invoice has "
+            "(images, web search, ...) make reported higher on the days they occur.",
+            "label_join(sum by (date, provider, kind) ("
+            f'label_replace({dd(sel("llm_daily_cost_reported_usd"))}, "kind", "reported", "", "")'
+            f' or label_replace({dd(sel("llm_daily_cost_estimated_usd"))}, "kind", "estimated", '
+            '"", "")), "series", " · ", "provider", "kind")',
+            "series",
             USD,
-            bars=True,
+            stack=False,
         ),
         timeseries(
             "Reconciliation ratio over time",

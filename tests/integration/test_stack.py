@@ -316,9 +316,11 @@ def test_budget_alert_reaches_the_webhook_and_resolves(stack: dict[str, Any]) ->
     )
 
 
-# Queries about last month and the week before: they need data older than this test's
-# Prometheus holds (minutes), so they may come back empty here; they must still run.
+# Queries about last month: they need data older than this test's Prometheus holds
+# (minutes), so they may come back empty here; they must still run. (Per-day figures come
+# from the exporter's exact-day gauges and must have data from the first scrape.)
 HISTORY_BOUND = ("offset 7d", "@ end()")
+AGE = "date:llm_daily_cost_estimated_usd:age_days"
 VARIABLES = ("provider", "account", "model", "project", "budget")
 
 
@@ -370,7 +372,8 @@ def _advance(stack: dict[str, Any]) -> None:
     if stack.get("advanced"):
         return
     _ready(stack)
-    before = prom_query(stack["prom"], "sum(llm_tokens_total)")
+    # Prometheus has scraped the first poll (it may lag the exporter by a scrape).
+    before = wait_for(lambda: prom_query(stack["prom"], "sum(llm_tokens_total)"), timeout=60)
     http_json(stack["sim"] + "/_sim/control", {"advance": 7200}, method="POST")
     wait_for(
         lambda: prom_query(stack["prom"], f"sum(llm_tokens_total) > {before[0]['value'][1]}"),
@@ -378,12 +381,18 @@ def _advance(stack: dict[str, Any]) -> None:
     )
     wait_for(lambda: prom_query(stack["prom"], "min(llm_source_up) == 1"), timeout=60)
     # The recording rules the dashboards read have evaluated on the new data.
-    for rule in (
+    rules: tuple[str, ...] = (
+        AGE,
         "provider_account_weekday_hour:llm_cost_estimated_usd:increase1h",
         "provider_account_project_model:llm_period_cost_estimated_usd:month",
         "provider_account:llm_period_cost_estimated_usd:month_end_run_rate",
-    ):
-        wait_for(lambda rule=rule: prom_query(stack["prom"], rule), timeout=60)
+    )
+    for rule in rules:
+
+        def recorded(rule: str = rule) -> list[dict[str, Any]]:
+            return prom_query(stack["prom"], rule)
+
+        wait_for(recorded, timeout=60)
     stack["advanced"] = True
 
 
@@ -422,11 +431,11 @@ def test_every_dashboard_panel_query_returns_data(stack: dict[str, Any]) -> None
                 else:
                     empty.append(f"{name}: {panel.get('title')}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
-    # Only the last-month and previous-week figures of the Overview's "What changed" row.
+    # Only the last-month figures of the Overview's "What changed" row (its weeks are exact
+    # days from the exporter and must show at once).
     assert history <= {
         "Month to date vs last month, same point",
         "Last month total",
-        "Last 7 days vs the 7 days before",
         "What changed, by provider",
     }, history
 
@@ -461,6 +470,145 @@ def test_every_panel_filters_by_each_variable(stack: dict[str, Any], variable: s
                 assert not wrong, f"{name}: {panel['title']}: {variable}={value} shows {wrong}"
                 checked += 1
     assert checked > 0
+
+
+def _exact_days(
+    samples: dict[Any, float], metric: str, *by: str, **match: str
+) -> dict[tuple[str, ...], float]:
+    """The exporter's exact-day gauge summed by `by` labels (a single replica here)."""
+    out: dict[tuple[str, ...], float] = {}
+    for (name, labels), v in samples.items():
+        lab = dict(labels)
+        if name == metric and all(lab.get(k) == val for k, val in match.items()):
+            key = tuple(lab.get(b, "") for b in by)
+            out[key] = out.get(key, 0.0) + v
+    return out
+
+
+def _same(want: dict[Any, float], have: dict[Any, float]) -> bool:
+    return set(want) == set(have) and all(
+        have[k] == pytest.approx(v, rel=1e-9, abs=1e-9) for k, v in want.items()
+    )
+
+
+@needs_binaries
+def test_daily_panels_equal_the_exporters_exact_days(stack: dict[str, Any]) -> None:
+    """The daily-spend bars, the model table's yesterday/today columns and the 7-day
+    sparkline return, per date, exactly the exporter's own llm_daily_* figures: the same
+    exposition summed by the panel's query (replicas de-duplicated, days picked by age)."""
+    _advance(stack)
+    prom = stack["prom"]
+
+    def rows(res: list[dict[str, Any]], *by: str) -> dict[tuple[str, ...], float]:
+        return {tuple(r["metric"].get(b, "") for b in by): float(r["value"][1]) for r in res}
+
+    checked: dict[str, int] = {}
+    for title, metric in (
+        ("Daily spend by provider (reported)", "llm_daily_cost_reported_usd"),
+        ("Daily estimated cost by provider", "llm_daily_cost_estimated_usd"),
+    ):
+        panel = _overview_panel(title)
+        assert panel["type"] == "barchart" and panel["targets"][0]["instant"], title
+        expr = _query(panel["targets"][0]["expr"])
+
+        def compare(metric: str = metric, expr: str = expr) -> dict[Any, float] | None:
+            want = _exact_days(
+                parse(http_get(stack["exporter"] + "/metrics")), metric, "date", "provider"
+            )
+            have = rows(prom_query(prom, expr), "date", "provider")
+            return want if _same(want, have) else None
+
+        want = wait_for(compare, timeout=60)
+        providers = {p for _, p in want}
+        dates = {d for d, _ in want}
+        checked[title] = len(want)
+        # Every provider with cost of this kind, on many days (the simulator backfills weeks).
+        assert providers >= (
+            {"openai", "anthropic"} if "reported" in title else {"openai", "anthropic", "groq"}
+        ), providers
+        assert len(dates) >= 14, sorted(dates)
+
+    # Ages: today's date is the exporter's day start (UTC in this stack), yesterday the day
+    # before, and every exposed date has an age.
+    got = parse(http_get(stack["exporter"] + "/metrics"))
+    day_start = total(got, "llm_period_start_timestamp_seconds", period="day")
+    today = dt.datetime.fromtimestamp(day_start, dt.UTC).date()
+    ages = {r["metric"]["date"]: int(float(r["value"][1])) for r in prom_query(prom, AGE)}
+    for date, age in ages.items():
+        assert dt.date.fromisoformat(date) == today - dt.timedelta(days=age), (date, age)
+    exposed_dates = {d for (d,) in _exact_days(got, "llm_daily_cost_estimated_usd", "date")}
+    assert exposed_dates <= set(ages)
+
+    # The model table: Cost (yesterday), Calls (yesterday) and Cost (today), exact.
+    table = {t["refId"]: t for t in _overview_panel("Model cost breakdown")["targets"]}
+    yesterday = (today - dt.timedelta(days=1)).isoformat()
+    for ref, metric, date in (
+        ("A", "llm_daily_cost_estimated_usd", yesterday),
+        ("B", "llm_daily_model_requests", yesterday),
+        ("I", "llm_daily_cost_estimated_usd", today.isoformat()),
+    ):
+
+        def differ(ref: str = ref, metric: str = metric, date: str = date) -> dict[Any, Any]:
+            """Where the column and the exposition differ ({} when equal). The exposition
+            and Prometheus's last scrape may be a poll apart: retried until they agree."""
+            samples = parse(http_get(stack["exporter"] + "/metrics"))
+            want = _exact_days(samples, metric, "provider", "model", date=date)
+            have = rows(prom_query(prom, _query(table[ref]["expr"])), "provider", "model")
+            assert want, (ref, date)
+            return {
+                k: (want.get(k), have.get(k))
+                for k in set(want) | set(have)
+                if want.get(k) != pytest.approx(have.get(k), rel=1e-9, abs=1e-9)
+            }
+
+        last: dict[Any, Any] = {}
+
+        def agree(differ: Any = differ) -> bool:
+            nonlocal last
+            last = differ()
+            return not last
+
+        try:
+            wait_for(agree, timeout=60)
+        except TimeoutError:
+            pytest.fail(f"model table column {ref} differs from the exposition: {last}")
+
+    # The 7-day trend (a range query, as Grafana runs it): one point a day, the last 7
+    # complete days oldest to newest, exact, although Prometheus holds minutes of data.
+    def trend_differs() -> list[Any]:
+        now = time.time()
+        res = _prom_range(prom, _query(table["E"]["expr"]), now - 7 * 86400, now, 86400)
+        samples = parse(http_get(stack["exporter"] + "/metrics"))
+        wrong: list[Any] = [] if res else ["no series"]
+        for r in res:
+            key = (r["metric"]["provider"], r["metric"]["model"])
+            points = {round((now - float(t)) / 86400): float(v) for t, v in r["values"]}
+            if not set(points) <= set(range(7)):
+                wrong.append((key, sorted(points)))
+            for k, value in points.items():
+                date = (today - dt.timedelta(days=k + 1)).isoformat()
+                day = _exact_days(
+                    samples, "llm_daily_cost_estimated_usd", "provider", "model", date=date
+                )
+                if value != pytest.approx(day.get(key), rel=1e-9):
+                    wrong.append((key, date, value, day.get(key)))
+        # A model used every day has all 7 points.
+        if max((len(r["values"]) for r in res), default=0) != 7:
+            wrong.append("no series with 7 daily points")
+        return wrong
+
+    trend: list[Any] = []
+
+    def trend_agrees() -> bool:
+        nonlocal trend
+        trend = trend_differs()
+        return not trend
+
+    try:
+        wait_for(trend_agrees, timeout=60)
+    except TimeoutError:
+        pytest.fail(f"7-day trend differs from the exposition: {trend}")
+    print(f"\nexact-day panels equal the exposition: {checked}, {len(ages)} dates aged")
 
 
 def _generator() -> Any:
@@ -666,11 +814,11 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
     def money(x: float | None) -> str:
         return "no data" if x is None else f"${x:,.2f}"
 
-    fig = plt.figure(figsize=(22, 27))
+    fig = plt.figure(figsize=(22, 32))
     grid = fig.add_gridspec(
-        7,
+        8,
         6,
-        height_ratios=[0.4, 1.3, 1.3, 1.1, 1.1, 0.9, 1.8],
+        height_ratios=[0.4, 1.3, 1.3, 1.3, 1.1, 1.1, 0.9, 1.8],
         hspace=0.45,
         wspace=0.9,
         left=0.08,
@@ -760,13 +908,34 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
     ax.set_title("Budget utilization (uncapped; dotted line = 100 %)")
     ax.set_xlabel("% of limit")
 
+    # Spend over time: exact days as stacked bars, the date on the x axis (bar chart panels).
+    for cols, title in (
+        (slice(0, 3), "Daily spend by provider (reported)"),
+        (slice(3, 6), "Daily estimated cost by provider"),
+    ):
+        ax = fig.add_subplot(grid[3, cols])
+        t = _overview_panel(title)["targets"][0]
+        bars: dict[str, dict[str, float]] = {}
+        for r in prom_query(prom, _query(t["expr"])):
+            bars.setdefault(r["metric"]["provider"], {})[r["metric"]["date"]] = float(r["value"][1])
+        dates = sorted({d for v in bars.values() for d in v})
+        bottom = [0.0] * len(dates)
+        for provider in sorted(bars):
+            heights = [bars[provider].get(d, 0.0) for d in dates]
+            ax.bar(range(len(dates)), heights, bottom=bottom, label=provider)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        ax.set_xticks(range(len(dates)), [d[5:] for d in dates], rotation=60, fontsize=7)
+        ax.set_title(f"{title} (exact days)")
+        ax.set_ylabel("USD")
+        ax.legend(fontsize=9)
+
     # Spend: top models, line items (reported only), projects.
     for col, title, ref in (
         (0, "Top models by estimated cost (month to date)", "A"),
         (2, "Reported cost by line item (selected range)", "A"),
         (4, "Spend by project (month to date)", "A"),
     ):
-        ax = fig.add_subplot(grid[3, col : col + 2])
+        ax = fig.add_subplot(grid[4, col : col + 2])
         t = next(t for t in _overview_panel(title)["targets"] if t["refId"] == ref)
         res = prom_query(prom, _query(t["expr"]))
         items = sorted(
@@ -779,7 +948,7 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
         ax.tick_params(axis="y", labelsize=8)
 
     # What changed: the table (last-month figures are empty until Prometheus holds them).
-    ax = fig.add_subplot(grid[4, 0:3])
+    ax = fig.add_subplot(grid[5, 0:3])
     ax.axis("off")
     changed = _overview_panel("What changed, by provider")
     cols = changed["transformations"][1]["options"]["renameByName"]
@@ -799,7 +968,7 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
     ax.set_title("What changed, by provider")
 
     # When the money is spent: weekday x hour.
-    ax = fig.add_subplot(grid[4, 3:6])
+    ax = fig.add_subplot(grid[5, 3:6])
     heat = _overview_panel("When the money is spent (hour of day x weekday)")
     res = prom_query(prom, _query(heat["targets"][0]["expr"]))
     weekdays = ["1 Mon", "2 Tue", "3 Wed", "4 Thu", "5 Fri", "6 Sat", "7 Sun"]
@@ -816,12 +985,13 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
     fig.colorbar(img, ax=ax)
 
     # The model table, with Status and CPI, as the table panel shows it.
-    ax = fig.add_subplot(grid[5:7, 0:6])
+    ax = fig.add_subplot(grid[6:8, 0:6])
     ax.axis("off")
     model = _overview_panel("Model cost breakdown")
     names_by_ref = {
-        "A": "Cost (24h)",
-        "B": "Calls (24h)",
+        "A": "Cost (yesterday)",
+        "B": "Calls (yesterday)",
+        "I": "Cost (today)",
         "C": "Avg tokens / call",
         "D": "Cost / call",
         "F": "Status",
@@ -843,17 +1013,20 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
         for key, v in _by_provider_model(prom_query(prom, _query(t["expr"]))).items():
             rows.setdefault(key, {})[names_by_ref[t["refId"]]] = v
     order = sorted(rows, key=lambda k: -rows[k].get("Cost (month)", -1))
-    columns = ["Rank", "Model", "Provider", "Cost (month)", "Cost (24h)", "Calls (24h)"]
+    columns = ["Rank", "Model", "Provider", "Cost (month)", "Cost (yesterday)", "Cost (today)"]
+    columns += ["Calls (yesterday)"]
     columns += ["Avg tokens / call", "Cost / call", "CPI (month)", "Status"]
 
     def cell(row: dict[str, float], c: str) -> str:
         if c not in row:
             return (
-                "not reported" if c in ("Calls (24h)", "Avg tokens / call", "Cost / call") else ""
+                "not reported"
+                if c in ("Calls (yesterday)", "Avg tokens / call", "Cost / call")
+                else ""
             )
         if c == "Status":
             return status_text[int(row[c])]
-        if c in ("Calls (24h)", "Avg tokens / call"):
+        if c in ("Calls (yesterday)", "Avg tokens / call"):
             return f"{row[c]:,.0f}"
         return f"${row[c]:,.4f}" if c in ("CPI (month)", "Cost / call") else f"${row[c]:,.2f}"
 
