@@ -11,7 +11,8 @@ For each size, in fresh child processes (so peak memory is each one's own):
 
 - **scratch**: fold the whole ledger from scratch and render: what every poll cost before
   the aggregates, and what a first start (or a layout change) costs once now.
-- **steady**: start from the persisted aggregates (start-to-ready: load, render), then run
+- **steady**: start from the persisted aggregates (start-to-ready: load, render; its peak
+  memory), then run
   polls. A poll re-fetches the trailing two days of hourly buckets (the usage revision
   horizon: 48 buckets x 2,400 groups), of which only the newest hour has grown, writes them
   to the ledger, updates the aggregates, and renders the exposition. A separate process
@@ -21,7 +22,8 @@ For each size, in fresh child processes (so peak memory is each one's own):
   `generate_latest` (families pre-built, so only the formatting is timed; both outputs are
   parsed and checked to hold the same samples): the cost of each, once per poll.
 
-Figures: wall and CPU seconds (median of the polls), peak and steady RSS, state-file size,
+Figures: wall and CPU seconds (median of the polls), steady RSS and its peak while polling
+(the exporter's process plus its HTTP server process), state-file size,
 and the ratio scratch/steady. Ledgers are cached in $BENCH_DIR (default /tmp/llm-bench).
 """
 
@@ -206,8 +208,8 @@ def compare_renderers(fams: list[Family]) -> dict[str, float]:
     }
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
+def rss_mib(pid: int | None = None) -> float:
+    with open(f"/proc/{pid or 'self'}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
@@ -215,7 +217,18 @@ def rss_mib() -> float:
 
 
 def peak_mib() -> float:
+    """Peak RSS since the process started or since `reset_peak`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> None:
+    """Start a new peak (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def cpu() -> float:
@@ -248,9 +261,11 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
     exposition = Exposition()
     size = render(agg, exposition, NOW)
     ready = time.monotonic() - began
+    start_peak = peak_mib()
     server = ServingProcess(("127.0.0.1", 0))  # as the exporter serves: its own process
     server.publish(exposition.current, {}, True)
     port = server.server_address[1]
+    reset_peak()  # from here: the steady state, polls included
     idle = latencies(scraper(port, 4.0), stop=False)
     busy = scraper(port, 3600.0)
     gs = groups()
@@ -277,7 +292,9 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         server.publish(exposition.current, {}, True)
         walls.append(time.monotonic() - wall0)
         cpus.append(cpu() - cpu0)
-    steady = rss_mib()
+    poll_peak = peak_mib()
+    server_rss = rss_mib(server.process.pid)  # the HTTP process holds the rendered bytes
+    steady = rss_mib() + server_rss
     during = latencies(busy, stop=True)
     server.shutdown()
     renderers = compare_renderers(families(agg, NOW))
@@ -291,7 +308,8 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         "refolded": float(refolded),
         "wall": statistics.median(walls),
         "cpu": statistics.median(cpus),
-        "peak": peak_mib(),
+        "peak": poll_peak + server_rss,
+        "start_peak": start_peak,
         "steady": steady,
         "bytes": size,
     }
@@ -320,7 +338,7 @@ def main() -> None:
     cache = Path(os.environ.get("BENCH_DIR", "/tmp/llm-bench"))
     cache.mkdir(parents=True, exist_ok=True)
     print(
-        "| ledger rows | days | steady poll wall / CPU s | steady RSS / peak MiB | start to ready s"
+        "| ledger rows | days | steady poll wall / CPU s | steady RSS / poll peak MiB | start to ready s (peak MiB)"
         " | from-scratch fold wall / CPU s | scratch peak MiB | scratch/steady | state file MiB"
         " | scrape p99 idle / during polls ms | render ours / prometheus_client ms |"
     )
@@ -343,7 +361,8 @@ def main() -> None:
         )
         print(
             f"| {rows:,} | {days:.1f} | {steady['wall']:.2f} / {steady['cpu']:.2f}"
-            f" | {steady['steady']:.0f} / {steady['peak']:.0f} | {steady['ready']:.2f}"
+            f" | {steady['steady']:.0f} / {steady['peak']:.0f}"
+            f" | {steady['ready']:.2f} ({steady['start_peak']:.0f})"
             f" | {scratch['wall']:.1f} / {scratch['cpu']:.1f} | {scratch['peak']:.0f}"
             f" | {scratch['wall'] / steady['wall']:.1f}x | {size / 2**20:.0f}"
             f" | {steady['scrape_idle_p99'] * 1e3:.1f} / {steady['scrape_poll_p99'] * 1e3:.1f}"
