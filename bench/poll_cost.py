@@ -153,7 +153,9 @@ def render(agg: Aggregates, exposition: Exposition, now: dt.datetime) -> int:
     return len(exposition.update(families(agg, now)).body)
 
 
-# Scrapes until SIGTERM (or for argv[2] seconds), then prints the latencies.
+# Scrapes until SIGTERM (or for argv[2] seconds), then prints the latencies. It pauses 50 ms
+# between scrapes: in a tight loop it would take a core of the two, and the figure would
+# measure the machine's scheduler, not the exporter (Prometheus scrapes every 15-60 s).
 SCRAPER = """
 import http.client, json, signal, sys, time
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
@@ -168,6 +170,7 @@ while time.monotonic() < end:
     c.getresponse().read()
     c.close()
     out.append(time.monotonic() - t0)
+    time.sleep(0.05)  # 20 scrapes a second: busy, but not a third process hogging a core
 done()
 """
 
@@ -266,7 +269,7 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
     server.publish(exposition.current, {}, True)
     port = server.server_address[1]
     reset_peak()  # from here: the steady state, polls included
-    idle = latencies(scraper(port, 4.0), stop=False)
+    idle = latencies(scraper(port, 6.0), stop=False)
     busy = scraper(port, 3600.0)
     gs = groups()
     first = ledger.read(
