@@ -25,6 +25,7 @@ of its first scrape, so no backfilled sample falls among live ones.
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
 import heapq
 import logging
@@ -136,13 +137,13 @@ def main(argv: Sequence[str]) -> int:
         series = history(settings, step, until)
         out = Path(args.output)
         if args.output == "-":
-            n = emit(sys.stdout, series, step, extra)
+            n = emit(sys.stdout, series, extra)
         elif args.output.endswith("/") or out.is_dir():
-            n = emit_days(out, series, step, extra)
+            n = emit_days(out, series, extra)
         else:
             tmp = out.with_name(out.name + ".tmp")
             with tmp.open("w", encoding="utf-8") as f:
-                n = emit(f, series, step, extra)
+                n = emit(f, series, extra)
             tmp.replace(out)
     except (BackfillError, ValueError) as exc:
         print(f"llm-cost-exporter backfill: {exc}", file=sys.stderr)
@@ -207,8 +208,10 @@ def history(settings: Settings, step: int, until: int) -> Series:
         ledger.close()
 
 
-# family -> (an empty family: spec and label names, per series: (first sample time, values))
-Series = dict[str, tuple[Family, dict[tuple[str, ...], tuple[int, "array[float]"]]]]
+# family -> (an empty family: spec and label names, per series: (sample times, values)); a
+# series may be absent at some steps (a gauge that exists only at times), so each sample
+# keeps its own time.
+Series = dict[str, tuple[Family, dict[tuple[str, ...], tuple["array[int]", "array[float]"]]]]
 
 
 class History:
@@ -268,16 +271,14 @@ class History:
                 for key, value in fam.samples.items():
                     found = per_series.get(key)
                     if found is None:
-                        found = per_series[key] = (index, array("d"))
+                        found = per_series[key] = (array("q"), array("d"))
+                    found[0].append(at)
                     found[1].append(float(value))
             index += 1
         if index == 0:
             raise BackfillError(
                 f"--until {until} is before the first bucket's end ({first}): nothing to write"
             )
-        for _, per_series in series.values():
-            for key, (start, values) in list(per_series.items()):
-                per_series[key] = (first + start * step, values)  # step index -> time
         return series
 
 
@@ -317,7 +318,6 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: dict[str, st
 def emit(
     out: TextIO,
     series: Series,
-    step: int,
     extra: dict[str, str],
     lo: int = 0,
     hi: int = 2**62,
@@ -331,9 +331,8 @@ def emit(
         base = name[: -len("_total")] if spec.type == COUNTER else name
         header = f"# HELP {base} {spec.help}\n# TYPE {base} {spec.type}\n"
         for key in sorted(per_series):
-            start, values = per_series[key]
-            first = max(0, -(-(lo - start) // step))
-            last = min(len(values), -(-(hi - start) // step))
+            times, values = per_series[key]
+            first, last = bisect.bisect_left(times, lo), bisect.bisect_left(times, hi)
             if first >= last:
                 continue
             if header:
@@ -341,17 +340,17 @@ def emit(
                 header = ""
             head = f"{name}{{{_labels(fam.labels, key, extra)}}} "
             out.writelines(
-                f"{head}{format_value(values[i])} {start + i * step}\n" for i in range(first, last)
+                f"{head}{format_value(values[i])} {times[i]}\n" for i in range(first, last)
             )
             n += last - first
     out.write("# EOF\n")
     return n
 
 
-def emit_days(directory: Path, series: Series, step: int, extra: dict[str, str]) -> int:
+def emit_days(directory: Path, series: Series, extra: dict[str, str]) -> int:
     """One OpenMetrics file per UTC day (history-YYYY-MM-DD.om): promtool's conversion
     reads its whole input once per 2-hour block, so day files keep it linear in history."""
-    spans = [(s, s + len(v) * step) for _, per in series.values() for s, v in per.values()]
+    spans = [(t[0], t[-1] + 1) for _, per in series.values() for t, _ in per.values() if t]
     if not spans:
         return 0
     directory.mkdir(parents=True, exist_ok=True)
@@ -362,7 +361,7 @@ def emit_days(directory: Path, series: Series, step: int, extra: dict[str, str])
         name = dt.datetime.fromtimestamp(day, dt.UTC).date().isoformat()
         tmp = directory / f".history-{name}.om.tmp"
         with tmp.open("w", encoding="utf-8") as f:
-            n += emit(f, series, step, extra, day, day + 86400)
+            n += emit(f, series, extra, day, day + 86400)
         tmp.replace(directory / f"history-{name}.om")
         day += 86400
     return n

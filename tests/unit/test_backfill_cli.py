@@ -92,3 +92,23 @@ def test_no_state_file_says_to_run_the_exporter_first(
 ) -> None:
     assert main([f"--config.file={config(tmp_path)}", f"--output={tmp_path / 'h.om'}"]) == 2
     assert "does not exist: run the exporter (or `--once`) first" in capsys.readouterr().err
+
+
+def test_a_series_absent_at_some_steps_keeps_each_samples_time() -> None:
+    """A gauge that exists only at times (an exhaustion forecast) must not have its later
+    samples shifted onto the steps where it was absent."""
+    import io
+    from array import array
+
+    from exporter.backfill import emit
+    from exporter.exposition import Family
+
+    fam = Family.of("llm_budget_exhaustion_forecast_timestamp_seconds")
+    series = {fam.spec.name: (fam, {("b",): (array("q", [100, 400]), array("d", [5.0, 7.0]))})}
+    out = io.StringIO()
+    assert emit(out, series, {"job": "j"}) == 2
+    lines = [line for line in out.getvalue().splitlines() if not line.startswith("#")]
+    assert lines == [
+        'llm_budget_exhaustion_forecast_timestamp_seconds{budget="b",job="j"} 5 100',
+        'llm_budget_exhaustion_forecast_timestamp_seconds{budget="b",job="j"} 7 400',
+    ]
