@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +134,51 @@ def binary(name: str, *alternatives: str) -> str | None:
         if found:
             return found
     return None
+
+
+def promtool_blocks(history: Path, data: Path) -> None:
+    """Turn backfill day files into TSDB blocks in `data`, as the compose one-shot does."""
+    promtool = binary("promtool")
+    assert promtool, "needs promtool"
+    files = sorted(history.glob("history-*.om"))
+    assert files, f"no history files in {history}"
+    for f in files:
+        subprocess.run(
+            [promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", str(f), str(data)],
+            check=True,
+            capture_output=True,
+        )
+
+
+@contextmanager
+def prometheus_scraping(
+    tmp: Path, target: str, scrape_interval: str, rules: Path | None = None
+) -> Iterator[str]:
+    """A real Prometheus on `tmp / "prom"` (blocks may already be there) scraping the exporter
+    at `target` as job llm-cost-exporter, with `rules` copied beside it; yields its URL."""
+    prometheus = binary("prometheus")
+    assert prometheus, "needs prometheus"
+    cfg: dict[str, Any] = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": "llm-cost-exporter", "static_configs": [{"targets": [target]}]}
+        ],
+    }
+    if rules is not None:
+        shutil.copytree(rules, tmp / "rules")
+        cfg["rule_files"] = ["rules/*.yml"]
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    with process(
+        [
+            prometheus,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'prom'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp / "prom.log",
+        cwd=tmp,
+    ):
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: prom_query(base, "up"), timeout=30)
+        yield base

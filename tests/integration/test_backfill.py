@@ -15,7 +15,6 @@ it into blocks, and a real Prometheus starts on them and scrapes the exporter li
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 import time
 from collections import defaultdict
 from decimal import Decimal
@@ -32,7 +31,15 @@ from exporter.names import COUNTER, SPECS
 from exporter.settings import load
 from exporter.simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
-from tests.helpers import binary, free_port, http_get, process, prom_query, wait_for
+from tests.helpers import (
+    binary,
+    free_port,
+    http_get,
+    prom_query,
+    prometheus_scraping,
+    promtool_blocks,
+    wait_for,
+)
 
 PROMETHEUS = binary("prometheus")
 PROMTOOL = binary("promtool")
@@ -117,47 +124,10 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Any:
         )
         == 0
     )
-    files = sorted((tmp / "history").glob("history-*.om"))
-    assert len(files) >= DAYS
-    for f in files:
-        subprocess.run(
-            [
-                PROMTOOL,
-                "tsdb",
-                "create-blocks-from",
-                "openmetrics",
-                "-q",
-                str(f),
-                str(tmp / "prom"),
-            ],
-            check=True,
-            capture_output=True,
-        )
+    assert len(list((tmp / "history").glob("history-*.om"))) >= DAYS
+    promtool_blocks(tmp / "history", tmp / "prom")
     took = time.monotonic() - began
-    prom_port = free_port()
-    (tmp / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "llm-cost-exporter",
-                        "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    with process(
-        [
-            str(PROMETHEUS),
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'prom'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        tmp / "prom.log",
-    ):
-        base = f"http://127.0.0.1:{prom_port}"
+    with prometheus_scraping(tmp, f"127.0.0.1:{port}", "1s") as base:
         live = "count(llm_tokens_total) and on () (time() - timestamp(up) < 5)"
         wait_for(
             lambda: prom_query(base, "count_over_time(up[1m]) > 2") and prom_query(base, live),

@@ -12,8 +12,6 @@ every 10s here), so the hour it needs comes from the backfill.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +23,16 @@ from exporter.backfill import main as backfill
 from exporter.settings import load
 from exporter.simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
-from tests.helpers import binary, free_port, parse, process, prom_query, total, wait_for
+from tests.helpers import (
+    binary,
+    free_port,
+    parse,
+    prom_query,
+    prometheus_scraping,
+    promtool_blocks,
+    total,
+    wait_for,
+)
 
 PROMETHEUS = binary("prometheus")
 PROMTOOL = binary("promtool")
@@ -89,7 +96,7 @@ def test_forecast_alert_fires_at_once_on_backfilled_history(tmp_path: Path) -> N
         write_config(cfg, sim, state, zone, limit)
         app = App(load(cfg, env), retry=RETRY)
         app.poll_once()
-        port, prom_port = free_port(), free_port()
+        port = free_port()
         app.serve(f"127.0.0.1:{port}")
 
         out = tmp_path / "history"
@@ -97,47 +104,10 @@ def test_forecast_alert_fires_at_once_on_backfilled_history(tmp_path: Path) -> N
             backfill([f"--config.file={cfg}", f"--output={out}/", f"--instance=127.0.0.1:{port}"])
             == 0
         )
-        for f in sorted(out.glob("history-*.om")):
-            subprocess.run(
-                [
-                    str(PROMTOOL),
-                    "tsdb",
-                    "create-blocks-from",
-                    "openmetrics",
-                    "-q",
-                    str(f),
-                    str(tmp_path / "prom"),
-                ],
-                check=True,
-                capture_output=True,
-            )
-        shutil.copytree(ROOT / "prometheus/rules", tmp_path / "rules")
-        (tmp_path / "prometheus.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "10s", "evaluation_interval": "1s"},
-                    "rule_files": ["rules/*.yml"],
-                    "scrape_configs": [
-                        {
-                            "job_name": "llm-cost-exporter",
-                            "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
-                        }
-                    ],
-                }
-            )
-        )
-        with process(
-            [
-                str(PROMETHEUS),
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'prom'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            tmp_path / "prom.log",
-            cwd=tmp_path,
-        ):
-            base = f"http://127.0.0.1:{prom_port}"
-            wait_for(lambda: prom_query(base, "up"), timeout=30)
+        promtool_blocks(out, tmp_path / "prom")
+        with prometheus_scraping(
+            tmp_path, f"127.0.0.1:{port}", "10s", rules=ROOT / "prometheus/rules"
+        ) as base:
             began = time.monotonic()
             firing = 'ALERTS{alertname="LLMBudgetForecastOverrun", alertstate="firing"}'
             alerts = wait_for(lambda: prom_query(base, firing), timeout=60, interval=0.5)
