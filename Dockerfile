@@ -30,6 +30,7 @@ RUN python3 -m venv /opt/llm-cost-exporter \
  && /opt/llm-cost-exporter/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
+COPY simulator ./simulator
 # The project itself: built with the locked setuptools (no build isolation, nothing unpinned
 # fetched), installed without dependencies (they are all locked above), then the build-only
 # packages leave the venv.

@@ -7,7 +7,7 @@ plus the spend so far today, and predicts month-end spend; the error against the
 total is averaged as MAPE. A naive run rate (month-to-date spend / elapsed fraction of the
 month) is shown for comparison.
 
-When the provider simulator's dataset (`exporter.simulator.dataset.Dataset`) is importable, its
+When the provider simulator's dataset (`simulator.dataset.Dataset`) is importable, its
 exact daily cost (all providers, UTC days, seed 1) over `SIM_MONTHS` months is backtested as one
 more scenario; it has a strong business-hours/weekend rhythm but no growth or spikes.
 
@@ -158,7 +158,7 @@ def simulator_series(months: int) -> Series | None:
     """Daily cost from the simulator's dataset, or None if it is not available."""
     try:
         from exporter.rows import COST
-        from exporter.simulator.dataset import PROVIDERS, Dataset
+        from simulator.dataset import PROVIDERS, Dataset
     except ImportError:
         return None
     dataset = Dataset(seed=1, start=FIRST_DAY)

@@ -110,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list and args_list[0] == "simulate":
-        from exporter.simulator import main as simulate
+        from simulator.server import main as simulate
 
         return simulate(args_list[1:])
     if args_list and args_list[0] == "backfill":

@@ -24,7 +24,7 @@ import yaml
 from exporter.app import App
 from exporter.rows import COST, REQUESTS, TOOL_CALLS
 from exporter.settings import load
-from exporter.simulator.server import SimulatorServer
+from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
 from tests.helpers import Samples, binary, parse, total
 

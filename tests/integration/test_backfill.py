@@ -29,7 +29,7 @@ from exporter.backfill import main as backfill
 from exporter.ledger import Ledger
 from exporter.names import COUNTER, SPECS
 from exporter.settings import load
-from exporter.simulator.server import SimulatorServer
+from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
 from tests.helpers import (
     binary,

@@ -703,7 +703,7 @@ def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
     """The compose one-shots, run as compose runs them (sh, same environment variables):
     the first `up` writes the history and turns it into blocks; the second adds nothing
     and does not fail."""
-    from exporter.simulator.server import SimulatorServer
+    from simulator.server import SimulatorServer
 
     sim = SimulatorServer(port=0, seed=4).start()
     state, data = tmp_path / "state", tmp_path / "prometheus"

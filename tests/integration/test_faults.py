@@ -27,7 +27,7 @@ import yaml
 from exporter.app import App
 from exporter.server import _landing
 from exporter.settings import load
-from exporter.simulator.server import SimulatorServer
+from simulator.server import SimulatorServer
 from tests.helpers import Samples, http_get, parse, total, wait_for
 from tests.integration.test_openai_spine import NOW, make_app, stable
 

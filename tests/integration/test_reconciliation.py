@@ -12,7 +12,7 @@ import yaml
 
 from exporter.app import App
 from exporter.settings import load
-from exporter.simulator.server import SimulatorServer
+from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
 from tests.helpers import parse, total
 

@@ -15,7 +15,7 @@ import yaml
 
 from exporter.app import App
 from exporter.settings import Settings, load
-from exporter.simulator.server import SimulatorServer
+from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
 
 NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())

@@ -170,7 +170,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         process(
             [
                 *exporter_cmd(cfg, "")[:2],
-                "exporter.simulator",
+                "simulator",
                 "--listen",
                 f"127.0.0.1:{ports['sim']}",
                 "--seed",

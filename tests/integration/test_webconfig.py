@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from exporter.simulator.server import SimulatorServer
+from simulator.server import SimulatorServer
 from exporter.webconfig import WebConfigError, load_web_config
 from tests.helpers import ROOT, binary, free_port, http_get, process, prom_query, wait_for
 

@@ -20,9 +20,9 @@ import genai_prices
 import httpx2 as httpx
 import pytest
 
-from exporter.simulator import dataset as ds
-from exporter.simulator.prices import UNKNOWN_MODEL
-from exporter.simulator.server import SimulatorServer, main
+from simulator import dataset as ds
+from simulator.prices import UNKNOWN_MODEL
+from simulator.server import SimulatorServer, main
 from exporter.sources._http import (
     DECODE,
     RATE_LIMITED,
@@ -926,7 +926,7 @@ def test_truth_over_http_matches_in_process(ctl: httpx.Client) -> None:
 
 def test_main_serves_until_interrupted() -> None:
     code = (
-        "import sys, threading, _thread; from exporter.simulator.server import main;"
+        "import sys, threading, _thread; from simulator.server import main;"
         "threading.Timer(1.5, _thread.interrupt_main).start();"
         "sys.exit(main(['--listen', '127.0.0.1:0', '--seed', '3', '--start', '2026-10-01']))"
     )

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from exporter.rows import (
+from simulator import dataset as ds
+from simulator.prices import STORAGE_BYTE_SECONDS
+from simulator.vocab import (
     AUDIO_SECONDS,
     CHARACTERS,
     IMAGES,
@@ -24,9 +26,7 @@ from exporter.rows import (
     STORAGE_BYTES,
     TOOL_CALLS,
 )
-from exporter.simulator import dataset as ds
-from exporter.simulator.prices import STORAGE_BYTE_SECONDS
-from exporter.simulator.server import (
+from simulator.wire import (
     LIMITS,
     WIDTHS,
     BadRequest,

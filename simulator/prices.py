@@ -28,7 +28,7 @@ from decimal import Decimal
 
 import genai_prices
 
-from exporter.rows import AUDIO_SECONDS, CHARACTERS, IMAGES, SESSIONS, TOOL_CALLS
+from simulator.vocab import AUDIO_SECONDS, CHARACTERS, IMAGES, SESSIONS, TOOL_CALLS
 
 MILLION = 1_000_000
 UNKNOWN_MODEL = "acme-internal-1"

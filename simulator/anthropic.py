@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from exporter.rows import SESSIONS, TOOL_CALLS
-from exporter.simulator import dataset as ds
-from exporter.simulator.prices import CODE_EXECUTION_SECONDS
-from exporter.simulator.server import (
+from simulator import dataset as ds
+from simulator.prices import CODE_EXECUTION_SECONDS
+from simulator.vocab import SESSIONS, TOOL_CALLS
+from simulator.wire import (
     DAY,
     LIMITS,
     WIDTHS,

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 
-from exporter.rows import (
+from simulator.prices import (
+    CODE_EXECUTION_SECONDS,
+    STORAGE_BYTE_SECONDS,
+    UNKNOWN_MODEL,
+    PriceCard,
+)
+from simulator.vocab import (
     AUDIO_SECONDS,
     CHARACTERS,
     COST,
@@ -38,12 +44,6 @@ from exporter.rows import (
     SESSIONS,
     STORAGE_BYTES,
     TOOL_CALLS,
-)
-from exporter.simulator.prices import (
-    CODE_EXECUTION_SECONDS,
-    STORAGE_BYTE_SECONDS,
-    UNKNOWN_MODEL,
-    PriceCard,
 )
 
 DAY = 86400
@@ -82,8 +82,8 @@ _QUIET_HOURS = (2, 3)  # Sunday maintenance window: no activity at all (empty bu
 class Stream:
     """One combination of dimensions with its activity parameters.
 
-    `dims` use the exporter's dimension vocabulary (`exporter.rows.DIMENSIONS`) plus
-    provider extras (inference_geo, status_code, ...); None is a null on the wire.
+    `dims` use the same dimension names as the exporter's rows (model, project, user, ...)
+    plus provider extras (inference_geo, status_code, ...); None is a null on the wire.
     `rate` is driver events per minute at the profile's peak (for the `level` profile: bytes).
     """
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from exporter.rows import REQUESTS
-from exporter.simulator import dataset as ds
-from exporter.simulator.server import BadRequest, Context, Request, Response, Settings
+from simulator import dataset as ds
+from simulator.vocab import REQUESTS
+from simulator.wire import BadRequest, Context, Request, Response, Settings
 
 NAME = "groq"
 BASE = "/groq/v1/metrics/prometheus"
