@@ -61,6 +61,7 @@ from exporter.pricing import PriceBook
 from exporter.rows import Bucket, Row
 from exporter.serving import ServingProcess
 from exporter.settings import BudgetSettings
+from exporter.sources import pricing_traits
 
 HOUR = 3600
 MODELS = (
@@ -141,7 +142,7 @@ def make_ledger(path: Path, rows: int) -> None:
 
 
 def context() -> FoldContext:
-    return FoldContext(TZ, OPT, PriceBook(), BUDGETS)
+    return FoldContext(TZ, OPT, PriceBook(providers=pricing_traits()), BUDGETS)
 
 
 def families(agg: Aggregates, now: dt.datetime) -> list[Family]:
@@ -243,7 +244,7 @@ def child_scratch(path: Path) -> dict[str, float]:
     ledger = Ledger(path)
     agg = Aggregates(context(), ledger)
     wall0, cpu0 = time.monotonic(), cpu()
-    agg.refold(NOW, PriceBook().fingerprint(), "benchmark")
+    agg.refold(NOW, PriceBook(providers=pricing_traits()).fingerprint(), "benchmark")
     size = render(agg, Exposition(), NOW)
     ledger.close()
     series = sum(len(s) for k, s in agg.cells.items() if k.startswith(("t:", "p:")))
@@ -260,7 +261,7 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
     began = time.monotonic()
     ledger = Ledger(path)
     agg = Aggregates(context(), ledger)
-    refolded = agg.open(NOW, PriceBook().fingerprint())
+    refolded = agg.open(NOW, PriceBook(providers=pricing_traits()).fingerprint())
     exposition = Exposition()
     size = render(agg, exposition, NOW)
     ready = time.monotonic() - began

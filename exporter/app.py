@@ -31,23 +31,14 @@ from exporter.names import BY_NAME
 from exporter.poller import Account, Poller, history_start_ts
 from exporter.pricing import PriceBook
 from exporter.redact import redact
+from exporter.schema import AccountSettings
 from exporter.server import parse_listen
 from exporter.serving import ServingProcess
-from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
-from exporter.sources import registry
+from exporter.settings import Settings
+from exporter.sources import adapters, pricing_traits
 from exporter.sources._http import ApiClient, RetryPolicy
 
 log = logging.getLogger(__name__)
-
-
-def _headers(provider: str, key: str) -> dict[str, str]:
-    from importlib import import_module
-
-    mod = import_module(f"exporter.sources.{provider}")
-    fn: Callable[[str], dict[str, str]] | None = getattr(mod, "headers", None)
-    if fn is not None:
-        return fn(key)
-    return {"Authorization": f"Bearer {key}"}
 
 
 def make_account(
@@ -58,17 +49,17 @@ def make_account(
     retry: RetryPolicy | None = None,
     cancel: threading.Event | None = None,
 ) -> Account:
-    assert acc.api_key is not None, "resolve_secrets() runs before wiring"
+    adapter = adapters()[provider]
+    key = acc.api_key
     client = ApiClient(
-        acc.base_url or PROVIDER_DEFAULTS[provider][1],
-        _headers(provider, acc.api_key.get_secret_value()),
+        acc.base_url or adapter.base_url or "http://no-http-source.invalid/",
+        adapter.headers(key.get_secret_value()) if key is not None else {},
         recorder=health.recorder(provider, acc.account),
         timeout=acc.timeout,
         retry=retry,
         cancel=cancel,
     )
-    factory = registry()[provider]
-    source = factory(
+    source = adapter.build(
         acc, client, group_by=settings.group_by_for(acc), bucket_width=settings.bucket_seconds
     )
     return Account(source, client, settings.interval_for(acc))
@@ -100,7 +91,7 @@ def open_ledger(settings: Settings, now: dt.datetime) -> Ledger:
 
 
 def make_estimator(settings: Settings) -> PriceBook:
-    book = PriceBook(settings.prices)  # raises ValueError naming a bad override
+    book = PriceBook(settings.prices, providers=pricing_traits())  # ValueError: bad override
     if settings.prices.refresh:
         book.start_refresh()
     return book

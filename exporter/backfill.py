@@ -47,7 +47,9 @@ from exporter.model import RenderInput, fold_sets, history_families
 from exporter.names import COUNTER
 from exporter.poller import history_start_ts
 from exporter.pricing import PriceBook
-from exporter.settings import ConfigError, Settings, load, parse_duration
+from exporter.schema import parse_duration
+from exporter.settings import ConfigError, Settings, load
+from exporter.sources import pricing_traits
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ def history(settings: Settings, step: int, until: int) -> Series:
                 settings.group_by_for(a)
                 for _, a in (*settings.providers.accounts(), *settings.providers.not_configured())
             ),
-            PriceBook(settings.prices),
+            PriceBook(settings.prices, providers=pricing_traits()),
             settings.budgets,
         )
         replay = History(ctx, settings, history_start)

@@ -5,7 +5,7 @@ nothing here touches HTTP, SQLite or Prometheus. Money is Decimal throughout.
 
 Spend basis (`BudgetSettings.basis`), computed per scope part then summed:
 
-- `reported`: the provider-reported cost only (a provider with no cost API, such as Groq,
+- `reported`: the provider-reported cost only (a provider with no cost API
   contributes nothing: use `estimated` or `blended` for it).
 - `estimated`: the estimated cost (tokens x prices) only.
 - `blended` (default): for each day before the part's `reported_through` (the first day the
@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
 
 from exporter.forecast import (
@@ -45,7 +45,10 @@ from exporter.forecast import (
     local_midnight,
     project,
 )
-from exporter.settings import BudgetSettings
+
+if TYPE_CHECKING:
+    from exporter.schema import BudgetSettings
+
 
 Period = Literal["day", "week", "month", "quarter"]
 Basis = Literal["reported", "estimated", "blended"]

@@ -13,8 +13,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from exporter.settings import PROVIDER_DEFAULTS, AccountSettings, Settings
+from exporter.ledger import state_file_problem
+from exporter.pricing import validate_overrides
+from exporter.schema import AccountSettings
+from exporter.sources import adapters
+from exporter.sources._http import ApiClient
+
+if TYPE_CHECKING:  # settings runs these checks: a runtime import would be circular
+    from exporter.settings import Settings
 
 
 def startup_problems(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -27,27 +35,16 @@ def startup_problems(settings: Settings, environ: Mapping[str, str] | None = Non
     )
 
 
-def _accounts(settings: Settings) -> list[tuple[str, int, AccountSettings]]:
-    """(provider, index in the config list, account) of every enabled account."""
-    return [
-        (p, i, acc)
-        for p in PROVIDER_DEFAULTS
-        for i, acc in enumerate(getattr(settings.providers, p))
-        if acc.enabled
-    ]
-
-
 def adapter_option_problems(settings: Settings) -> list[str]:
-    """Build each enabled account's source (no request is made) and collect what it rejects."""
-    from exporter.sources import registry
-    from exporter.sources._http import ApiClient
-
-    factories = registry()
+    """Build each enabled account's source (no request is made) and collect what it rejects
+    beyond its options model (which the schema already applied), e.g. a revision horizon
+    shorter than the bucket width."""
+    registry = adapters()
     problems = []
-    for provider, i, acc in _accounts(settings):
+    for provider, i, acc in settings.providers.enabled():
         client = ApiClient("http://config-check.invalid/", {})
         try:
-            factories[provider](
+            registry[provider].build(
                 acc,
                 client,
                 group_by=settings.group_by_for(acc),
@@ -62,14 +59,12 @@ def adapter_option_problems(settings: Settings) -> list[str]:
 
 
 def price_override_problems(settings: Settings) -> list[str]:
-    from exporter.pricing import validate_overrides
-
-    return validate_overrides(settings.prices)
+    return validate_overrides(settings.prices, adapters())
 
 
 def _key_source(provider: str, acc: AccountSettings, env: Mapping[str, str]) -> str:
     """Where `resolve_secrets` read this account's key from (a name, never the key)."""
-    var = acc.key_env or PROVIDER_DEFAULTS[provider][0]
+    var = acc.key_env or adapters()[provider].key_env or ""
     if acc.key_file is not None:
         return f"key_file {acc.key_file}"
     if env.get(var):
@@ -81,7 +76,7 @@ def key_character_problems(settings: Settings, environ: Mapping[str, str]) -> li
     """A key with a newline, a space, a control or a non-ASCII character cannot go into an
     HTTP header: every request would fail locally. Name where it came from, never the key."""
     problems = []
-    for provider, i, acc in _accounts(settings):
+    for provider, i, acc in settings.providers.enabled():
         if acc.api_key is None:
             continue
         key = acc.api_key.get_secret_value()
@@ -107,8 +102,6 @@ def key_character_problems(settings: Settings, environ: Mapping[str, str]) -> li
 
 
 def state_file_problems(settings: Settings) -> list[str]:
-    from exporter.ledger import state_file_problem
-
     if settings.state_recover:
         return []  # a damaged file is moved aside at start
     problem = state_file_problem(Path(settings.state_file).expanduser().resolve())

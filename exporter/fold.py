@@ -52,7 +52,7 @@ from exporter.rows import (
     TOOL_CALLS,
     Number,
 )
-from exporter.settings import BudgetSettings
+from exporter.schema import BudgetSettings
 
 # Opt-in dimension labels, in label order. `project` is on by default (settings.group_by).
 OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window")

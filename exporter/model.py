@@ -12,10 +12,10 @@ the sums it needs: `_counters`, `_periods`, `_storage`, `_prices`, `_reconciliat
 
 Example exposition:
 
-    llm_tokens_total{provider="openai",account="main",operation="completions",model="gpt-4o",
+    llm_tokens_total{provider="p",account="main",operation="completions",model="m-1",
                      project="proj_a",token_type="cache_read"} 1234
-    llm_cost_reported_usd_total{provider="openai",account="main",project="proj_a",model="",
-                                line_item="gpt-4o, input"} 12.5
+    llm_cost_reported_usd_total{provider="p",account="main",project="proj_a",model="",
+                                line_item="m-1, input"} 12.5
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from exporter.health import Health
 from exporter.ledger import Revision, StoredRow
 from exporter.names import BY_NAME
 from exporter.rows import Number, Row
-from exporter.settings import BudgetSettings
+from exporter.schema import BudgetSettings
 
 __all__ = [
     "OPT_IN",
@@ -454,7 +454,7 @@ def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
             reported = {dt.date.fromordinal(d): Decimal(v) for d, v in rep.items()}
             estimated = {dt.date.fromordinal(d): Decimal(v) for d, v in est.items()}
             closed = newest.get((p, a))
-            # A scope that cost rows cannot express (e.g. a model selector on OpenAI, whose
+            # A scope that cost rows cannot express (e.g. a model selector on a provider whose
             # costs carry no model) is estimated only; so is a provider with no cost API.
             if closed is not None and all(
                 k in ("provider", "account") or k in cost_dims[(p, a)] for k in bs.selector

@@ -15,29 +15,30 @@ Rules, in the order they apply to one (provider, model, token type, day, context
    type's standard price outright (no multiplier; batch rule 6 still applies); other types
    are priced from the database (for `alias_of` if set, else the model itself) times
    `multiplier`. Any price an override contributed to has `price_source="override"`.
-2. **Model lookup** in the database under the provider's id. A fine-tuned OpenAI model
-   `ft:<base>:<org>:<suffix>:<id>` is first priced by the database's own fine-tune entry
-   (fine-tune inference usually costs more than the base model); only if there is none is it
-   priced as `<base>`, which is then a lower bound: add an override to make it exact.
+2. **Model lookup** in the database under the provider's id (`ProviderPricing.price_id`).
+   A model the database does not know is then looked up under the names its adapter offers
+   (`ProviderPricing.model_candidates`: for a fine-tune, the database's fine-tune entry first,
+   since fine-tune inference usually costs more, then the base model, which is then a lower
+   bound: add an override to make it exact).
 3. **Date**: the price entry in force on the day (UTC date of the price change), so history is
    priced at the prices of its time.
 4. **Token type** -> database price field, most specific first (`TOKEN_PRICE_KEYS`). Like the
    database's own calculator, a type without its own price falls back to the more general
    field that covers it (image input of a vision chat model is billed as input; a cache read
-   of a model with no cache price is billed as input; an OpenAI cache write as input), with
+   of a model with no cache price is billed as input; an unqualified cache write as input), with
    three exceptions where that fallback is known to be wrong and the type stays unpriced:
    audio (audio tokens cost several times text tokens, and the database lacks audio prices
-   for some audio models), `cache_write_5m` (never the plain input price: Anthropic charges a
-   write premium) and `cache_write_1h` (only a 1 h price; the 5 min price is lower).
+   for some audio models), `cache_write_5m` (never the plain input price: timed cache writes
+   carry a write premium) and `cache_write_1h` (only a 1 h price; the 5 min price is lower).
 5. **Long-context tiers** are never triggered by a bucket's total: the base tier is used,
-   unless the provider reports the request's context window (Anthropic `context_window`
-   "200k-1M"), in which case the tiers whose threshold that window's lower bound reaches apply.
+   unless the provider reports the request's context window (dimension `context_window`,
+   e.g. "200k-1M"), in which case the tiers whose threshold that window's lower bound reaches apply.
 6. **Service tier and batch**: the database's price variants (`service_tier`,
    `processing=batch`) when it has them for that day. With no batch prices in the database,
-   batch usage at OpenAI and Anthropic is priced at 50% of the standard price, the discount
-   both publish for their Batch APIs (Quote.batch_rule records it); Groq batch usage without
-   a database price keeps the standard price. A service tier without variants is priced at
-   standard rates. Anthropic reports batch as `service_tier="batch"`.
+   batch usage is priced at the provider's published batch discount
+   (`ProviderPricing.batch_discount`, declared by its adapter; Quote.batch_rule records it);
+   a provider without one keeps the standard price. A service tier without variants is
+   priced at standard rates. `service_tier="batch"` counts as batch.
 
 Unknown model or unpriced token type: `None`, never zero; the caller counts those tokens as
 unpriced. Time-of-day prices (off-peak) cannot apply to a daily bucket: 12:00 UTC is used.
@@ -63,7 +64,7 @@ from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices
 from genai_prices.update_prices import DEFAULT_UPDATE_URL, UpdatePrices
 
 from exporter.rows import TOKEN_TYPES
-from exporter.settings import PriceOverride, PricesSettings
+from exporter.schema import PriceOverride, PricesSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,31 @@ SOURCE_DATABASE = "database"
 SOURCE_OVERRIDE = "override"
 SOURCE_FREE = "free"  # the provider does not bill this operation
 
-# Operations the provider does not bill, whatever the model: their tokens cost $0 (priced,
-# not "unpriced"). OpenAI's moderation endpoint is free of charge.
-FREE_OPERATIONS = frozenset({("openai", "moderations")})
 DATA_SOURCE = "genai-prices"  # bundled with the installed package
 DATA_SOURCE_REFRESHED = "genai-prices-remote"  # fetched at run time (prices.refresh)
 
-# Our provider name -> genai-prices provider id.
-PROVIDER_IDS: dict[str, str] = {"openai": "openai", "anthropic": "anthropic", "groq": "groq"}
 
-# Published Batch API discount where the database has no batch price: OpenAI ("Batch API:
-# 50% off inputs and outputs") and Anthropic ("Message Batches API ... 50% of standard").
-BATCH_RULE: dict[str, Decimal] = {"openai": Decimal("0.5"), "anthropic": Decimal("0.5")}
+def _no_candidates(model: str) -> tuple[str, ...]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderPricing:
+    """What pricing needs to know of one provider; each adapter declares its own.
+
+    `price_id`: the provider's id in the price database ("" = the provider's own name).
+    `batch_discount`: the published batch multiplier applied where the database has no batch
+    price (None: batch usage keeps the standard price). `free_operations`: operations the
+    provider does not bill, whatever the model (their tokens cost $0: priced, not
+    "unpriced"). `model_candidates`: names to try, in order, for a model the database does not
+    know as reported (e.g. a fine-tune's own entry, then its base model).
+    """
+
+    price_id: str = ""
+    batch_discount: Decimal | None = None
+    free_operations: frozenset[str] = frozenset()
+    model_candidates: Callable[[str], tuple[str, ...]] = _no_candidates
+
 
 # Token type -> database price fields, most specific first. A field's unit is covered by the
 # ones after it, so the first priced field is the price the database itself would bill.
@@ -244,16 +258,20 @@ class _Override:
         )
 
 
-def validate_overrides(settings: PricesSettings) -> list[str]:
-    """Config problems as `key.path: problem` lines (empty when fine)."""
+_UNDECLARED = ProviderPricing()
+
+
+def validate_overrides(settings: PricesSettings, providers: Iterable[str]) -> list[str]:
+    """Config problems as `key.path: problem` lines (empty when fine); `providers` are the
+    known provider names."""
+    known = sorted(providers)
     problems: list[str] = []
     seen: set[tuple[str, str, dt.date | None]] = set()
     for i, o in enumerate(settings.overrides):
         where = f"prices.overrides[{i}]"
-        if o.provider not in PROVIDER_IDS:
+        if o.provider not in known:
             problems.append(
-                f"{where}.provider: unknown provider {o.provider!r} "
-                f"(choose from {sorted(PROVIDER_IDS)})"
+                f"{where}.provider: unknown provider {o.provider!r} (choose from {known})"
             )
         if not o.model:
             problems.append(f"{where}.model: must not be empty")
@@ -315,10 +333,16 @@ class _RecordingUpdater(UpdatePrices):
     refusing a data file that lacks a provider we price (the previous data stays in force)."""
 
     def __init__(
-        self, on_result: Callable[[Exception | None], None], *, update_interval: float, url: str
+        self,
+        on_result: Callable[[Exception | None], None],
+        *,
+        update_interval: float,
+        url: str,
+        required: frozenset[str],
     ) -> None:
         super().__init__(update_interval=update_interval, url=url)
         self._on_result = on_result
+        self._required = required
 
     def fetch(self) -> data_snapshot.DataSnapshot | None:
         try:
@@ -326,7 +350,7 @@ class _RecordingUpdater(UpdatePrices):
             if snapshot is None:
                 raise ValueError("price data fetch returned nothing")
             have = {p.id for p in snapshot.providers if p.models}
-            missing = sorted(set(PROVIDER_IDS.values()) - have)
+            missing = sorted(self._required - have)
             if missing:
                 raise ValueError(f"fetched price data lacks provider(s) {missing}")
         except Exception as exc:
@@ -352,11 +376,13 @@ class PriceBook:
         self,
         settings: PricesSettings | None = None,
         *,
+        providers: Mapping[str, ProviderPricing],
         refresh_url: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings or PricesSettings()
-        problems = validate_overrides(self.settings)
+        self._providers = dict(providers)
+        problems = validate_overrides(self.settings, self._providers)
         if problems:
             raise ValueError("\n".join(problems))
         self._overrides = tuple(_compile(i, o) for i, o in enumerate(self.settings.overrides))
@@ -411,15 +437,27 @@ class PriceBook:
                 self._memo[key] = quotes
         return quotes
 
+    def _traits(self, provider: str) -> ProviderPricing:
+        """The provider's pricing traits; one no adapter declares is priced under its own
+        name, with no batch discount and no free operations."""
+        return self._providers.get(provider) or _UNDECLARED
+
     def _compute(self, snapshot: data_snapshot.DataSnapshot, ctx: _Ctx) -> dict[str, Quote | None]:
-        batch = ctx.batch or ctx.service_tier == "batch"  # Anthropic: batch is a service tier
+        batch = ctx.batch or ctx.service_tier == "batch"  # batch reported as a service tier
         tier = "" if ctx.service_tier == "batch" else ctx.service_tier
         ov = self._override_for(ctx.provider, ctx.model, ctx.day)
         db_model = ov.alias_of if ov is not None and ov.alias_of else ctx.model
         db = _database_quotes(
-            snapshot, ctx.provider, db_model, ctx.day, tier, batch, ctx.context_window
+            snapshot,
+            ctx.provider,
+            self._traits(ctx.provider),
+            db_model,
+            ctx.day,
+            tier,
+            batch,
+            ctx.context_window,
         )
-        rule = BATCH_RULE.get(ctx.provider) if batch else None
+        rule = self._traits(ctx.provider).batch_discount if batch else None
         out: dict[str, Quote | None] = {}
         for tt in (*TOKEN_TYPES, *UNITS):
             if ov is not None and tt in ov.usd_per_mtok:
@@ -509,7 +547,7 @@ class PriceBook:
         day: dt.date,
     ) -> Estimate:
         """`estimate` with model and context read from a row's dimensions (or labels)."""
-        if (provider, dims.get("operation", "")) in FREE_OPERATIONS:
+        if dims.get("operation", "") in self._traits(provider).free_operations:
             free = {
                 tt: PricedTokens(n, Decimal(0), Decimal(0), SOURCE_FREE)
                 for tt, raw in token_counts.items()
@@ -659,6 +697,7 @@ class PriceBook:
             self._record_refresh,
             update_interval=self.settings.refresh_interval,
             url=self._refresh_url,
+            required=frozenset(t.price_id or p for p, t in self._providers.items()),
         )
         self._updater.start()
         return True
@@ -702,36 +741,35 @@ def _count(token_type: str, raw: object) -> int:
 
 
 def _find_model(
-    snapshot: data_snapshot.DataSnapshot, provider: str, model: str
+    snapshot: data_snapshot.DataSnapshot, provider: str, traits: ProviderPricing, model: str
 ) -> tuple[Provider, ModelInfo] | None:
-    """The database entry for a model, with fine-tuned OpenAI names normalized."""
+    """The database entry for a model: its reported name first, then the names its
+    adapter offers for it (a fine-tune's own entry, its base model), matched exactly or by
+    the database's own id in lower case."""
     if not model:
         return None
-    pid = PROVIDER_IDS.get(provider, provider)
+    pid = traits.price_id or provider
     try:
         return snapshot.find_provider_model(model, None, pid, None)
     except LookupError:
         pass
-    if not model.startswith("ft:") or model.count(":") < 2:
-        return None
-    base = model.split(":")[1]
-    if not base:
+    candidates = traits.model_candidates(model)
+    if not candidates:
         return None
     try:
-        return snapshot.find_provider_model("ft:" + base, None, pid, None)
+        prov: Provider | None = snapshot.find_provider(None, pid, None)
     except LookupError:
-        pass
-    try:
-        prov = snapshot.find_provider(None, pid, None)
-    except LookupError:
-        return None
-    for m in prov.models:  # the database's fine-tune entry named after the base
-        if m.id == "ft:" + base.lower():
-            return prov, m
-    try:
-        return snapshot.find_provider_model(base, None, pid, None)
-    except LookupError:
-        return None
+        prov = None
+    for name in candidates:
+        try:
+            return snapshot.find_provider_model(name, None, pid, None)
+        except LookupError:
+            pass
+        if prov is not None:
+            for m in prov.models:
+                if m.id == name.lower():
+                    return prov, m
+    return None
 
 
 def _has_batch_prices(model: ModelInfo, at: dt.datetime, ctx: Mapping[str, str]) -> bool:
@@ -752,13 +790,14 @@ def _has_batch_prices(model: ModelInfo, at: dt.datetime, ctx: Mapping[str, str])
 def _database_quotes(
     snapshot: data_snapshot.DataSnapshot,
     provider: str,
+    traits: ProviderPricing,
     model: str,
     day: dt.date,
     service_tier: str,
     batch: bool,
     context_window: str,
 ) -> dict[str, Quote | None]:
-    found = _find_model(snapshot, provider, model)
+    found = _find_model(snapshot, provider, traits, model)
     if found is None:
         return dict.fromkeys((*TOKEN_TYPES, *UNITS))
     prov, info = found
@@ -771,7 +810,7 @@ def _database_quotes(
     if db_batch:
         ctx["processing"] = "batch"
     prices: ModelPrice = info.get_prices(at, ctx or None)
-    rule = BATCH_RULE.get(provider) if batch and not db_batch else None
+    rule = traits.batch_discount if batch and not db_batch else None
     floor = context_floor(context_window)
     out: dict[str, Quote | None] = {}
     for tt, keys in TOKEN_PRICE_KEYS.items():

@@ -15,188 +15,103 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter.checks import startup_problems
+from exporter.schema import (
+    DEFAULT_GROUP_BY,
+    GROUPABLE,
+    AccountSettings,
+    BudgetSettings,
+    CardinalitySettings,
+    PriceOverride,
+    PricesSettings,
+    Strict,
+    parse_duration,
+    problem_line,
+)
+from exporter.sources import Adapter, adapters
+
 DEFAULT_LISTEN = ":9877"
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
-_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+def _account_model(adapter: Adapter) -> type[AccountSettings]:
+    """AccountSettings whose `options` are checked with the adapter's own options model, so
+    each problem is reported with its path (`providers.NAME[0].options.KEY: ...`). The
+    options stay as written: a change of them (the account's shape) is compared as text."""
+
+    def check(cls: type[AccountSettings], value: dict[str, Any]) -> dict[str, Any]:
+        adapter.options.model_validate(value)
+        return value
+
+    return create_model(
+        f"{adapter.name.title().replace('_', '')}Account",
+        __base__=AccountSettings,
+        __validators__={"_options": field_validator("options")(classmethod(check))},  # type: ignore[dict-item]
+    )
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from `300`, `"300"`, `"30s"`, `"5m"`, `"1h"`, `"2d"` (Prometheus style)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        return float(value)
-    m = _DURATION.match(str(value).strip())
-    if not m:
-        raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 5m, 1h)")
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# Dimensions a user may group usage by, per provider; model and project are on by default.
-GROUPABLE = ("model", "project", "user", "api_key", "service_tier", "batch", "context_window")
-DEFAULT_GROUP_BY = ["model", "project"]
-
-
-class AccountSettings(Strict):
-    """One organization at one provider. `account` is the label value that names it."""
-
-    account: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
-    enabled: bool = True
-    base_url: str | None = None  # provider default when unset (gateways, proxies, tests)
-    key_env: str | None = None  # env var holding the key; provider default when unset
-    key_file: Path | None = None  # a file holding the key (Docker/K8s secrets)
-    group_by: list[str] | None = None  # overrides the top-level group_by for this account
-    poll_interval: float | None = None
-    timeout: float = 30.0
-    # Provider-specific extras (e.g. Groq metric names, Anthropic claude_code); adapters
-    # validate what they read from here.
-    options: dict[str, Any] = Field(default_factory=dict)
-    # Filled by resolve_secrets(); never from YAML.
-    api_key: SecretStr | None = Field(default=None, exclude=True)
-    # Set by resolve_secrets() when no key is found: the account is skipped (not polled,
-    # reported as not configured) instead of stopping the exporter.
-    _not_configured: str | None = PrivateAttr(default=None)
-
-    @property
-    def not_configured(self) -> str | None:
-        """Why this enabled account is skipped (no key anywhere), or None when it is polled."""
-        return self._not_configured
-
-    @field_validator("group_by")
-    @classmethod
-    def _known_dims(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            bad = [d for d in v if d not in GROUPABLE]
-            if bad:
-                raise ValueError(f"unknown dimension(s) {bad}; choose from {list(GROUPABLE)}")
-        return v
-
-    @field_validator("poll_interval", "timeout", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float | None:
-        if v is None:
-            return None
-        seconds = parse_duration(v)
-        if seconds < 1:
-            raise ValueError("must be at least 1s")
-        return seconds
-
-
-# provider -> (default key env var, default base URL)
-PROVIDER_DEFAULTS: dict[str, tuple[str, str]] = {
-    "openai": ("OPENAI_ADMIN_KEY", "https://api.openai.com/v1"),
-    "anthropic": ("ANTHROPIC_ADMIN_KEY", "https://api.anthropic.com"),
-    "groq": ("GROQ_API_KEY", "https://api.groq.com/v1/metrics/prometheus"),
-}
-
-
-class ProvidersSettings(Strict):
-    openai: list[AccountSettings] = Field(default_factory=list)
-    anthropic: list[AccountSettings] = Field(default_factory=list)
-    groq: list[AccountSettings] = Field(default_factory=list)
+class _Providers(Strict):
+    """Accounts by provider; each adapter in the registry adds one optional list."""
 
     @model_validator(mode="after")
-    def _unique_accounts(self) -> ProvidersSettings:
-        for provider in PROVIDER_DEFAULTS:
-            names = [a.account for a in getattr(self, provider)]
+    def _unique_accounts(self) -> _Providers:
+        for provider, accounts in self.by_provider().items():
+            names = [a.account for a in accounts]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{provider}: duplicate account name(s) {dupes}")
         return self
 
-    def accounts(self) -> list[tuple[str, AccountSettings]]:
-        """Enabled accounts that have a key: the ones that are polled."""
+    def by_provider(self) -> dict[str, list[AccountSettings]]:
+        """Every configured account list, by provider name (registry order)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    def enabled(self) -> list[tuple[str, int, AccountSettings]]:
+        """(provider, index in its list, account) of every enabled account."""
         return [
-            (p, a)
-            for p in PROVIDER_DEFAULTS
-            for a in getattr(self, p)
-            if a.enabled and a.not_configured is None
+            (p, i, a)
+            for p, accounts in self.by_provider().items()
+            for i, a in enumerate(accounts)
+            if a.enabled
         ]
+
+    def accounts(self) -> list[tuple[str, AccountSettings]]:
+        """Enabled accounts that have a key (or need none): the ones that are polled."""
+        return [(p, a) for p, _, a in self.enabled() if a.not_configured is None]
 
     def not_configured(self) -> list[tuple[str, AccountSettings]]:
         """Enabled accounts skipped because no key was found (see resolve_secrets)."""
-        return [
-            (p, a)
-            for p in PROVIDER_DEFAULTS
-            for a in getattr(self, p)
-            if a.enabled and a.not_configured is not None
-        ]
+        return [(p, a) for p, _, a in self.enabled() if a.not_configured is not None]
 
 
-class CardinalitySettings(Strict):
-    # Past this many distinct values of an opt-in label (project, user, api_key), the
-    # smallest by spend are folded into "other". 0 disables folding.
-    max_values: int = Field(default=50, ge=0)
-    # Days exposed by the exact per-day gauges (llm_daily_*), today included: each day is one
-    # more series per (provider, account, project, model), so this bounds their number.
-    daily_days: int = Field(default=35, ge=1, le=400)
+def _providers_model() -> type[_Providers]:
+    return create_model(  # type: ignore[no-any-return]
+        "ProvidersSettings",
+        __base__=_Providers,
+        **{  # type: ignore[call-overload]
+            name: (list[_account_model(adapter)], Field(default_factory=list))  # type: ignore[misc]
+            for name, adapter in adapters().items()
+        },
+    )
 
 
-class PriceOverride(Strict):
-    """A negotiated rate, a discount multiplier, or an alias, effective from a date."""
-
-    provider: str
-    model: str  # the model string as reported by the provider
-    effective_from: dt.date | None = None
-    alias_of: str | None = None  # price this model as another (fine-tunes, deployments)
-    multiplier: float | None = Field(default=None, gt=0)  # applied to the database price
-    # USD per million tokens by token type (input, output, cache_read, ...)
-    usd_per_mtok: dict[str, float] = Field(default_factory=dict)
-
-
-class PricesSettings(Strict):
-    overrides: list[PriceOverride] = Field(default_factory=list)
-    refresh: bool = False  # fetch the price database's data file at run time
-    refresh_interval: float = 86400.0
-
-    @field_validator("refresh_interval", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float:
-        return parse_duration(v)
-
-
-class BudgetSettings(Strict):
-    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
-    # label -> value; a value starting with "~" is an anchored regex (e.g. "~prod-.*")
-    selector: dict[str, str] = Field(default_factory=dict)
-    period: Literal["day", "week", "month", "quarter"] = "month"
-    limit_usd: float | None = Field(default=None, ge=0)
-    basis: Literal["reported", "estimated", "blended"] = "blended"
-    thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 0.9, 1.0])
-
-    @field_validator("selector")
-    @classmethod
-    def _selector_compiles(cls, v: dict[str, str]) -> dict[str, str]:
-        """A regex that does not compile is a config error (reported with the schema's),
-        not a rebuild that fails forever."""
-        from exporter.budgets import compile_selector
-
-        try:
-            compile_selector(v)
-        except ValueError as exc:  # "selector.KEY: invalid regex ...": the path has "selector"
-            raise ValueError(str(exc).removeprefix("selector.")) from None
-        return v
+if TYPE_CHECKING:
+    ProvidersSettings = _Providers
+else:
+    ProvidersSettings = _providers_model()
 
 
 class Settings(BaseSettings):
@@ -307,6 +222,18 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _schema_problem(loc: tuple[Any, ...], kind: str, msg: str) -> str:
+    """One schema error as `key.path: problem`."""
+    if kind == "extra_forbidden":
+        if len(loc) == 2 and loc[0] == "providers":
+            msg = f"unknown provider; choose from {sorted(adapters())}"
+        elif "options" in loc:
+            msg = "unknown option"
+        else:
+            msg = "unknown setting"
+    return problem_line(_loc(loc), msg)
+
+
 def _read_secret_file(path: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
@@ -317,45 +244,50 @@ def resolve_secrets(settings: Settings, environ: Mapping[str, str] | None = None
     An account with no key at all (no `key_file`, its variable unset or empty, no `*_FILE`)
     is not an error: it is marked not configured and skipped, so one missing key never stops
     the others from being polled. A key file that is named but cannot be read is an error.
+    A source that needs no key (its adapter names no variable) is left alone.
     """
     env = os.environ if environ is None else environ
     problems: list[str] = []
-    for provider, accounts in ((p, getattr(settings.providers, p)) for p in PROVIDER_DEFAULTS):
-        default_env = PROVIDER_DEFAULTS[provider][0]
-        for i, acc in enumerate(accounts):
-            if not acc.enabled:
-                continue
-            where = f"providers.{provider}[{i}]"
-            var = acc.key_env or default_env
-            key: str | None = None
-            if acc.key_file is not None:
-                source, path = f"{where}.key_file", acc.key_file
-            elif env.get(var, "").strip():
-                source, path = var, None
-                key = env[var].strip()
-            elif env.get(var + "_FILE", "").strip():
-                source, path = f"{var}_FILE", Path(env[var + "_FILE"].strip())
-            else:
-                source, path = "", None
-            if path is not None:
-                try:
-                    key = _read_secret_file(path)
-                except OSError as exc:
-                    problems.append(
-                        f"{source}: cannot read the key file {path} ({exc.strerror}): "
-                        "mount or create it, or unset it"
-                    )
-                    continue
-                if not key:
-                    problems.append(f"{source}: the key file {path} is empty")
-                    continue
-            if not key:
-                acc._not_configured = f"no API key: set {var} or {var}_FILE" + (
-                    " or key_file" if acc.key_file is None else ""
-                )
-                continue
+    registry = adapters()
+    for provider, i, acc in settings.providers.enabled():
+        var = acc.key_env or registry[provider].key_env
+        if var is None and acc.key_file is None:
+            continue
+        try:
+            key = _read_key(f"providers.{provider}[{i}]", acc, var or "", env)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if key:
             acc.api_key = SecretStr(key)
+        else:
+            acc._not_configured = f"no API key: set {var} or {var}_FILE" + (
+                " or key_file" if acc.key_file is None else ""
+            )
     return problems
+
+
+def _read_key(where: str, acc: AccountSettings, var: str, env: Mapping[str, str]) -> str:
+    """The account's key from its key_file, `$var` or the file `$var_FILE` names ("" when
+    none is set); ValueError naming the file (never the key) when it cannot be read."""
+    if acc.key_file is not None:
+        source, path = f"{where}.key_file", acc.key_file
+    elif env.get(var, "").strip():
+        return env[var].strip()
+    elif env.get(var + "_FILE", "").strip():
+        source, path = f"{var}_FILE", Path(env[var + "_FILE"].strip())
+    else:
+        return ""
+    try:
+        key = _read_secret_file(path)
+    except OSError as exc:
+        raise ValueError(
+            f"{source}: cannot read the key file {path} ({exc.strerror}): "
+            "mount or create it, or unset it"
+        ) from None
+    if not key:
+        raise ValueError(f"{source}: the key file {path} is empty")
+    return key
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -403,12 +335,7 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        problems = []
-        for e in exc.errors():
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown setting"
-            problems.append(f"{_loc(tuple(e['loc']))}: {msg}")
+        problems = [_schema_problem(tuple(e["loc"]), e["type"], e["msg"]) for e in exc.errors()]
         problems += _problems_past_schema(data, exc, environ)
         raise ConfigError(problems) from None
     finally:
@@ -427,8 +354,10 @@ def _problems_past_schema(
     data: dict[str, Any], exc: ValidationError, environ: dict[str, str] | None
 ) -> list[str]:
     """With schema errors, the checks after the schema still run on the settings without
-    the top-level keys that have errors, so one run lists every problem it can."""
-    bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+    the top-level keys that have errors (an account with errors is only disabled, so the
+    others keep their index), so one run lists every problem it can."""
+    data = _without_bad_accounts(data, exc)
+    bad = {e["loc"][0] for e in exc.errors() if e["loc"] and e["loc"][0] != "providers"}
     try:
         partial = Settings(**{k: v for k, v in data.items() if k not in bad})
     except ValidationError:  # e.g. an environment variable is wrong too: schema problems only
@@ -438,6 +367,24 @@ def _problems_past_schema(
         + _check_state_path(partial.state_file)
         + _startup_problems(partial, environ)
     )
+
+
+def _without_bad_accounts(data: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
+    """`data` with each account that has a schema error replaced by a disabled placeholder,
+    and without `providers` at all when an error is not inside one account."""
+    providers = data.get("providers")
+    locs = [tuple(e["loc"]) for e in exc.errors() if e["loc"] and e["loc"][0] == "providers"]
+    if not locs:
+        return data
+    if not isinstance(providers, dict) or any(
+        len(loc) < 3 or not isinstance(loc[2], int) for loc in locs
+    ):
+        return {k: v for k, v in data.items() if k != "providers"}
+    fixed = {p: list(v) if isinstance(v, list) else v for p, v in providers.items()}
+    for loc in locs:
+        provider, index = str(loc[1]), int(loc[2])
+        fixed[provider][index] = {"account": f"invalid-{index}", "enabled": False}
+    return {**data, "providers": fixed}
 
 
 def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
@@ -452,8 +399,6 @@ def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
 
 def _startup_problems(settings: Settings, environ: Mapping[str, str] | None) -> list[str]:
     """The checks start-up makes beyond the schema (see `exporter.checks`)."""
-    from exporter.checks import startup_problems
-
     return startup_problems(settings, environ)
 
 
@@ -466,3 +411,21 @@ def _check_state_path(path: Path) -> list[str]:
     if path.exists() and not os.access(path, os.W_OK):
         return [f"state_file: {path} is not writable"]
     return []
+
+
+# Re-exported: the configuration's building blocks live in exporter.schema.
+__all__ = [
+    "DEFAULT_GROUP_BY",
+    "GROUPABLE",
+    "AccountSettings",
+    "BudgetSettings",
+    "CardinalitySettings",
+    "ConfigError",
+    "PriceOverride",
+    "PricesSettings",
+    "ProvidersSettings",
+    "Settings",
+    "load",
+    "parse_duration",
+    "resolve_secrets",
+]

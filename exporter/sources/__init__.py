@@ -1,18 +1,31 @@
-"""Source adapters: one module per provider behind one small interface.
+"""Source adapters: one module per provider, each declaring itself, behind one small interface.
 
 A source knows its provider's JSON and nothing else: it turns a time window into `Bucket`s of
 normalized `Row`s. Retries, timeouts and request accounting live in `_http.ApiClient`;
 windows, horizons and persistence live in the poller and the ledger.
+
+Each adapter module ends with `ADAPTER = Adapter(...)`: its name (the key under `providers:`
+and the `provider` label), how to build it, its options model, default base URL and key
+variable, auth headers and pricing traits. `adapters()` finds every module of this package
+that declares one, so a new provider is one file here (plus its fake and its tests):
+settings, checks, wiring and pricing read everything they need from the registry.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from exporter.pricing import ProviderPricing
 from exporter.rows import Bucket
-from exporter.settings import parse_duration
+from exporter.schema import AccountSettings, Strict, problem_line
+from exporter.sources._http import ApiClient
 
 DAY = 86400
 HOUR = 3600
@@ -35,6 +48,12 @@ class Source(Protocol):
     provider: str
     account: str
 
+    @property
+    def payload_errors(self) -> Mapping[str, int]:
+        """Unreadable results skipped, per endpoint, since start
+        (llm_source_payload_errors_total)."""
+        ...
+
     def endpoints(self) -> Sequence[Endpoint]: ...
 
     def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
@@ -46,31 +65,120 @@ class Source(Protocol):
         ...
 
 
-# provider name -> factory(account settings, api client, *, group_by, bucket_width) -> Source
-SourceFactory = Callable[..., Source]
+class SourceFactory(Protocol):
+    """How an adapter is built: offline (no request is made), raising ValueError with
+    `key.path: problem` lines (e.g. `options.usage_horizon: ...`) for what it rejects."""
+
+    def __call__(
+        self,
+        account: AccountSettings,
+        client: ApiClient,
+        *,
+        group_by: Sequence[str],
+        bucket_width: int,
+    ) -> Source: ...
 
 
-def registry() -> dict[str, SourceFactory]:
-    from exporter.sources import anthropic, groq, openai
-
-    return {
-        "openai": openai.OpenAISource,
-        "anthropic": anthropic.AnthropicSource,
-        "groq": groq.GroqSource,
-    }
+def bearer(api_key: str) -> dict[str, str]:
+    """The common auth: the key as a bearer token."""
+    return {"Authorization": f"Bearer {api_key}"}
 
 
-def horizon_option(options: Mapping[str, Any], name: str, default: int, width: int) -> int:
-    """A revision horizon from `options[name]` (a duration), at least one bucket wide."""
-    if name not in options:
-        return default
+class NoOptions(Strict):
+    """An adapter without options: any key under `options` is an error."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What one provider adapter declares about itself (see the module docstring).
+
+    `base_url`: the API's default address (an account's `base_url` overrides it); None when
+    the source makes no HTTP request of its own (files, cloud SDKs). `key_env`: the variable
+    holding the key by default; None when the source needs no key (it then never counts as
+    not configured). `headers`: the key as HTTP headers.
+    """
+
+    name: str
+    build: SourceFactory
+    options: type[BaseModel] = NoOptions
+    base_url: str | None = None
+    key_env: str | None = None
+    headers: Callable[[str], dict[str, str]] = bearer
+    pricing: ProviderPricing = field(default_factory=ProviderPricing)
+
+
+@cache
+def adapters() -> dict[str, Adapter]:
+    """Every adapter of this package, by name: each module (not `_private`) that declares
+    `ADAPTER`, in name order."""
+    found: dict[str, Adapter] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        adapter = getattr(module, "ADAPTER", None)
+        if isinstance(adapter, Adapter):
+            if adapter.name in found:
+                raise RuntimeError(f"two adapters are named {adapter.name!r}")
+            found[adapter.name] = adapter
+    return found
+
+
+def pricing_traits() -> dict[str, ProviderPricing]:
+    """Each provider's pricing traits, for `PriceBook(providers=...)`."""
+    return {name: a.pricing for name, a in adapters().items()}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_options(model: type[M], raw: Mapping[str, Any]) -> M:
+    """An adapter's options from an account's raw `options`, or ValueError with one
+    `options.key.path: problem` line per problem (the settings report the same ones with
+    the account's path at load)."""
     try:
-        seconds = int(parse_duration(options[name]))
-    except ValueError as exc:
-        raise ValueError(f"options.{name}: {exc}") from None
+        return model.model_validate(dict(raw))
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in ("options", *e["loc"]))
+            msg = "unknown option" if e["type"] == "extra_forbidden" else e["msg"]
+            lines.append(problem_line(where, msg))
+        raise ValueError("\n".join(lines)) from None
+
+
+def horizon_option(seconds: float | None, name: str, default: int, width: int) -> int:
+    """A revision horizon from option `name` (seconds, None = `default`), at least one
+    bucket wide."""
+    if seconds is None:
+        return default
     if seconds < width:
         raise ValueError(
-            f"options.{name}: {options[name]!r} is shorter than the bucket width ({width}s), "
-            "so the current bucket would be final before it closes"
+            f"options.{name}: {_duration_text(seconds)!r} is shorter than the bucket width "
+            f"({_duration_text(width)}), so the current bucket would be final before it closes"
         )
-    return seconds
+    return int(seconds)
+
+
+def _duration_text(seconds: float) -> str:
+    """`12h` for 43200: a duration as a user would have written it."""
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+__all__ = [
+    "DAY",
+    "HOUR",
+    "Adapter",
+    "Endpoint",
+    "NoOptions",
+    "Source",
+    "SourceFactory",
+    "adapters",
+    "bearer",
+    "horizon_option",
+    "parse_options",
+    "pricing_traits",
+]

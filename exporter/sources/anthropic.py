@@ -43,7 +43,10 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
+from pydantic import StrictBool
+
 from exporter import rows
+from exporter.pricing import ProviderPricing
 from exporter.rows import (
     CC_COMMITS,
     CC_ESTIMATED_COST,
@@ -54,8 +57,8 @@ from exporter.rows import (
     Number,
     Row,
 )
-from exporter.settings import GROUPABLE, AccountSettings
-from exporter.sources import DAY, HOUR, Endpoint, horizon_option
+from exporter.schema import GROUPABLE, AccountSettings, Duration, Strict
+from exporter.sources import DAY, HOUR, Adapter, Endpoint, horizon_option, parse_options
 from exporter.sources._http import ApiClient, Params, paginate
 
 log = logging.getLogger(__name__)
@@ -105,13 +108,15 @@ _CC_TOKEN_FIELDS = (
     ("cache_creation", "cache_write"),  # TTL not reported by the Claude Code report
 )
 
-_OPTIONS = (
-    "usage_horizon",
-    "costs_horizon",
-    "claude_code",
-    "claude_code_horizon",
-    "claude_code_actor_emails",
-)
+
+class AnthropicOptions(Strict):
+    """`options` of an Anthropic account."""
+
+    usage_horizon: Duration | None = None
+    costs_horizon: Duration | None = None
+    claude_code: StrictBool = False  # poll the Claude Code usage report (per-person data)
+    claude_code_horizon: Duration | None = None
+    claude_code_actor_emails: StrictBool = False  # actors by e-mail instead of anonymised
 
 
 def headers(api_key: str) -> dict[str, str]:
@@ -257,7 +262,7 @@ class AnthropicSource:
         account: AccountSettings,
         client: ApiClient,
         *,
-        group_by: list[str],
+        group_by: Sequence[str],
         bucket_width: int,
     ) -> None:
         if bucket_width not in _WIDTHS:
@@ -265,22 +270,21 @@ class AnthropicSource:
         self.account = account.account
         self.client = client
         self.bucket_width = bucket_width
-        opts = dict(account.options)
-        unknown = sorted(set(opts) - set(_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"options.{unknown[0]}: unknown Anthropic option (known: {', '.join(_OPTIONS)})"
-            )
+        opts = parse_options(AnthropicOptions, account.options)
         unknown_dims = [d for d in group_by if d not in GROUPABLE]
         if unknown_dims:
             raise ValueError(f"group_by: unknown dimension(s) {unknown_dims}")
         # Two days for 1h buckets too: 48 hourly buckets fit one page (limit 168), so a longer
         # look back at late rows costs no extra request.
-        self.usage_horizon = horizon_option(opts, "usage_horizon", 2 * DAY, bucket_width)
-        self.costs_horizon = horizon_option(opts, "costs_horizon", 5 * DAY, DAY)
-        self.claude_code_horizon = horizon_option(opts, "claude_code_horizon", 3 * DAY, DAY)
-        self.claude_code = _flag(opts, "claude_code")
-        self.actor_emails = _flag(opts, "claude_code_actor_emails")
+        self.usage_horizon = horizon_option(
+            opts.usage_horizon, "usage_horizon", 2 * DAY, bucket_width
+        )
+        self.costs_horizon = horizon_option(opts.costs_horizon, "costs_horizon", 5 * DAY, DAY)
+        self.claude_code_horizon = horizon_option(
+            opts.claude_code_horizon, "claude_code_horizon", 3 * DAY, DAY
+        )
+        self.claude_code = opts.claude_code
+        self.actor_emails = opts.claude_code_actor_emails
 
         # Messages group_by[]: context_window always comes with model, because long-context
         # requests are billed at a higher per-token tier and only this dimension tells which
@@ -495,8 +499,16 @@ class AnthropicSource:
         log.warning("anthropic/%s %s: skipped a malformed row: %s", self.account, endpoint, exc)
 
 
-def _flag(opts: Mapping[str, Any], name: str) -> bool:
-    value = opts.get(name, False)
-    if not isinstance(value, bool):
-        raise ValueError(f"options.{name}: must be true or false")
-    return value
+ADAPTER = Adapter(
+    name="anthropic",
+    build=AnthropicSource,
+    options=AnthropicOptions,
+    base_url="https://api.anthropic.com",
+    key_env="ANTHROPIC_ADMIN_KEY",
+    headers=headers,
+    pricing=ProviderPricing(
+        price_id="anthropic",
+        # "Message Batches API ... 50% of standard" where the database has no batch price.
+        batch_discount=Decimal("0.5"),
+    ),
+)

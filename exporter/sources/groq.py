@@ -45,14 +45,17 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any, NoReturn
 
+from pydantic import Field, StrictBool, field_validator, model_validator
+
 from exporter import rows
+from exporter.pricing import ProviderPricing
 from exporter.rows import Bucket, Number, Row
-from exporter.settings import GROUPABLE, AccountSettings
-from exporter.sources import DAY, Endpoint, horizon_option
+from exporter.schema import GROUPABLE, AccountSettings, Duration, Strict
+from exporter.sources import DAY, Adapter, Endpoint, bearer, horizon_option, parse_options
 from exporter.sources._http import (
     AUTH,
     CLIENT_ERROR,
@@ -88,7 +91,6 @@ ESTIMATE_NOTE = (
     "undercounts by that window's traffic."
 )
 
-_OPTIONS = ("metrics", "model_label", "project_label", "cache_hits_are_tokens", "usage_horizon")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # A metric name, optionally with label matchers: `name` or `name{env="prod"}`.
 _SELECTOR = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?$")
@@ -97,13 +99,70 @@ _ERROR_REASONS = {"timeout": TIMEOUT, "internal": SERVER_ERROR, "unavailable": S
 _NOT_ENTITLED_MSG = "the Groq metrics API needs an Enterprise plan"
 
 
-def headers(api_key: str) -> dict[str, str]:
-    """An ordinary Groq API key of an Enterprise organization, as a bearer token."""
-    return {"Authorization": f"Bearer {api_key}"}
-
-
 class _Malformed(ValueError):
     """A series or sample the adapter cannot read; skipped and counted."""
+
+
+class GroqOptions(Strict):
+    """`options` of a Groq account. Metric and label names are options because Groq has
+    renamed its metrics before."""
+
+    # metric key -> metric name (optionally with {matchers}); null or "" disables a metric
+    metrics: dict[str, str | None] = Field(default_factory=dict)
+    model_label: str = "model"
+    project_label: str = "project_id"
+    # Unit of prompt_cache_hits is not documented (tokens or requests?). Only when the user
+    # says they are tokens do they become cache_read, carved out of tokens_in.
+    cache_hits_are_tokens: StrictBool = False
+    usage_horizon: Duration | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        unknown = sorted(set(value) - set(DEFAULT_METRICS))
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]}: unknown metric key (known: {', '.join(DEFAULT_METRICS)})"
+            )
+        for key, name in value.items():
+            if name and not _SELECTOR.match(name.strip()):
+                raise ValueError(
+                    f"{key}: {name!r} is not a metric name (optionally with {{matchers}})"
+                )
+        return value
+
+    @field_validator("model_label", "project_label")
+    @classmethod
+    def _label_name(cls, value: str) -> str:
+        if not _LABEL.match(value):
+            raise ValueError(f"{value!r} is not a Prometheus label name")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_poll(self) -> GroqOptions:
+        named = self.polled_metrics(keep_cache_hits=True)
+        if self.cache_hits_are_tokens and not (
+            named.get("prompt_cache_hits") and named.get("tokens_in")
+        ):
+            raise ValueError(
+                "cache_hits_are_tokens: needs metrics.prompt_cache_hits and metrics.tokens_in"
+            )
+        if not self.polled_metrics():
+            raise ValueError("metrics: every metric is disabled; nothing to poll")
+        return self
+
+    def polled_metrics(self, *, keep_cache_hits: bool = False) -> dict[str, str]:
+        """Metric key -> name of each metric polled: defaults overridden per key, disabled
+        ones left out, and prompt_cache_hits only when its hits are tokens."""
+        out: dict[str, str] = {}
+        for key, default in DEFAULT_METRICS.items():
+            name = self.metrics.get(key, default)
+            if not name:
+                continue
+            if key == "prompt_cache_hits" and not (keep_cache_hits or self.cache_hits_are_tokens):
+                continue
+            out[key] = name.strip()
+        return out
 
 
 class GroqSource:
@@ -116,7 +175,7 @@ class GroqSource:
         account: AccountSettings,
         client: ApiClient,
         *,
-        group_by: list[str],
+        group_by: Sequence[str],
         bucket_width: int,
     ) -> None:
         if bucket_width <= 0 or bucket_width % STEP:
@@ -127,32 +186,14 @@ class GroqSource:
         unknown_dims = [d for d in group_by if d not in GROUPABLE]
         if unknown_dims:
             raise ValueError(f"group_by: unknown dimension(s) {unknown_dims}")
-        opts = dict(account.options)
-        unknown = sorted(set(opts) - set(_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"options.{unknown[0]}: unknown Groq option (known: {', '.join(_OPTIONS)})"
-            )
-        self.metrics = _metrics(opts.get("metrics", {}))
-        model_label = _label(opts, "model_label", "model")
-        project_label = _label(opts, "project_label", "project_id")
-        # Unit of prompt_cache_hits is not documented (tokens or requests?). Only when the
-        # user says they are tokens do they become cache_read, carved out of tokens_in.
-        self.cache_hits_are_tokens = opts.get("cache_hits_are_tokens", False)
-        if not isinstance(self.cache_hits_are_tokens, bool):
-            raise ValueError("options.cache_hits_are_tokens: must be true or false")
-        if self.cache_hits_are_tokens and not (
-            self.metrics.get("prompt_cache_hits") and self.metrics.get("tokens_in")
-        ):
-            raise ValueError(
-                "options.cache_hits_are_tokens: needs metrics.prompt_cache_hits and metrics.tokens_in"
-            )
-        if not self.cache_hits_are_tokens:
-            self.metrics.pop("prompt_cache_hits", None)
-        if not self.metrics:
-            raise ValueError("options.metrics: every metric is disabled; nothing to poll")
+        opts = parse_options(GroqOptions, account.options)
+        self.metrics = opts.polled_metrics()
+        model_label, project_label = opts.model_label, opts.project_label
+        self.cache_hits_are_tokens = opts.cache_hits_are_tokens
         # Two days whatever the width: one query per metric covers it (576 five-minute points).
-        self.usage_horizon = horizon_option(opts, "usage_horizon", 2 * DAY, bucket_width)
+        self.usage_horizon = horizon_option(
+            opts.usage_horizon, "usage_horizon", 2 * DAY, bucket_width
+        )
         # our dimension -> Prometheus label; only what the account groups by
         self._dims = [
             (dim, label)
@@ -333,30 +374,12 @@ def _round(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
-def _metrics(value: Any) -> dict[str, str]:
-    """Default metric names, overridden per key; null or "" disables a metric."""
-    if not isinstance(value, Mapping):
-        raise ValueError("options.metrics: must be a mapping of metric key to metric name")
-    unknown = sorted(set(value) - set(DEFAULT_METRICS))
-    if unknown:
-        raise ValueError(
-            f"options.metrics.{unknown[0]}: unknown metric key (known: {', '.join(DEFAULT_METRICS)})"
-        )
-    out: dict[str, str] = {}
-    for key, default in DEFAULT_METRICS.items():
-        name = value.get(key, default)
-        if name is None or name == "":
-            continue
-        if not isinstance(name, str) or not _SELECTOR.match(name.strip()):
-            raise ValueError(
-                f"options.metrics.{key}: {name!r} is not a metric name (optionally with {{matchers}})"
-            )
-        out[key] = name.strip()
-    return out
-
-
-def _label(opts: Mapping[str, Any], name: str, default: str) -> str:
-    value = opts.get(name, default)
-    if not isinstance(value, str) or not _LABEL.match(value):
-        raise ValueError(f"options.{name}: {value!r} is not a Prometheus label name")
-    return value
+ADAPTER = Adapter(
+    name="groq",
+    build=GroqSource,
+    options=GroqOptions,
+    base_url=DEFAULT_BASE_URL,
+    key_env="GROQ_API_KEY",
+    headers=bearer,  # an ordinary API key of an Enterprise organization
+    pricing=ProviderPricing(price_id="groq"),  # no published batch discount to apply
+)

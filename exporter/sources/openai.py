@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pydantic import field_validator
+
+from exporter.pricing import ProviderPricing
 from exporter.rows import (
     AUDIO_SECONDS,
     CHARACTERS,
@@ -47,8 +50,8 @@ from exporter.rows import (
     Row,
     token_measure,
 )
-from exporter.settings import GROUPABLE, AccountSettings
-from exporter.sources import DAY, HOUR, Endpoint, horizon_option
+from exporter.schema import GROUPABLE, AccountSettings, Duration, Strict
+from exporter.sources import DAY, HOUR, Adapter, Endpoint, horizon_option, parse_options
 from exporter.sources._http import ApiClient, paginate
 
 log = logging.getLogger(__name__)
@@ -78,8 +81,6 @@ _FIELD_DIM = {
     "line_item": "line_item",
 }
 _USAGE_GROUPS = ("project_id", "user_id", "api_key_id", "model")
-
-_OPTIONS = ("endpoints", "usage_horizon", "costs_horizon")
 
 
 class _Malformed(ValueError):
@@ -457,24 +458,28 @@ ENDPOINTS = tuple(_SPECS)
 # --- options ---------------------------------------------------------------------------------
 
 
-def _enabled(options: Mapping[str, Any]) -> tuple[str, ...]:
-    names = options.get("endpoints")
-    if names is None:
-        return ENDPOINTS
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(
-            f"options.endpoints: must be a list of endpoint names from {list(ENDPOINTS)}"
-        )
-    unknown = [n for n in names if n not in _SPECS]
-    if unknown:
-        raise ValueError(
-            f"options.endpoints: unknown endpoint(s) {unknown}; choose from {list(ENDPOINTS)}"
-        )
-    if not names:
-        raise ValueError(
-            "options.endpoints: is empty; list at least one endpoint or disable the account"
-        )
-    return tuple(n for n in ENDPOINTS if n in names)
+class OpenAIOptions(Strict):
+    """`options` of an OpenAI account."""
+
+    endpoints: list[str] | None = None  # None: every endpoint
+    usage_horizon: Duration | None = None
+    costs_horizon: Duration | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _known_endpoints(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        unknown = [n for n in names if n not in _SPECS]
+        if unknown:
+            raise ValueError(f"unknown endpoint(s) {unknown}; choose from {list(ENDPOINTS)}")
+        if not names:
+            raise ValueError("is empty; list at least one endpoint or disable the account")
+        return names
+
+
+def _enabled(names: list[str] | None) -> tuple[str, ...]:
+    return ENDPOINTS if names is None else tuple(n for n in ENDPOINTS if n in names)
 
 
 # --- the source ------------------------------------------------------------------------------
@@ -500,20 +505,17 @@ class OpenAISource:
             raise ValueError(
                 f"group_by: unknown dimension(s) {unknown_dims}; choose from {list(GROUPABLE)}"
             )
-        options = account.options
-        unknown = sorted(k for k in options if k not in _OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"options.{unknown[0]}: unknown option for openai; known: {list(_OPTIONS)}"
-            )
+        options = parse_options(OpenAIOptions, account.options)
         self.account = account.account
         self._client = client
         self._width = bucket_width
         self._usage_horizon = horizon_option(
-            options, "usage_horizon", DEFAULT_USAGE_HORIZON, bucket_width
+            options.usage_horizon, "usage_horizon", DEFAULT_USAGE_HORIZON, bucket_width
         )
-        self._costs_horizon = horizon_option(options, "costs_horizon", DEFAULT_COSTS_HORIZON, DAY)
-        self._enabled = _enabled(options)
+        self._costs_horizon = horizon_option(
+            options.costs_horizon, "costs_horizon", DEFAULT_COSTS_HORIZON, DAY
+        )
+        self._enabled = _enabled(options.endpoints)
         wanted = set(group_by)
         # Per endpoint: the OpenAI group_by values sent, in the spec's order.
         self._groups = {
@@ -634,3 +636,29 @@ def _bucket(raw: Any) -> tuple[int, list[Any]]:
     if not isinstance(results, list):
         raise _Malformed("bucket has no results list")
     return start, results
+
+
+def fine_tune_names(model: str) -> tuple[str, ...]:
+    """A fine-tune `ft:<base>:<org>:<suffix>:<id>` is priced by the database's own fine-tune
+    entry `ft:<base>` (fine-tune inference usually costs more than the base model) and, when
+    there is none, as `<base>`: a lower bound (an override makes it exact)."""
+    if not model.startswith("ft:") or model.count(":") < 2:
+        return ()
+    base = model.split(":")[1]
+    return ("ft:" + base, base) if base else ()
+
+
+ADAPTER = Adapter(
+    name="openai",
+    build=OpenAISource,
+    options=OpenAIOptions,
+    base_url="https://api.openai.com/v1",
+    key_env="OPENAI_ADMIN_KEY",
+    pricing=ProviderPricing(
+        price_id="openai",
+        # "Batch API: 50% off inputs and outputs" where the database has no batch price.
+        batch_discount=Decimal("0.5"),
+        free_operations=frozenset({"moderations"}),  # the moderation endpoint is free
+        model_candidates=fine_tune_names,
+    ),
+)

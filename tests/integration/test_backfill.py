@@ -29,8 +29,8 @@ from exporter.backfill import main as backfill
 from exporter.ledger import Ledger
 from exporter.names import COUNTER, SPECS
 from exporter.settings import load
-from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
+from simulator.server import SimulatorServer
 from tests.helpers import (
     binary,
     free_port,

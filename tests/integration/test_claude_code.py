@@ -12,8 +12,8 @@ import yaml
 
 from exporter.app import App
 from exporter.settings import load
-from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
+from simulator.server import SimulatorServer
 from tests.helpers import parse, total
 
 NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())

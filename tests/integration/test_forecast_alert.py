@@ -21,8 +21,8 @@ import yaml
 from exporter.app import App
 from exporter.backfill import main as backfill
 from exporter.settings import load
-from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
+from simulator.server import SimulatorServer
 from tests.helpers import (
     binary,
     free_port,

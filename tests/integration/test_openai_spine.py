@@ -16,8 +16,8 @@ import yaml
 
 from exporter.app import App
 from exporter.settings import load
-from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
+from simulator.server import SimulatorServer
 from tests.helpers import Samples, parse, total
 
 START = dt.date(2026, 11, 1)

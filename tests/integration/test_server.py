@@ -15,8 +15,8 @@ import yaml
 
 from exporter.app import App
 from exporter.settings import Settings, load
-from simulator.server import SimulatorServer
 from exporter.sources._http import RetryPolicy
+from simulator.server import SimulatorServer
 
 NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())
 RETRY = RetryPolicy(attempts=1, backoff_base=0.01, backoff_max=0.02, retry_after_max=0.02)

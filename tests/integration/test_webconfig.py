@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from simulator.server import SimulatorServer
 from exporter.webconfig import WebConfigError, load_web_config
+from simulator.server import SimulatorServer
 from tests.helpers import ROOT, binary, free_port, http_get, process, prom_query, wait_for
 
 PASSWORD = "test-scrape-password"

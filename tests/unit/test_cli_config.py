@@ -103,7 +103,7 @@ def test_config_check_reports_every_startup_problem_at_once(tmp_path: Path) -> N
     assert out.returncode == 2, out.stdout + out.stderr
     for expected in (
         "providers.openai[0].options.endpoints: unknown endpoint(s) ['bogus']",
-        "budgets[0].selector: model: invalid regex 'gpt-(4'",
+        "budgets[0].selector.model: invalid regex 'gpt-(4'",
         "providers.anthropic[0] (account 'nl'): the key in $NL_KEY has a line break",
         "providers.groq[0] (account 'accent'): the key in $GROQ_API_KEY has a non-ASCII",
         "prices.overrides[0].provider: unknown provider 'nobody'",
@@ -140,7 +140,7 @@ def test_schema_errors_do_not_hide_the_later_checks(tmp_path: Path) -> None:
     assert out.returncode == 2
     for expected in (
         "pol_interval: unknown setting",
-        "budgets[0].selector: model: invalid regex",
+        "budgets[0].selector.model: invalid regex",
         "providers.openai[0] (account 'main'): the key in $OPENAI_ADMIN_KEY has a space or tab",
     ):
         assert expected in out.stderr, (expected, out.stderr)

@@ -40,6 +40,7 @@ from exporter.pricing import (
 )
 from exporter.rows import TOKEN_TYPES
 from exporter.settings import PriceOverride, PricesSettings
+from exporter.sources import pricing_traits
 
 DAY = dt.date(2026, 11, 1)  # after the database's batch and service-tier variants start
 BEFORE_VARIANTS = dt.date(2026, 6, 1)  # before them: no batch prices in the database
@@ -54,7 +55,8 @@ FLAT_MODELS = [GPT4O, GPT4O_MINI, SONNET_4, LLAMA]
 CACHED_MODELS = [GPT4O, GPT4O_MINI, SONNET_4, SONNET_45]
 ALL_MODELS = [*FLAT_MODELS, SONNET_45]
 
-BOOK = PriceBook()
+TRAITS = pricing_traits()
+BOOK = PriceBook(providers=TRAITS)
 
 counts = st.integers(min_value=0, max_value=10**12)
 token_dicts = st.dictionaries(st.sampled_from(TOKEN_TYPES), counts, max_size=len(TOKEN_TYPES))
@@ -80,7 +82,9 @@ def db_price(
 
 
 def book(*overrides: dict[str, Any]) -> PriceBook:
-    return PriceBook(PricesSettings(overrides=[PriceOverride(**o) for o in overrides]))
+    return PriceBook(
+        PricesSettings(overrides=[PriceOverride(**o) for o in overrides]), providers=TRAITS
+    )
 
 
 def all_values(est: Estimate) -> list[object]:
@@ -308,7 +312,7 @@ def fake_db() -> Iterator[PriceBook]:
         data_snapshot.DataSnapshot(providers=FAKE_PROVIDERS, from_auto_update=False)
     )
     try:
-        yield PriceBook()
+        yield PriceBook(providers=TRAITS)
     finally:
         data_snapshot.set_custom_snapshot(None)
 
@@ -640,14 +644,14 @@ def test_invalid_overrides_are_reported() -> None:
             PriceOverride(provider="openai", model="gpt-4o", multiplier=0.8),
         ]
     )
-    problems = validate_overrides(s)
+    problems = validate_overrides(s, TRAITS)
     assert any(p.startswith("prices.overrides[0].provider:") for p in problems)
     assert any(p.startswith("prices.overrides[1].usd_per_mtok:") and "inptu" in p for p in problems)
     assert any(p.startswith("prices.overrides[2]:") for p in problems)
     assert any(p.startswith("prices.overrides[4]: duplicate") for p in problems)
     with pytest.raises(ValueError, match="inptu"):
-        PriceBook(s)
-    assert validate_overrides(PricesSettings()) == []
+        PriceBook(s, providers=TRAITS)
+    assert validate_overrides(PricesSettings(), TRAITS) == []
 
 
 # --- names, tables, helpers ------------------------------------------------------------------
@@ -712,7 +716,7 @@ def test_bad_counts_are_rejected() -> None:
 
 
 def test_quotes_are_memoized_and_follow_the_data_in_force() -> None:
-    b = PriceBook()
+    b = PriceBook(providers=TRAITS)
     q1 = b.quote(*GPT4O, "input", DAY)
     assert q1 is not None and b.quote(*GPT4O, "input", DAY) is q1
     fake = Provider(
@@ -744,7 +748,7 @@ def test_quotes_are_memoized_and_follow_the_data_in_force() -> None:
 
 
 def test_data_info_and_refresh_off_by_default() -> None:
-    b = PriceBook()
+    b = PriceBook(providers=TRAITS)
     assert PricesSettings().refresh is False
     assert b.start_refresh() is False
     info = b.data_info()
@@ -762,6 +766,7 @@ def test_failed_refresh_keeps_prices_working() -> None:
     url = f"http://127.0.0.1:{_closed_port()}/data.json"
     b = PriceBook(
         PricesSettings(refresh=True, refresh_interval=3600),
+        providers=TRAITS,
         refresh_url=url,
         clock=lambda: 1_800_000_000.0,
     )
@@ -805,7 +810,8 @@ def test_non_token_units_use_the_database_unit_prices() -> None:
 def test_a_multiplier_override_applies_to_unit_prices() -> None:
     day = dt.date(2026, 11, 10)
     book = PriceBook(
-        PricesSettings(overrides=[PriceOverride(provider="openai", model="tts-1", multiplier=0.5)])
+        PricesSettings(overrides=[PriceOverride(provider="openai", model="tts-1", multiplier=0.5)]),
+        providers=TRAITS,
     )
     cost, source = book.estimate_units("openai", {"model": "tts-1"}, {"character": 1_000_000}, day)[
         "character"

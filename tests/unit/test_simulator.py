@@ -20,9 +20,6 @@ import genai_prices
 import httpx2 as httpx
 import pytest
 
-from simulator import dataset as ds
-from simulator.prices import UNKNOWN_MODEL
-from simulator.server import SimulatorServer, main
 from exporter.sources._http import (
     DECODE,
     RATE_LIMITED,
@@ -31,6 +28,9 @@ from exporter.sources._http import (
     SourceError,
     paginate,
 )
+from simulator import dataset as ds
+from simulator.prices import UNKNOWN_MODEL
+from simulator.server import SimulatorServer, main
 
 Params = dict[str, Any]
 DAY = 86400

@@ -25,7 +25,9 @@ from exporter.sources._http import (
     RetryPolicy,
     SourceError,
 )
-from exporter.sources.groq import DEFAULT_BASE_URL, DEFAULT_METRICS, GroqSource, headers
+from exporter.sources.groq import ADAPTER, DEFAULT_BASE_URL, DEFAULT_METRICS, GroqSource
+
+headers = ADAPTER.headers
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "groq"
 KEY = "test-groq-key"
