@@ -261,7 +261,10 @@ class Line:
     def estimated_cost(self) -> Decimal | None:
         if not self.estimated:
             return None
-        return sum(self.estimated.values(), Decimal(0))
+        total = Decimal(0)
+        for usd in self.estimated.values():
+            total = EXACT.add(total, usd)
+        return total
 
     def add(self, other: Line) -> None:
         self.tokens += other.tokens
@@ -287,8 +290,8 @@ class Line:
             self.dims,
             -self.tokens,
             {k: -v for k, v in self.units.items()},
-            None if self.reported is None else -self.reported,
-            {k: -v for k, v in self.estimated.items()},
+            None if self.reported is None else EXACT.minus(self.reported),
+            {k: EXACT.minus(v) for k, v in self.estimated.items()},
             self.unpriced,
         )
 

@@ -201,7 +201,7 @@ def _row(
     sku = "/".join(x for x in (line.provider, model or dims["line_item"], what) if x)
     listed = list_cost if list_cost is not None else Decimal(0)
     unit_price = (
-        EXACT.divide(abs(listed), Decimal(abs(quantity)))
+        EXACT.divide(EXACT.abs(listed), Decimal(abs(quantity)))
         if unit and quantity and list_cost is not None
         else None
     )
