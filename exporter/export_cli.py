@@ -96,23 +96,25 @@ def main(argv: Sequence[str]) -> int:
         book.wait_refresh(30)
         book.stop_refresh()
     chunks = render(db, req, book, now)
-    if args.output == "-":
-        for chunk in chunks:
-            sys.stdout.write(chunk)
-        sys.stdout.flush()
-        return 0
-    out = Path(args.output)
-    tmp = out.with_name(out.name + ".tmp")
+    out = None if args.output == "-" else Path(args.output)
+    tmp = None if out is None else out.with_name(out.name + ".tmp")
     try:
+        if tmp is None:
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+            sys.stdout.flush()
+            return 0
         with tmp.open("w", encoding="utf-8", newline="") as f:
             for chunk in chunks:
                 f.write(chunk)
-        tmp.replace(out)
+        tmp.replace(out)  # type: ignore[arg-type]
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        print(f"{PROG}: --output {out}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{PROG}: --output {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except Exception as exc:  # a damaged state file met midway: say so, leave no file
+        print(f"{PROG}: the export failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return 0

@@ -7,7 +7,7 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -410,3 +410,16 @@ def test_render_streams_and_closes_the_connection(config: Path) -> None:
     assert text.startswith("AvailabilityZone,BilledCost,") and text.count("\r\n") == 4
     with pytest.raises(Exception, match="closed"):
         db.execute("SELECT 1")
+
+
+def test_lines_stream_a_period_at_a_time() -> None:
+    """Constant memory: the first day's lines come out before the rows of later days are
+    read (here, reading past the second day would fail)."""
+
+    def rows() -> Iterator[tuple[StoredRow, bool]]:
+        for day in range(3):
+            yield usage_row(D0 + day * DAY, D0 + (day + 1) * DAY), False
+        raise AssertionError("read past the day being written")
+
+    first = next(iter(lines(rows(), Pricer(), "day")))
+    assert first.period_start == D0

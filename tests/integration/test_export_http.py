@@ -32,7 +32,7 @@ import yaml
 
 from exporter.export import EXACT
 from exporter.simulator.server import SimulatorServer
-from tests.helpers import ROOT, free_port, parse, process, wait_for
+from tests.helpers import ROOT, exporter_cmd, free_port, parse, process, wait_for
 from tests.integration.test_webconfig import PASSWORD, client_ctx, make_pki, web_config
 
 pytestmark = pytest.mark.e2e
@@ -84,14 +84,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
         "PYTHONPATH": str(ROOT),
     }
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "exporter",
-        f"--config.file={cfg}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        f"--web.config.file={web}",
-    ]
+    cmd = [*exporter_cmd(cfg, f"127.0.0.1:{port}"), f"--web.config.file={web}"]
     with process(cmd, tmp / "exporter.log", env=env):
         ctx = client_ctx(pki)
         wait_for(lambda: get(port, "/-/ready", ctx)[0] == 200, timeout=90)
