@@ -143,11 +143,12 @@ def parse_request(
     start = bounds.get("from", history_start)
     end = bounds.get("to", int(now) - int(now) % 86400 + 86400)
     if start >= end:
-        raise ExportError(
-            name("from"),
-            f"{_iso_day(start)} is not before {name('to')} {_iso_day(end)} ({name('to')} is "
-            "exclusive: --from 2026-11-01 --to 2026-12-01 is November)",
-        )
+        exclusive = f"({name('to')} is exclusive: from 2026-11-01 to 2026-12-01 is November)"
+        if "from" in bounds:
+            problem = f"{_iso_day(start)} must be before {name('to')} {_iso_day(end)} {exclusive}"
+            raise ExportError(name("from"), problem)
+        problem = f"{_iso_day(end)} must be after {name('from')} {_iso_day(start)} {exclusive}"
+        raise ExportError(name("to"), problem)
     if start < history_start:
         raise ExportError(
             name("from"),

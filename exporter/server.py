@@ -141,6 +141,9 @@ class _Handler(BaseHTTPRequestHandler):
             for chunk in chunks:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.write(b"0\r\n\r\n")
+        except OSError as exc:  # the client went away
+            log.debug("export stopped: %s", exc)
+            self.close_connection = True
         except Exception:
             log.exception("export failed while streaming")
             self.close_connection = True

@@ -217,7 +217,7 @@ def test_export_needs_the_same_credentials_as_metrics_and_is_linked(stack: Any) 
     ("query", "param", "words"),
     [
         ("format=xml", "format", "'xml' is not one of csv, jsonl, focus"),
-        ("from=2026-11-09&to=2026-11-01", "from", "is not before to"),
+        ("from=2026-11-09&to=2026-11-01", "from", "2026-11-09 must be before to 2026-11-01"),
         ("from=someday", "from", "'someday' is not a date"),
         ("from=2000-01-01", "from", "is before the history start"),
         ("grain=week", "grain", "not one of day, hour"),

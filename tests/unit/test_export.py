@@ -222,11 +222,12 @@ def flag(name: str) -> str:
     [
         ({"format": "xlsx"}, "--format", "'xlsx' is not one of csv, jsonl, focus"),
         ({"grain": "week"}, "--grain", "not one of day, hour"),
-        ({"from": "2026-11-05", "to": "2026-11-02"}, "--from", "is not before --to"),
-        ({"from": "2026-11-05", "to": "2026-11-05"}, "--from", "is not before --to"),
+        ({"from": "2026-11-05", "to": "2026-11-02"}, "--from", "must be before --to"),
+        ({"from": "2026-11-05", "to": "2026-11-05"}, "--from", "must be before --to"),
         ({"from": "yesterday"}, "--from", "'yesterday' is not a date"),
         ({"to": "2026-13-01"}, "--to", "'2026-13-01' is not a date"),
         ({"from": "2026-10-01"}, "--from", "before the history start 2026-11-01"),
+        ({"to": "2026-11-01"}, "--to", "2026-11-01 must be after --from 2026-11-01"),
     ],
 )
 def test_bad_requests_name_the_parameter(params: dict[str, str], param: str, words: str) -> None:
@@ -261,7 +262,10 @@ def config(tmp_path: Path) -> Path:
     ("args", "words"),
     [
         (["--format", "xml"], "--format: 'xml' is not one of csv, jsonl, focus"),
-        (["--from", "2026-11-09", "--to", "2026-11-01"], "--from: 2026-11-09 is not before --to"),
+        (
+            ["--from", "2026-11-09", "--to", "2026-11-01"],
+            "--from: 2026-11-09 must be before --to 2026-11-01",
+        ),
         (["--from", "1/11/2026"], "--from: '1/11/2026' is not a date"),
         (["--from", "2026-10-31"], "--from: 2026-10-31 is before the history start 2026-11-01"),
         (["--grain", "minute"], "--grain: 'minute' is not one of day, hour"),
