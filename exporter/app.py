@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.aggregates import Aggregates
-from exporter.export import ExportSource
+from exporter.export_service import ExportSource
 from exporter.exposition import Exposition, Family
 from exporter.fold import FoldContext
 from exporter.health import Health

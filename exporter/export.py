@@ -32,8 +32,6 @@ import itertools
 import json
 import logging
 import sqlite3
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Context, Decimal
@@ -52,11 +50,9 @@ from exporter.rows import (
     TOOL_CALLS,
     Row,
 )
-from exporter.schema import PricesSettings
 
 if TYPE_CHECKING:
     from exporter.fold import RowPricer
-    from exporter.pricing import PriceBook
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +109,7 @@ def _when(text: str) -> int:
     return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())
 
 
-def _iso_day(ts: int) -> str:
+def iso_day(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
 
 
@@ -145,14 +141,14 @@ def parse_request(
     if start >= end:
         exclusive = f"({name('to')} is exclusive: from 2026-11-01 to 2026-12-01 is November)"
         if "from" in bounds:
-            problem = f"{_iso_day(start)} must be before {name('to')} {_iso_day(end)} {exclusive}"
+            problem = f"{iso_day(start)} must be before {name('to')} {iso_day(end)} {exclusive}"
             raise ExportError(name("from"), problem)
-        problem = f"{_iso_day(end)} must be after {name('from')} {_iso_day(start)} {exclusive}"
+        problem = f"{iso_day(end)} must be after {name('from')} {iso_day(start)} {exclusive}"
         raise ExportError(name("to"), problem)
     if start < history_start:
         raise ExportError(
             name("from"),
-            f"{_iso_day(start)} is before the history start {_iso_day(history_start)}: the "
+            f"{iso_day(start)} is before the history start {iso_day(history_start)}: the "
             "ledger holds nothing the counters count before it (set history_start earlier "
             "in the configuration to fetch more)",
         )
@@ -423,7 +419,7 @@ def record(line: Line, grain: str) -> dict[str, object]:
     dims = dict(zip(DIMS, line.dims, strict=True))
     est = line.estimated_cost
     return {
-        "date" if grain == "day" else "hour": _iso_day(line.period_start)
+        "date" if grain == "day" else "hour": iso_day(line.period_start)
         if grain == "day"
         else timestamp(line.period_start),
         "provider": line.provider,
@@ -476,81 +472,3 @@ def write_jsonl(items: Iterable[Line], grain: str) -> Iterator[str]:
 
 def _text(value: object) -> str:
     return decimal_text(value) if isinstance(value, Decimal) else str(value)
-
-
-# --- the whole export ------------------------------------------------------------------------
-
-CONTENT_TYPES = {
-    "csv": "text/csv; charset=utf-8",
-    "jsonl": "application/x-ndjson; charset=utf-8",
-    "focus": "text/csv; charset=utf-8",
-}
-EXTENSIONS = {"csv": "csv", "jsonl": "jsonl", "focus": "focus.csv"}
-
-
-def filename(req: ExportRequest) -> str:
-    last = _iso_day(req.end - 1)
-    return f"llm-cost-{_iso_day(req.start)}_{last}.{EXTENSIONS[req.fmt]}"
-
-
-def render(
-    db: sqlite3.Connection, req: ExportRequest, pricer: RowPricer, now: float
-) -> Iterator[str]:
-    """The export as text chunks, streamed from `db` (closed when done)."""
-    try:
-        items = lines(stored(db, req.start, req.end), pricer, req.grain)
-        if req.fmt == "focus":
-            from exporter.focus import write_focus
-
-            yield from write_focus(items, now)
-        elif req.fmt == "jsonl":
-            yield from write_jsonl(items, req.grain)
-        else:
-            yield from write_csv(items, req.grain)
-    finally:
-        db.close()
-
-
-# --- serving requests (the HTTP process, the CLI) ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExportSource:
-    """What an export reads: picklable, handed to the HTTP server process at its start."""
-
-    state_file: str
-    history_start: int  # UTC seconds: the counters count buckets from here
-    prices: PricesSettings
-
-
-class Exports:
-    """Answers export requests from the state file, read-only. The price book (the same
-    settings as the counters') is built at the first request: most servers never export."""
-
-    def __init__(self, source: ExportSource, clock: Callable[[], float] = time.time) -> None:
-        self.source = source
-        self.clock = clock
-        self._pricer: PriceBook | None = None
-        self._lock = threading.Lock()
-
-    def pricer(self) -> PriceBook:
-        with self._lock:
-            if self._pricer is None:
-                from exporter.pricing import PriceBook
-                from exporter.sources import pricing_traits
-
-                self._pricer = PriceBook(self.source.prices, providers=pricing_traits())
-                self._pricer.start_refresh()  # only if prices.refresh, as the exporter does
-            return self._pricer
-
-    def __call__(self, query: Mapping[str, str]) -> tuple[str, str, Iterator[bytes]]:
-        """(content type, file name, body chunks) for `/api/v1/export?...`; ExportError (a
-        ValueError naming the parameter) for a bad request, before anything is sent."""
-        unknown = sorted(set(query) - {"from", "to", "format", "grain"})
-        if unknown:
-            raise ExportError(unknown[0], "unknown parameter (from, to, format, grain)")
-        now = self.clock()
-        req = parse_request(query, self.source.history_start, now, lambda k: k)
-        db = open_state(self.source.state_file)
-        chunks = (c.encode("utf-8") for c in render(db, req, self.pricer(), now) if c)
-        return CONTENT_TYPES[req.fmt], filename(req), chunks

@@ -25,9 +25,9 @@ from exporter.export import (
     ExportError,
     open_state,
     parse_request,
-    render,
     stored_history_start,
 )
+from exporter.export_service import render
 
 PROG = "llm-cost-exporter export"
 

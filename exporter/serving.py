@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from exporter.export import ExportSource
+from exporter.export_service import ExportSource
 from exporter.exposition import Exposition, Rendered
 from exporter.server import ExportFn, MetricsServer
 from exporter.webconfig import WebConfigError, load_web_config
@@ -127,6 +127,6 @@ def _serve(
 def _exports(source: ExportSource | None) -> ExportFn | None:
     if source is None:
         return None
-    from exporter.export import Exports
+    from exporter.export_service import Exports
 
     return Exports(source)

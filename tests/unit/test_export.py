@@ -27,12 +27,12 @@ from exporter.export import (
     lines_of,
     open_state,
     parse_request,
-    render,
     stored,
     write_csv,
     write_jsonl,
 )
 from exporter.export_cli import main as export_main
+from exporter.export_service import render
 from exporter.focus import COLUMNS, write_focus
 from exporter.fold import Delta, FoldContext, fold_row
 from exporter.ledger import Ledger, StoredRow
