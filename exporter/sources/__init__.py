@@ -37,11 +37,15 @@ class Endpoint:
 
     `width` is the bucket width in seconds. `horizon` is the revision horizon: a bucket that
     started more than `horizon` seconds before now is final and is never fetched again.
+    `min_interval` (seconds, 0 = every poll): the least time between two successful fetches
+    of this endpoint, for reports that change slowly or cost money per request (billing
+    exports, cost APIs); the account's other endpoints keep the account's poll interval.
     """
 
     name: str
     width: int
     horizon: int
+    min_interval: float = 0.0
 
 
 class Source(Protocol):
