@@ -41,10 +41,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from simulator import anthropic, groq, openai
+from simulator import anthropic, groq, openai, vertex
 from simulator import dataset as ds
 from simulator.prices import PriceCard, describe
 from simulator.wire import (
@@ -113,7 +114,7 @@ class SimulatorServer:
     def _route_table() -> list[Provider]:
         # "/v1/organizations/" (Anthropic) and "/v1/organization/" (OpenAI) differ by the
         # trailing slash, so each prefix ends in one.
-        return [anthropic, openai, groq]
+        return [anthropic, openai, groq, vertex]
 
     @property
     def host(self) -> str:
@@ -138,6 +139,19 @@ class SimulatorServer:
     @property
     def groq_base_url(self) -> str:
         return self.url + self._routes[2].BASE
+
+    @property
+    def vertex_base_url(self) -> str:
+        return self.url + vertex.BASE
+
+    def gcp_service_account(self, token_uri: str | None = None) -> dict[str, Any]:
+        """A new service-account key file (a dict to dump as JSON) whose token_uri is this
+        simulator's token endpoint, its public half registered so its assertions verify."""
+        info = vertex.new_service_account(
+            token_uri or self.vertex_base_url + "/token", self.settings.gcp_project
+        )
+        self.settings.gcp_public_keys[info["client_email"]] = vertex.public_key(info)
+        return info
 
     def now(self) -> int:
         return int(self.clock.now())
@@ -314,6 +328,8 @@ class SimulatorServer:
         for key in ("cost_lag", "groq_unentitled_status"):
             if key in body:
                 setattr(self.settings, key, int(body[key]))
+        if "gcp_job_pending" in body:
+            self.settings.gcp_job_pending = bool(body["gcp_job_pending"])
         if "openai_amount_format" in body:
             check = str(body["openai_amount_format"])
             if check not in AMOUNT_FORMATS:
@@ -489,6 +505,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="charge batch/priority/flex prices (default: standard prices everywhere)",
     )
+    p.add_argument(
+        "--gcp-credentials-out",
+        default=None,
+        help="write a new fake Google service-account key file here at start (demo only: "
+        "its key is generated now and trusted by this simulator alone)",
+    )
+    p.add_argument(
+        "--gcp-token-uri",
+        default=None,
+        help="token_uri written into that file (default: this simulator's /gcp/token)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     return p
 
@@ -525,6 +552,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {args.listen}: {exc.strerror}")
         return 1
+    if args.gcp_credentials_out:
+        out = Path(args.gcp_credentials_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(sim.gcp_service_account(args.gcp_token_uri), indent=2))
+        out.chmod(0o644)  # a throwaway demo key, read by the exporter's container user
+        log.info("wrote a fake Google service-account key file to %s", out)
     log.info(
         "provider simulator on %s (seed %d, data from %s): OpenAI base_url %s, Anthropic %s, "
         "Groq %s",
