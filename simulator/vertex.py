@@ -3,7 +3,9 @@
 
 Paths under `http://HOST:PORT/gcp` (an exporter account's `base_url`):
 
-- `POST /gcp/token`: the OAuth2 JWT-bearer grant of a service account (`grant_type=
+- `POST /gcp/token`: the OAuth2 refresh-token grant of the demo's fake `authorized_user`
+  credential (deploy/compose/gcp-demo-credentials.json: `test-...` values, as the other
+  providers' demo keys), and the JWT-bearer grant of a service account (`grant_type=
   urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<JWT>`). The assertion must be an
   RS256 JWT whose `iss` is a registered service account, `aud` Google's token endpoint
   (or this one), `scope`
@@ -204,6 +206,8 @@ def _token(req: Request, settings: Settings) -> Response:
     if req.method != "POST":
         return error(405, "POST only")
     form = dict(parse_qsl(req.body.decode("utf-8", "replace")))
+    if form.get("grant_type") == "refresh_token":
+        return _refresh(form, settings)
     if form.get("grant_type") != JWT_BEARER:
         return _grant_error("Invalid grant_type.", "unsupported_grant_type")
     parts = form.get("assertion", "").split(".")
@@ -237,6 +241,24 @@ def _token(req: Request, settings: Settings) -> Response:
         200,
         {
             "access_token": issue_token(email, now),
+            "expires_in": TOKEN_LIFETIME - 1,
+            "token_type": "Bearer",
+        },
+    )
+
+
+def _refresh(form: Mapping[str, str], settings: Settings) -> Response:
+    """The `authorized_user` grant of the demo's committed fake credential (its values are
+    the simulator's settings, like the other providers' `test-...` keys)."""
+    expected = (settings.gcp_demo_client_id, settings.gcp_demo_client_secret,
+                settings.gcp_demo_refresh_token)  # fmt: skip
+    got = (form.get("client_id"), form.get("client_secret"), form.get("refresh_token"))
+    if got != expected:
+        return _grant_error("Token has been expired or revoked.")
+    return Response(
+        200,
+        {
+            "access_token": issue_token("demo-user@sim", time.time()),
             "expires_in": TOKEN_LIFETIME - 1,
             "token_type": "Bearer",
         },

@@ -179,13 +179,17 @@ class Settings:
     gcp_billing_table: str = "sim-billing.billing_export.gcp_billing_export_v1_SIM000_000000"
     gcp_focus_table: str = "sim-billing.billing_export.focus_v1"
     gcp_job_pending: bool = False
+    # The demo's committed authorized_user credential (fake, like the keys above).
+    gcp_demo_client_id: str = "test-gcp-demo-client.apps.sim"
+    gcp_demo_client_secret: str = "test-gcp-demo-client-secret"
+    gcp_demo_refresh_token: str = "test-gcp-demo-refresh-token"
     gcp_public_keys: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         return {
             k: v
             for k, v in asdict(self).items()
-            if not k.endswith("_key") and k != "gcp_public_keys"
+            if not k.endswith(("_key", "_secret", "_token")) and k != "gcp_public_keys"
         }
 
 

@@ -256,8 +256,6 @@ def _google_auth() -> Any:
     try:
         import google.auth
         import google.auth.exceptions
-        import google.auth.transport
-        import google.oauth2.service_account
     except ImportError:
         raise ValueError(
             f"options: Vertex AI needs google-auth, which is not installed: {EXTRA}"
@@ -390,12 +388,6 @@ class VertexSource:
             raise ValueError(f"group_by: unknown dimension(s) {unknown_dims}")
         opts = parse_options(VertexOptions, account.options)
         self._google = _google_auth()
-        if opts.credentials_file is not None:
-            path = Path(opts.credentials_file).expanduser()
-            if not path.is_file():
-                raise ValueError(
-                    f"options.credentials_file: {path} does not exist or is not a file"
-                )
         self.account = account.account
         self.client = client
         self.opts = opts
@@ -430,24 +422,31 @@ class VertexSource:
         g = self._google
         try:
             if self.opts.credentials_file is not None:
-                creds = g.oauth2.service_account.Credentials.from_service_account_file(
+                # Any key file google-auth reads: service_account, authorized_user,
+                # external_account (workload identity federation).
+                creds, _ = g.auth.load_credentials_from_file(
                     str(Path(self.opts.credentials_file).expanduser()), scopes=SCOPES
                 )
             else:
                 creds, _ = g.auth.default(scopes=SCOPES)
         except g.auth.exceptions.DefaultCredentialsError as exc:
-            where = self.opts.credentials_file or "GOOGLE_APPLICATION_CREDENTIALS"
+            # The message names the file and what is wrong with it, never its content.
+            where = (
+                f"options.credentials_file {self.opts.credentials_file}"
+                if self.opts.credentials_file
+                else "application default credentials"
+            )
             raise SourceError(
                 AUTH,
-                f"{TOKEN}: no usable Google credentials ({where}): {redact(str(exc), 200)}; set "
-                "GOOGLE_APPLICATION_CREDENTIALS or options.credentials_file to a service-account "
-                "key file, or run with an attached service account",
+                f"{TOKEN}: no usable Google credentials from {where}: {redact(str(exc), 200)} "
+                "(set GOOGLE_APPLICATION_CREDENTIALS or options.credentials_file to a "
+                "service-account key file, or run with an attached service account)",
             ) from None
         except (ValueError, KeyError, OSError) as exc:
             raise SourceError(
                 AUTH,
-                f"{TOKEN}: cannot read the service-account key file "
-                f"{self.opts.credentials_file}: {type(exc).__name__}",
+                f"{TOKEN}: cannot read the key file {self.opts.credentials_file}: "
+                f"{type(exc).__name__}",
             ) from None
         if self.opts.token_url and hasattr(creds, "with_token_uri"):
             creds = creds.with_token_uri(self.opts.token_url)
