@@ -367,3 +367,55 @@ def test_the_demo_credential_works_against_the_simulator(
     app.poll_once()
     assert_exact(exposed(app), sim, ts(START))
     app.stop()
+
+
+COUNTERS = ("llm_tokens_total", "llm_cost_reported_usd_total", "llm_model_requests_total")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "mode", "reason"),
+    [
+        ("timeseries", "429", "rate_limited"),
+        ("timeseries", "500", "server_error"),
+        ("timeseries", "malformed", "decode"),
+        ("timeseries", "auth", "auth"),
+        ("query", "403", "auth"),
+        ("token", "auth", "auth"),
+    ],
+)
+def test_a_fault_loses_nothing_and_counts_nothing_twice(
+    tmp_path: Path, sim: SimulatorServer, key_file: tuple[Path, Any], endpoint: str, mode: str,
+    reason: str,
+) -> None:  # fmt: skip
+    """Poll; time passes; poll under the fault (every request to that endpoint); the fault
+    clears; poll. Counters never go down, the failure is counted under its reason, and the
+    end state equals a fresh exporter's that never saw the fault."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    app = make_app(tmp_path / "a", sim, key_file[0], costs_interval="1h")
+    app.poll_once()
+    before = {k: v for k, v in exposed(app).items() if k[0] in COUNTERS}
+    sim.clock.advance(3 * 3600)
+    if endpoint == "token":
+        app.poller.accounts[0].source._credentials.token = None  # type: ignore[attr-defined]  # expired
+    sim.add_fault(mode, provider="vertex_ai", endpoint=endpoint, count=-1, retry_after=0)
+    app.poll_once()
+    during = exposed(app)
+    sim.faults.clear()
+    now = {k: v for k, v in during.items() if k[0] in COUNTERS}
+    assert all(now.get(k, -1) >= v for k, v in before.items())
+    failed = "costs" if endpoint == "query" else "usage"
+    assert total(during, "llm_source_up", endpoint=failed, **SEL) == 0
+    assert (
+        total(during, "llm_source_api_request_failures_total", endpoint=failed, reason=reason) >= 1
+    )
+    app.poll_once()
+    after = exposed(app)
+    assert total(after, "llm_source_up", **SEL) == 2
+    fresh = make_app(tmp_path / "b", sim, key_file[0], costs_interval="1h")
+    fresh.poll_once()
+    assert {k: v for k, v in after.items() if k[0] in COUNTERS} == {
+        k: v for k, v in exposed(fresh).items() if k[0] in COUNTERS
+    }
+    fresh.stop()
+    app.stop()
