@@ -177,7 +177,9 @@ class Settings:
     # registered service accounts (client_email -> PEM public key).
     gcp_project: str = "sim-vertex-prod"
     gcp_billing_table: str = "sim-billing.billing_export.gcp_billing_export_v1_SIM000_000000"
-    gcp_focus_table: str = "sim-billing.billing_export.focus_v1"
+    gcp_focus_table: str = (
+        "sim-billing.gcp_billing_immutable_SIM000_000000_us.gcp_billing_export_focus_SIM000_000000"
+    )
     gcp_job_pending: bool = False
     # The demo's committed authorized_user credential (fake, like the keys above).
     gcp_demo_client_id: str = "test-gcp-demo-client.apps.sim"

@@ -39,11 +39,13 @@ Two endpoints, keyed by aligned UTC bucket start:
   query; ``jobComplete: false`` is followed with ``getQueryResults``, and every ``pageToken``
   is followed), filtered to the Vertex AI service (``service.description``, option
   ``billing_services``) and to the account's project, summed by usage day (UTC) and SKU. The
-  export's format is configured, not detected (``billing_format``: ``standard`` for the
-  ``gcp_billing_export_v1_*`` table, ``focus`` for the FOCUS view: ``ServiceName``,
-  ``SubAccountId``, ``SkuId``, ``ChargeDescription``, ``BilledCost``, ``BillingCurrency``,
-  ``ChargePeriodStart``), because a view's name says nothing of its columns. Schema:
-  docs.cloud.google.com/billing/docs/how-to/export-data-bigquery-tables/standard-usage.
+  export's format is detected from the table's name (``gcp_billing_export_v1_*`` and
+  ``gcp_billing_export_resource_v1_*``: standard; ``gcp_billing_export_focus_*``: FOCUS,
+  columns ``ServiceName``, ``SubAccountId`` [U: assumed to hold the project id], ``SkuId``,
+  ``ChargeDescription``, ``BilledCost``, ``BillingCurrency``, ``ChargePeriodStart``), or
+  configured (``billing_format``) for a view or a copy, whose name says nothing. Schemas:
+  docs.cloud.google.com/billing/docs/how-to/export-data-bigquery-tables (standard-usage,
+  focus-export).
 
   The amount is net of credits: ``cost`` plus the sum of ``credits[].amount`` (negative) in
   the standard export; in FOCUS credits are rows of their own, summed in. That is what is
@@ -172,7 +174,9 @@ class VertexOptions(Strict):
     locations: list[str] = Field(default_factory=list)
     # `project.dataset.table` of the Cloud Billing export; unset = no invoiced cost.
     billing_table: str | None = None
-    billing_format: Literal["standard", "focus"] = "standard"
+    # auto: told by the table's name (gcp_billing_export_v1_* / gcp_billing_export_resource_v1_*
+    # standard, gcp_billing_export_focus_* FOCUS); a view or a copy needs it configured.
+    billing_format: Literal["auto", "standard", "focus"] = "auto"
     billing_services: list[str] = Field(default_factory=lambda: ["Vertex AI"], min_length=1)
     # SKU id or description -> model, where the description does not name it.
     sku_models: dict[str, str] = Field(default_factory=dict)
@@ -249,6 +253,22 @@ class VertexOptions(Strict):
             for key, default in DEFAULT_METRICS.items()
             if (name := self.metrics.get(key, default))
         }
+
+
+def billing_format(opts: VertexOptions) -> str:
+    """The billing export's format: configured, or detected from the table's name."""
+    if opts.billing_format != "auto" or opts.billing_table is None:
+        return opts.billing_format
+    table = opts.billing_table.rsplit(".", 1)[-1]
+    if table.startswith("gcp_billing_export_focus_"):
+        return "focus"
+    if table.startswith(("gcp_billing_export_v1_", "gcp_billing_export_resource_v1_")):
+        return "standard"
+    raise ValueError(
+        f"options.billing_format: the table name {table!r} does not tell the export's format "
+        "(standard: gcp_billing_export_v1_*, FOCUS: gcp_billing_export_focus_*); set "
+        "billing_format: standard or focus"
+    )
 
 
 def _google_auth() -> Any:
@@ -395,6 +415,7 @@ class VertexSource:
         self.by_model = "model" in group_by
         self.metrics = opts.polled_metrics()
         base = (account.base_url or "").rstrip("/")
+        self.billing_format = billing_format(opts)
         self.monitoring = (opts.monitoring_url or base or MONITORING_URL).rstrip("/")
         self.bigquery = (opts.bigquery_url or base or BIGQUERY_URL).rstrip("/")
         self.usage_horizon = horizon_option(
@@ -609,7 +630,7 @@ class VertexSource:
 
     def billing_sql(self) -> str:
         table = f"`{self.opts.billing_table}`"
-        if self.opts.billing_format == "focus":
+        if self.billing_format == "focus":
             return (
                 "SELECT FORMAT_DATE('%F', DATE(ChargePeriodStart)) AS usage_day, "
                 "SkuId AS sku_id, ChargeDescription AS sku, BillingCurrency AS currency, "

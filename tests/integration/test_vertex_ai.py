@@ -254,7 +254,7 @@ def test_focus_export_and_application_default_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file[0]))
-    opts = {"billing_table": sim.settings.gcp_focus_table, "billing_format": "focus"}
+    opts = {"billing_table": sim.settings.gcp_focus_table}  # detected by its name
     app = make_app(tmp_path, sim, key_file[0], credentials_file=None, **opts)
     app.poll_once()
     assert_exact(exposed(app), sim, ts(START))

@@ -242,3 +242,9 @@ def test_bad_options_are_refused_offline() -> None:
         )
     with pytest.raises(ValueError, match="costs_horizon"):
         make(lambda r: httpx.Response(500), costs_horizon="2h")
+    with pytest.raises(ValueError, match="billing_format: the table name 'my_view'"):
+        make(lambda r: httpx.Response(500), billing_table="p-roject.ds.my_view")
+    viewed = make(
+        lambda r: httpx.Response(500), billing_table="p-roject.ds.v", billing_format="focus"
+    )
+    assert viewed.billing_format == "focus"
