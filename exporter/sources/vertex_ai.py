@@ -106,7 +106,14 @@ from exporter.sources import (
     parse_rfc3339,
     rfc3339,
 )
-from exporter.sources._http import AUTH, CONNECTION, DECODE, ApiClient, SourceError
+from exporter.sources._http import (
+    AUTH,
+    CONNECTION,
+    DECODE,
+    SERVER_ERROR,
+    ApiClient,
+    SourceError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -487,6 +494,12 @@ class VertexSource:
             except g.auth.exceptions.RefreshError as exc:
                 account = getattr(creds, "service_account_email", None) or "the credentials"
                 detail = exc.args[0] if exc.args else type(exc).__name__
+                if getattr(exc, "retryable", False):  # 429/5xx, after google-auth's retries
+                    raise SourceError(
+                        SERVER_ERROR,
+                        f"{TOKEN}: the token endpoint failed for {account}: "
+                        f"{redact(str(detail), 200)}; retried next poll",
+                    ) from None
                 raise SourceError(
                     AUTH,
                     f"{TOKEN}: Google refused a token for {account}: {redact(str(detail), 200)} "

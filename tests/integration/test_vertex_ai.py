@@ -381,15 +381,22 @@ COUNTERS = ("llm_tokens_total", "llm_cost_reported_usd_total", "llm_model_reques
         ("timeseries", "auth", "auth"),
         ("query", "403", "auth"),
         ("token", "auth", "auth"),
+        ("token", "503", "server_error"),  # after google-auth's own retries
     ],
 )
 def test_a_fault_loses_nothing_and_counts_nothing_twice(
     tmp_path: Path, sim: SimulatorServer, key_file: tuple[Path, Any], endpoint: str, mode: str,
-    reason: str,
+    reason: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """Poll; time passes; poll under the fault (every request to that endpoint); the fault
     clears; poll. Counters never go down, the failure is counted under its reason, and the
     end state equals a fresh exporter's that never saw the fault."""
+    from google.auth import _exponential_backoff as backoff
+
+    # google-auth retries a failing token endpoint itself (3 tries, 1 s then 2 s apart):
+    # the same tries here, without the waits.
+    init = backoff._BaseExponentialBackoff.__init__
+    monkeypatch.setattr(init, "__defaults__", (3, 0.0, 0.0, 2.0))
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     app = make_app(tmp_path / "a", sim, key_file[0], costs_interval="1h")
