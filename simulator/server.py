@@ -5,11 +5,14 @@ Path layout (point an exporter account's `base_url` at these):
 - OpenAI     base_url `http://HOST:PORT/v1`        -> `/v1/organization/...`
 - Anthropic  base_url `http://HOST:PORT`           -> `/v1/organizations/...`
 - Groq       base_url `http://HOST:PORT/groq/v1/metrics/prometheus` -> `.../api/v1/query_range`
+- Vertex AI  base_url `http://HOST:PORT/gcp` -> `/gcp/token`, `/gcp/v3/projects/...`,
+  `/gcp/bigquery/v2/projects/...` (see vertex.py; `gcp_service_account()` makes a key file)
 - Control    `/_sim/...` (JSON, no auth):
   - `GET|POST /_sim/control`: clock and knobs, e.g. `{"now": 1795400000}` (freeze; null =
     real time), `{"advance": 3600}`, `{"offset": -60}`, `{"cost_lag": 0}`,
     `{"openai_amount_format": "mixed|number|string"}`, `{"openai_fields":
-    "full|sparse|minimal"}`, `{"groq_unentitled_status": 404}`; answers the current state.
+    "full|sparse|minimal"}`, `{"groq_unentitled_status": 404}`, `{"gcp_job_pending": true}`;
+    answers the current state.
   - `POST /_sim/reset`: back to the constructed state (clock, knobs, no faults/stats/revisions).
   - `GET|POST|DELETE /_sim/faults`: inject `{"provider": "openai"|"anthropic"|"groq"|"*",
     "endpoint": "completions"|...|"*", "mode": ..., "count": 2 (-1 = until cleared),
@@ -41,7 +44,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -482,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = Settings()
     p = argparse.ArgumentParser(
         prog="llm-cost-exporter simulate",
-        description="Serve fake OpenAI, Anthropic and Groq admin usage/cost APIs with "
-        "deterministic synthetic data (for tests and the compose demo).",
+        description="Serve fake OpenAI, Anthropic, Groq and Google Cloud (Vertex AI) usage/cost "
+        "APIs with deterministic synthetic data (for tests and the compose demo).",
     )
     p.add_argument("--listen", default="127.0.0.1:9878", help="HOST:PORT (default %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="data seed (default %(default)s)")
@@ -504,17 +506,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--tier-pricing",
         action="store_true",
         help="charge batch/priority/flex prices (default: standard prices everywhere)",
-    )
-    p.add_argument(
-        "--gcp-credentials-out",
-        default=None,
-        help="write a new fake Google service-account key file here at start (demo only: "
-        "its key is generated now and trusted by this simulator alone)",
-    )
-    p.add_argument(
-        "--gcp-token-uri",
-        default=None,
-        help="token_uri written into that file (default: this simulator's /gcp/token)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     return p
@@ -552,21 +543,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {args.listen}: {exc.strerror}")
         return 1
-    if args.gcp_credentials_out:
-        out = Path(args.gcp_credentials_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(sim.gcp_service_account(args.gcp_token_uri), indent=2))
-        out.chmod(0o644)  # a throwaway demo key, read by the exporter's container user
-        log.info("wrote a fake Google service-account key file to %s", out)
     log.info(
         "provider simulator on %s (seed %d, data from %s): OpenAI base_url %s, Anthropic %s, "
-        "Groq %s",
+        "Groq %s, Vertex AI %s",
         sim.url,
         args.seed,
         sim.dataset.start.isoformat(),
         sim.openai_base_url,
         sim.anthropic_base_url,
         sim.groq_base_url,
+        sim.vertex_base_url,
     )
     try:
         sim.serve_forever()
