@@ -82,6 +82,7 @@ import datetime as dt
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -362,6 +363,7 @@ class _Transport:
         self._api = client
         self._http = httpx.Client(timeout=timeout, follow_redirects=False)
         self._google = google
+        weakref.finalize(self, self._http.close)  # closed with the source
 
     def __call__(
         self,
@@ -383,9 +385,6 @@ class _Transport:
             raise self._google.auth.exceptions.TransportError(type(exc).__name__) from None
         self._api.recorder.request(TOKEN, str(r.status_code), time.monotonic() - began)
         return _TransportResponse(r)
-
-    def close(self) -> None:
-        self._http.close()
 
 
 class _TransportResponse:
