@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter.health import Health
 from exporter.ledger import ChangeObserver, Ledger
@@ -49,6 +49,8 @@ class Account:
     interval: float
     next_due: float = 0.0
     polls: int = 0  # completed polls of this account
+    # endpoint -> clock() of its last successful fetch (for Endpoint.min_interval)
+    fetched: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -95,8 +97,20 @@ class Poller:
         return min((a.polls for a in self.accounts), default=1)
 
     def poll_endpoint(self, acc: Account, ep: Endpoint) -> str | None:
-        """Fetch and store one endpoint's window: None if it succeeded, else the reason."""
+        """Fetch and store one endpoint's window: None if it succeeded, else the reason.
+
+        An endpoint with a `min_interval` fetched successfully less than that long ago is not
+        asked: it counts as a success (its data is as fresh as its schedule allows, so the
+        stale-data alert stays quiet), with no rows and an unchanged watermark."""
         src = acc.source
+        last = acc.fetched.get(ep.name)
+        if ep.min_interval > 0 and last is not None and self.clock() - last < ep.min_interval:
+            watermark = self.health.endpoint(src.provider, src.account, ep.name).watermark
+            if watermark is not None:
+                self.health.success(
+                    src.provider, src.account, ep.name, self.clock(), watermark, None, 0
+                )
+            return None
         now = int(self.clock())
         start, end = self.window(acc, ep, now)
         try:
@@ -137,6 +151,7 @@ class Poller:
             log.exception("cannot store %s %s (rolled back)", acc.name, ep.name)
             return STORAGE
         self.ledger.refetched(src.provider, src.account, ep.name, start)
+        acc.fetched[ep.name] = float(now)
         latest = max((b.end for b in buckets if b.rows), default=None)
         self.health.success(
             src.provider, src.account, ep.name, self.clock(), closed, latest, written, len(drops)

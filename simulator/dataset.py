@@ -48,7 +48,7 @@ from simulator.vocab import (
 
 DAY = 86400
 HOUR = 3600
-PROVIDERS = ("openai", "anthropic", "groq")
+PROVIDERS = ("openai", "anthropic", "groq", "vertex_ai")
 QUANTITY = "quantity"
 STORAGE_QUANTUM = Decimal("1e-12")
 
@@ -382,10 +382,33 @@ def _groq_streams() -> list[Stream]:
     ]  # fmt: skip
 
 
+def _vertex_streams() -> list[Stream]:
+    """Vertex AI publisher models: `model` is the Monitoring `model_user_id` (a Claude id
+    keeps its `@version` pin, a Gemini id may carry a `-001` revision); `location` is the
+    PublisherModel resource's location. Models without long-context price tiers: the card
+    prices a million tokens at once, which would charge a tiered model its upper tier."""
+
+    def chat(
+        name: str, model: str, location: str, profile: str, rate: float, inp: int, out: int
+    ) -> Stream:
+        dims = {"model": model, "location": location}
+        per = {_t("input"): inp, _t("output"): out}
+        return _stream("vertex_ai", "completions", name, dims, profile, rate, per)
+
+    return [
+        chat("vx-flash", "gemini-2.5-flash", "us-central1", "business", 30, 1200, 300),
+        chat("vx-lite", "gemini-2.5-flash-lite", "europe-west4", "steady", 5, 3000, 800),
+        chat("vx-flash2", "gemini-2.0-flash-001", "europe-west4", "business", 8, 700, 200),
+        chat("vx-claude", "claude-haiku-4-5@20251001", "us-east5", "business", 4, 2000, 600),
+        chat("vx-acme", UNKNOWN_MODEL, "us-central1", "night", 3, 900, 250),
+    ]
+
+
 CATALOG: dict[str, tuple[Stream, ...]] = {
     "openai": tuple(_openai_streams()),
     "anthropic": tuple(_anthropic_streams()),
     "groq": tuple(_groq_streams()),
+    "vertex_ai": tuple(_vertex_streams()),
 }
 
 

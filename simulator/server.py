@@ -5,11 +5,14 @@ Path layout (point an exporter account's `base_url` at these):
 - OpenAI     base_url `http://HOST:PORT/v1`        -> `/v1/organization/...`
 - Anthropic  base_url `http://HOST:PORT`           -> `/v1/organizations/...`
 - Groq       base_url `http://HOST:PORT/groq/v1/metrics/prometheus` -> `.../api/v1/query_range`
+- Vertex AI  base_url `http://HOST:PORT/gcp` -> `/gcp/token`, `/gcp/v3/projects/...`,
+  `/gcp/bigquery/v2/projects/...` (see vertex.py; `gcp_service_account()` makes a key file)
 - Control    `/_sim/...` (JSON, no auth):
   - `GET|POST /_sim/control`: clock and knobs, e.g. `{"now": 1795400000}` (freeze; null =
     real time), `{"advance": 3600}`, `{"offset": -60}`, `{"cost_lag": 0}`,
     `{"openai_amount_format": "mixed|number|string"}`, `{"openai_fields":
-    "full|sparse|minimal"}`, `{"groq_unentitled_status": 404}`; answers the current state.
+    "full|sparse|minimal"}`, `{"groq_unentitled_status": 404}`, `{"gcp_job_pending": true}`;
+    answers the current state.
   - `POST /_sim/reset`: back to the constructed state (clock, knobs, no faults/stats/revisions).
   - `GET|POST|DELETE /_sim/faults`: inject `{"provider": "openai"|"anthropic"|"groq"|"*",
     "endpoint": "completions"|...|"*", "mode": ..., "count": 2 (-1 = until cleared),
@@ -44,7 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from simulator import anthropic, groq, openai
+from simulator import anthropic, groq, openai, vertex
 from simulator import dataset as ds
 from simulator.prices import PriceCard, describe
 from simulator.wire import (
@@ -113,7 +116,7 @@ class SimulatorServer:
     def _route_table() -> list[Provider]:
         # "/v1/organizations/" (Anthropic) and "/v1/organization/" (OpenAI) differ by the
         # trailing slash, so each prefix ends in one.
-        return [anthropic, openai, groq]
+        return [anthropic, openai, groq, vertex]
 
     @property
     def host(self) -> str:
@@ -138,6 +141,19 @@ class SimulatorServer:
     @property
     def groq_base_url(self) -> str:
         return self.url + self._routes[2].BASE
+
+    @property
+    def vertex_base_url(self) -> str:
+        return self.url + vertex.BASE
+
+    def gcp_service_account(self, token_uri: str | None = None) -> dict[str, Any]:
+        """A new service-account key file (a dict to dump as JSON) whose token_uri is this
+        simulator's token endpoint, its public half registered so its assertions verify."""
+        info = vertex.new_service_account(
+            token_uri or self.vertex_base_url + "/token", self.settings.gcp_project
+        )
+        self.settings.gcp_public_keys[info["client_email"]] = vertex.public_key(info)
+        return info
 
     def now(self) -> int:
         return int(self.clock.now())
@@ -314,6 +330,8 @@ class SimulatorServer:
         for key in ("cost_lag", "groq_unentitled_status"):
             if key in body:
                 setattr(self.settings, key, int(body[key]))
+        if "gcp_job_pending" in body:
+            self.settings.gcp_job_pending = bool(body["gcp_job_pending"])
         if "openai_amount_format" in body:
             check = str(body["openai_amount_format"])
             if check not in AMOUNT_FORMATS:
@@ -466,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = Settings()
     p = argparse.ArgumentParser(
         prog="llm-cost-exporter simulate",
-        description="Serve fake OpenAI, Anthropic and Groq admin usage/cost APIs with "
-        "deterministic synthetic data (for tests and the compose demo).",
+        description="Serve fake OpenAI, Anthropic, Groq and Google Cloud (Vertex AI) usage/cost "
+        "APIs with deterministic synthetic data (for tests and the compose demo).",
     )
     p.add_argument("--listen", default="127.0.0.1:9878", help="HOST:PORT (default %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="data seed (default %(default)s)")
@@ -527,13 +545,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info(
         "provider simulator on %s (seed %d, data from %s): OpenAI base_url %s, Anthropic %s, "
-        "Groq %s",
+        "Groq %s, Vertex AI %s",
         sim.url,
         args.seed,
         sim.dataset.start.isoformat(),
         sim.openai_base_url,
         sim.anthropic_base_url,
         sim.groq_base_url,
+        sim.vertex_base_url,
     )
     try:
         sim.serve_forever()

@@ -172,9 +172,27 @@ class Settings:
     openai_amount_format: str = "mixed"  # costs amount.value: number, string or both
     openai_fields: str = "full"  # completions optional fields: full, sparse (zeros absent), minimal
     organization_id: str = "org-sim"
+    # Vertex AI (Google Cloud): the project whose billing rows exist, the billing export's
+    # standard table and FOCUS view, whether a query first answers jobComplete false, and the
+    # registered service accounts (client_email -> PEM public key).
+    gcp_project: str = "sim-vertex-prod"
+    gcp_billing_table: str = "sim-billing.billing_export.gcp_billing_export_v1_SIM000_000000"
+    gcp_focus_table: str = (
+        "sim-billing.gcp_billing_immutable_SIM000_000000_us.gcp_billing_export_focus_SIM000_000000"
+    )
+    gcp_job_pending: bool = False
+    # The demo's committed authorized_user credential (fake, like the keys above).
+    gcp_demo_client_id: str = "test-gcp-demo-client.apps.sim"
+    gcp_demo_client_secret: str = "test-gcp-demo-client-secret"
+    gcp_demo_refresh_token: str = "test-gcp-demo-refresh-token"
+    gcp_public_keys: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.endswith("_key")}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if not k.endswith(("_key", "_secret", "_token")) and k != "gcp_public_keys"
+        }
 
 
 FAULT_MODES = (

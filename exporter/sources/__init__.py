@@ -13,8 +13,10 @@ settings, checks, wiring and pricing read everything they need from the registry
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -37,11 +39,15 @@ class Endpoint:
 
     `width` is the bucket width in seconds. `horizon` is the revision horizon: a bucket that
     started more than `horizon` seconds before now is final and is never fetched again.
+    `min_interval` (seconds, 0 = every poll): the least time between two successful fetches
+    of this endpoint, for reports that change slowly or cost money per request (billing
+    exports, cost APIs); the account's other endpoints keep the account's poll interval.
     """
 
     name: str
     width: int
     horizon: int
+    min_interval: float = 0.0
 
 
 class Source(Protocol):
@@ -161,6 +167,37 @@ def horizon_option(seconds: float | None, name: str, default: int, width: int) -
     return int(seconds)
 
 
+def rfc3339(ts: int) -> str:
+    """Unix seconds as RFC 3339 UTC text (`2026-11-01T00:00:00Z`), as the APIs take times."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: object) -> int:
+    """RFC 3339 text (`Z`, an offset, or none = UTC) as Unix seconds; ValueError otherwise."""
+    if not isinstance(value, str):
+        raise ValueError("time is not a string")
+    parsed = dt.datetime.fromisoformat(value.strip())
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp())
+
+
+def check_metric_names(
+    value: Mapping[str, str | None],
+    defaults: Mapping[str, str],
+    valid: re.Pattern[str],
+    what: str,
+) -> None:
+    """Options naming metrics (a cloud renames them): every key one of `defaults`, every
+    name (null or "" disables it) matching `valid`; ValueError `key: problem` otherwise."""
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown metric key (known: {', '.join(defaults)})")
+    for key, name in value.items():
+        if name and not valid.match(name.strip()):
+            raise ValueError(f"{key}: {name!r} is not {what}")
+
+
 def _duration_text(seconds: float) -> str:
     """`12h` for 43200: a duration as a user would have written it."""
     for unit, size in (("d", DAY), ("h", HOUR), ("m", 60)):
@@ -179,7 +216,10 @@ __all__ = [
     "SourceFactory",
     "adapters",
     "bearer",
+    "check_metric_names",
     "horizon_option",
     "parse_options",
+    "parse_rfc3339",
     "pricing_traits",
+    "rfc3339",
 ]

@@ -119,7 +119,13 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class ApiClient:
-    """GET JSON from one provider account, with retries and per-attempt accounting."""
+    """GET (or POST) JSON for one provider account, with retries and per-attempt accounting.
+
+    `auth`, when set (by the source), is called before every attempt for headers that
+    change over time, e.g. a short-lived bearer token: it returns them fresh (a cached
+    token until it expires), or raises `SourceError` (counted as a failure of the endpoint,
+    not retried).
+    """
 
     def __init__(
         self,
@@ -149,6 +155,7 @@ class ApiClient:
         # endpoint, goes out before this time.monotonic() value.
         self.blocked_until = 0.0
         self._gate = threading.Lock()
+        self.auth: Callable[[], Mapping[str, str]] | None = None
 
     def _wait(self, seconds: float) -> None:
         if self.cancel.wait(seconds):
@@ -176,12 +183,44 @@ class ApiClient:
         params: Params = (),
         status_reasons: Mapping[int, str] | None = None,
     ) -> Any:
-        """GET `path` (relative to the base URL) and decode JSON.
+        """GET `path` (relative to the base URL, or an absolute URL) and decode JSON.
 
         `endpoint` is a short stable name for accounting (a label value, never the URL).
         `status_reasons` lets a source name what a 4xx status means for it (Groq's 404 is
         "not entitled"), so the failure is counted once, under that reason, and not retried.
         """
+        return self._send("GET", endpoint, path, params, None, status_reasons)
+
+    def post_json(
+        self,
+        endpoint: str,
+        path: str,
+        body: Any,
+        params: Params = (),
+        status_reasons: Mapping[int, str] | None = None,
+    ) -> Any:
+        """POST `body` as JSON (a query API that takes its query in the body, e.g. a SQL
+        query); otherwise as `get_json`: same retries, accounting and reasons."""
+        return self._send("POST", endpoint, path, params, body, status_reasons)
+
+    def _headers(self, endpoint: str) -> Mapping[str, str]:
+        if self.auth is None:
+            return {}
+        try:
+            return self.auth()
+        except SourceError as exc:
+            self.recorder.failure(endpoint, exc.reason)
+            raise
+
+    def _send(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        params: Params,
+        body: Any,
+        status_reasons: Mapping[int, str] | None,
+    ) -> Any:
         last: SourceError | None = None
         for attempt in range(self.retry.attempts):
             if self.cancel.is_set():
@@ -190,10 +229,17 @@ class ApiClient:
             if wait > 0:  # the account is backing off (an earlier request was rate limited)
                 self._sleep(wait)
             delay: float | None = None
+            headers = self._headers(endpoint)
             began = time.monotonic()
             self.requests_made += 1
             try:
-                response = self._client.get(path.lstrip("/"), params=list(params))
+                response = self._client.request(
+                    method,
+                    path.lstrip("/"),
+                    params=list(params),
+                    headers=headers,
+                    json=body if method == "POST" else None,
+                )
             except httpx.TimeoutException as exc:
                 self.recorder.request(endpoint, "timeout", time.monotonic() - began)
                 last = SourceError(TIMEOUT, f"{endpoint}: timed out ({type(exc).__name__})")

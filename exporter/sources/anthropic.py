@@ -58,7 +58,16 @@ from exporter.rows import (
     Row,
 )
 from exporter.schema import GROUPABLE, AccountSettings, Duration, Strict
-from exporter.sources import DAY, HOUR, Adapter, Endpoint, horizon_option, parse_options
+from exporter.sources import (
+    DAY,
+    HOUR,
+    Adapter,
+    Endpoint,
+    horizon_option,
+    parse_options,
+    parse_rfc3339,
+    rfc3339,
+)
 from exporter.sources._http import ApiClient, Params, paginate
 
 log = logging.getLogger(__name__)
@@ -128,20 +137,11 @@ class _Malformed(ValueError):
     """A row the adapter cannot read; it is skipped and counted, the page is kept."""
 
 
-def _rfc3339(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse_time(value: Any) -> int:
-    if not isinstance(value, str):
-        raise _Malformed("bucket starting_at is not a string")
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        return parse_rfc3339(value)
     except ValueError:
-        raise _Malformed("bucket starting_at is not RFC 3339") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return int(parsed.timestamp())
+        raise _Malformed("bucket starting_at is not an RFC 3339 string") from None
 
 
 def _align_up(ts: int, width: int) -> int:
@@ -320,8 +320,8 @@ class AnthropicSource:
     def _fetch_messages(self, ep: Endpoint, start: int, end: int) -> list[Bucket]:
         width_name, limit = _WIDTHS[ep.width]
         params: list[tuple[str, str | int]] = [
-            ("starting_at", _rfc3339(start)),
-            ("ending_at", _rfc3339(_align_up(end, ep.width))),
+            ("starting_at", rfc3339(start)),
+            ("ending_at", rfc3339(_align_up(end, ep.width))),
             ("bucket_width", width_name),
             ("limit", limit),
         ]
@@ -350,8 +350,8 @@ class AnthropicSource:
 
     def _fetch_costs(self, ep: Endpoint, start: int, end: int) -> list[Bucket]:
         params: list[tuple[str, str | int]] = [
-            ("starting_at", _rfc3339(start)),
-            ("ending_at", _rfc3339(_align_up(end, DAY))),
+            ("starting_at", rfc3339(start)),
+            ("ending_at", rfc3339(_align_up(end, DAY))),
             ("bucket_width", "1d"),
             ("limit", _COSTS_LIMIT),
             ("group_by[]", "workspace_id"),

@@ -55,7 +55,15 @@ from exporter import rows
 from exporter.pricing import ProviderPricing
 from exporter.rows import Bucket, Number, Row
 from exporter.schema import GROUPABLE, AccountSettings, Duration, Strict
-from exporter.sources import DAY, Adapter, Endpoint, bearer, horizon_option, parse_options
+from exporter.sources import (
+    DAY,
+    Adapter,
+    Endpoint,
+    bearer,
+    check_metric_names,
+    horizon_option,
+    parse_options,
+)
 from exporter.sources._http import (
     AUTH,
     CLIENT_ERROR,
@@ -119,16 +127,9 @@ class GroqOptions(Strict):
     @field_validator("metrics")
     @classmethod
     def _metric_names(cls, value: dict[str, str | None]) -> dict[str, str | None]:
-        unknown = sorted(set(value) - set(DEFAULT_METRICS))
-        if unknown:
-            raise ValueError(
-                f"{unknown[0]}: unknown metric key (known: {', '.join(DEFAULT_METRICS)})"
-            )
-        for key, name in value.items():
-            if name and not _SELECTOR.match(name.strip()):
-                raise ValueError(
-                    f"{key}: {name!r} is not a metric name (optionally with {{matchers}})"
-                )
+        check_metric_names(
+            value, DEFAULT_METRICS, _SELECTOR, "a metric name (optionally with {matchers})"
+        )
         return value
 
     @field_validator("model_label", "project_label")

@@ -59,3 +59,44 @@ def test_server_errors_are_retried_then_reported() -> None:
 def test_label_values_always_encode_as_utf8() -> None:
     row = Row.make("completions", {"model": "bad\ud800name"}, {})
     assert row.dim("model").encode("utf-8") == b"bad?name"
+
+
+def test_the_auth_hook_gives_fresh_headers_per_attempt_and_post_sends_json() -> None:
+    seen: list[tuple[str, str, bytes]] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.headers.get("authorization", ""), request.content))
+        return httpx.Response(503) if len(seen) == 1 else httpx.Response(200, json={"ok": 1})
+
+    tokens = iter(["t1", "t2"])
+    c = ApiClient(
+        "http://provider.test/v1",
+        {},
+        retry=RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01),
+        sleep=lambda s: None,
+        transport=httpx.MockTransport(reply),
+    )
+    c.auth = lambda: {"Authorization": f"Bearer {next(tokens)}"}
+    assert c.post_json("costs", "http://other.test/q", {"query": "SELECT 1"}) == {"ok": 1}
+    assert [(m, a) for m, a, _ in seen] == [("POST", "Bearer t1"), ("POST", "Bearer t2")]
+    assert seen[0][2] == b'{"query":"SELECT 1"}'
+
+
+def test_an_auth_hook_failure_is_counted_and_not_retried() -> None:
+    failures: list[tuple[str, str]] = []
+
+    class Recorder:
+        def request(self, endpoint: str, code: str, seconds: float) -> None:
+            pass
+
+        def failure(self, endpoint: str, reason: str) -> None:
+            failures.append((endpoint, reason))
+
+    def refuse() -> dict[str, str]:
+        raise SourceError("auth", "token: refused")
+
+    c = ApiClient("http://provider.test/", {}, recorder=Recorder())
+    c.auth = refuse
+    with pytest.raises(SourceError, match="refused"):
+        c.get_json("usage", "usage")
+    assert failures == [("usage", "auth")] and c.requests_made == 0

@@ -73,3 +73,51 @@ def test_first_window_starts_at_history_start_aligned() -> None:
     )
     poller.poll_once()
     assert src.calls == [(8 * DAY, 10 * DAY + 5)]
+
+
+class Ledger:
+    """Just enough ledger for the poller: accepts every write."""
+
+    def closed_before(self, provider: str, account: str, endpoint: str) -> int | None:
+        return None
+
+    def replace(self, *args: object, **kwargs: object) -> tuple[int, list[object]]:
+        return 1, []
+
+    def refetched(self, *args: object) -> None:
+        pass
+
+
+class SlowReport(FakeSource):
+    names: list[str]
+
+    def endpoints(self) -> Sequence[Endpoint]:
+        return [Endpoint("usage", DAY, 2 * DAY), Endpoint("costs", DAY, 2 * DAY, min_interval=3600)]
+
+    def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
+        self.names.append(endpoint.name)
+        return [Bucket(endpoint.name, start, start + DAY)]
+
+
+def test_an_endpoint_with_min_interval_is_fetched_at_most_that_often() -> None:
+    clock = [10 * DAY + 5.0]
+    src = SlowReport()
+    health = Health()
+    poller = Poller(
+        Ledger(),  # type: ignore[arg-type]
+        health,
+        [Account(src, ApiClient("http://unused.test/", {}), 300)],
+        history_start=8 * DAY,
+        rebuild=lambda: None,
+        clock=lambda: clock[0],
+    )
+    fetched = []
+    for _ in range(14):  # every 5 minutes for 65 minutes
+        src.names = []
+        poller.poll_once()
+        fetched.append("costs" in src.names)
+        assert "usage" in src.names
+        clock[0] += 300
+    assert fetched == [True] + [False] * 11 + [True, False]
+    # A skipped poll still counts as a success, so the data never looks stale.
+    assert health.snapshot().endpoints[("fake", "a", "costs")].last_success == clock[0] - 300
