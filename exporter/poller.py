@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter.health import Health
 from exporter.ledger import ChangeObserver, Ledger
@@ -49,6 +49,14 @@ class Account:
     interval: float
     next_due: float = 0.0
     polls: int = 0  # completed polls of this account
+    # endpoint name -> clock time of its last successful fetch (for Endpoint.min_interval)
+    fetched_at: dict[str, float] = field(default_factory=dict)
+
+    def rests(self, ep: Endpoint, now: float) -> bool:
+        """Whether `ep` sits this poll out: its min_interval has not passed since its last
+        successful fetch (in this process: a restart fetches it once more)."""
+        last = self.fetched_at.get(ep.name)
+        return ep.min_interval > 0 and last is not None and now - last < ep.min_interval
 
     @property
     def name(self) -> str:
@@ -162,7 +170,13 @@ class Poller:
         for i, ep in enumerate(endpoints):
             if self.stop.is_set():
                 break
+            if acc.rests(ep, self.clock()):
+                ok += 1  # its data is as fresh as its schedule asks: nothing to do
+                continue
+            began_ep = self.clock()
             reason = self.poll_endpoint(acc, ep)
+            if reason is None:
+                acc.fetched_at[ep.name] = began_ep
             ok += reason is None
             if reason == RATE_LIMITED and i + 1 < len(endpoints):
                 log.warning(

@@ -5,6 +5,9 @@ Path layout (point an exporter account's `base_url` at these):
 - OpenAI     base_url `http://HOST:PORT/v1`        -> `/v1/organization/...`
 - Anthropic  base_url `http://HOST:PORT`           -> `/v1/organizations/...`
 - Groq       base_url `http://HOST:PORT/groq/v1/metrics/prometheus` -> `.../api/v1/query_range`
+- Azure      base_url `http://HOST:PORT/azure` -> `/azure/subscriptions/...` (ARM metrics and
+  Cost Management query); its Entra ID token endpoint is served on the optional TLS listener
+  (`tls=(cert, key)`, `--tls-listen`): options.authority `https://HOST:TLS_PORT`
 - Control    `/_sim/...` (JSON, no auth):
   - `GET|POST /_sim/control`: clock and knobs, e.g. `{"now": 1795400000}` (freeze; null =
     real time), `{"advance": 3600}`, `{"offset": -60}`, `{"cost_lag": 0}`,
@@ -36,6 +39,7 @@ import datetime as dt
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -44,7 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from simulator import anthropic, groq, openai
+from simulator import anthropic, azure, groq, openai
 from simulator import dataset as ds
 from simulator.prices import PriceCard, describe
 from simulator.wire import (
@@ -87,6 +91,8 @@ class SimulatorServer:
         now: float | None = None,
         settings: Settings | None = None,
         tier_pricing: bool = False,
+        tls: tuple[str, str] | None = None,
+        tls_port: int = 0,
         **keys: Any,
     ) -> None:
         self.clock = Clock(fixed=now)
@@ -105,15 +111,24 @@ class SimulatorServer:
         self.stats = Stats()
         self._stopping = threading.Event()
         self._routes = self._route_table()
-        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self, self._routes))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        # The login service (Entra ID) only on TLS: azure-identity refuses an http authority.
+        self._tls: ThreadingHTTPServer | None = None
+        self._tls_thread: threading.Thread | None = None
+        if tls is not None:
+            self._tls = ThreadingHTTPServer((host, tls_port), _make_handler(self, [azure.LOGIN]))
+            self._tls.daemon_threads = True
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self._tls.socket = ctx.wrap_socket(self._tls.socket, server_side=True)
 
     @staticmethod
     def _route_table() -> list[Provider]:
         # "/v1/organizations/" (Anthropic) and "/v1/organization/" (OpenAI) differ by the
         # trailing slash, so each prefix ends in one.
-        return [anthropic, openai, groq]
+        return [anthropic, openai, groq, azure]
 
     @property
     def host(self) -> str:
@@ -139,6 +154,17 @@ class SimulatorServer:
     def groq_base_url(self) -> str:
         return self.url + self._routes[2].BASE
 
+    @property
+    def azure_base_url(self) -> str:
+        return self.url + azure.BASE
+
+    @property
+    def login_url(self) -> str:
+        """The Entra ID authority (https), when the TLS listener is on."""
+        if self._tls is None:
+            raise RuntimeError("the simulator has no TLS listener (pass tls=(cert, key))")
+        return f"https://{self.host}:{self._tls.server_address[1]}"
+
     def now(self) -> int:
         return int(self.clock.now())
 
@@ -147,6 +173,11 @@ class SimulatorServer:
             target=self._httpd.serve_forever, name="llm-simulator", daemon=True
         )
         self._thread.start()
+        if self._tls is not None:
+            self._tls_thread = threading.Thread(
+                target=self._tls.serve_forever, name="llm-simulator-tls", daemon=True
+            )
+            self._tls_thread.start()
         return self
 
     def serve_forever(self) -> None:
@@ -154,10 +185,14 @@ class SimulatorServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
+        for httpd, thread in ((self._httpd, self._thread), (self._tls, self._tls_thread)):
+            if httpd is None:
+                continue
+            if thread is not None:
+                httpd.shutdown()
+            httpd.server_close()
+            if thread:
+                thread.join(timeout=5)
 
     def reset(self) -> None:
         """Back to the state at construction: clock, settings, no faults, stats or revisions."""
@@ -178,7 +213,7 @@ class SimulatorServer:
 
     # --- dispatch --------------------------------------------------------------------------
 
-    def dispatch(self, req: Request) -> Response:
+    def dispatch(self, req: Request, routes: list[Provider] | None = None) -> Response:
         began = time.time()
         sim_now = self.clock.now()
         endpoint_label: str | None = None
@@ -186,7 +221,8 @@ class SimulatorServer:
             if req.path.startswith("/_sim/") or req.path == "/_sim":
                 response = self._control(req)
             else:
-                module = next((m for m in self._routes if req.path.startswith(m.PREFIX)), None)
+                table = self._routes if routes is None else routes
+                module = next((m for m in table if req.path.startswith(m.PREFIX)), None)
                 if module is None:
                     response = Response(404, {"error": f"no route for {req.path}"})
                 else:
@@ -407,7 +443,7 @@ def _nan_values(payload: dict[str, Any]) -> None:
             series["value"] = [series["value"][0], "NaN"]
 
 
-def _make_handler(app: SimulatorServer) -> type[BaseHTTPRequestHandler]:
+def _make_handler(app: SimulatorServer, routes: list[Provider]) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "llm-provider-simulator"
@@ -425,7 +461,7 @@ def _make_handler(app: SimulatorServer) -> type[BaseHTTPRequestHandler]:
                 query += parse_qsl(body.decode(), keep_blank_values=True)
             headers = {k.lower(): v for k, v in self.headers.items()}
             req = Request(self.command, split.path, query, headers, body)
-            response = app.dispatch(req)
+            response = app.dispatch(req, routes)
             payload = response.encode()
             self.send_response(response.status)
             if response.body is None or response.payload is not None or payload:

@@ -37,11 +37,15 @@ class Endpoint:
 
     `width` is the bucket width in seconds. `horizon` is the revision horizon: a bucket that
     started more than `horizon` seconds before now is final and is never fetched again.
+    `min_interval` (seconds, 0 = every poll): the endpoint is fetched again only once this
+    long has passed since its last successful fetch, for APIs that bill or throttle each
+    request (cloud billing queries); the account's other endpoints keep the poll interval.
     """
 
     name: str
     width: int
     horizon: int
+    min_interval: float = 0.0
 
 
 class Source(Protocol):

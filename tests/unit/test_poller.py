@@ -9,7 +9,7 @@ from exporter.health import Health
 from exporter.poller import Account, Poller
 from exporter.rows import Bucket, Row
 from exporter.sources import DAY, Endpoint
-from exporter.sources._http import ApiClient
+from exporter.sources._http import ApiClient, SourceError
 
 
 class FakeSource:
@@ -73,3 +73,60 @@ def test_first_window_starts_at_history_start_aligned() -> None:
     )
     poller.poll_once()
     assert src.calls == [(8 * DAY, 10 * DAY + 5)]
+
+
+class SparseSource(FakeSource):
+    """One endpoint every poll, one (a billed query) at most every 6 hours."""
+
+    def endpoints(self) -> Sequence[Endpoint]:
+        return [Endpoint("usage", DAY, 2 * DAY), Endpoint("billing", DAY, 5 * DAY, 6 * 3600)]
+
+    def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
+        self.calls.append((endpoint.name == "billing", start))
+        if endpoint.name == "billing" and self.fail_billing:
+            raise SourceError("server_error", "billing: HTTP 500")
+        return []
+
+    fail_billing = False
+
+
+class NullLedger(BrokenLedger):
+    def replace(self, *args: object, **kwargs: object) -> tuple[int, list[object]]:
+        return 0, []
+
+    def refetched(self, *args: object) -> None:
+        pass
+
+
+def test_an_endpoint_with_a_min_interval_is_fetched_only_that_often() -> None:
+    clock = [10 * DAY + 5.0]
+    src = SparseSource()
+    poller = Poller(
+        NullLedger(),  # type: ignore[arg-type]
+        Health(),
+        [Account(src, ApiClient("http://unused.test/", {}), 300)],
+        history_start=8 * DAY,
+        rebuild=lambda: None,
+        clock=lambda: clock[0],
+    )
+
+    def billing_fetches() -> int:
+        return sum(1 for billed, _ in src.calls if billed)
+
+    poller.poll_once()
+    assert billing_fetches() == 1
+    for _ in range(10):  # 50 minutes of 5-minute polls: usage every time, billing not again
+        clock[0] += 300
+        poller.poll_once()
+    assert billing_fetches() == 1 and len(src.calls) == 12
+    clock[0] += 6 * 3600
+    src.fail_billing = True  # due again; a failure does not count as a fetch...
+    poller.poll_once()
+    assert billing_fetches() == 2
+    src.fail_billing = False
+    clock[0] += 300  # ...so the next poll tries again
+    poller.poll_once()
+    assert billing_fetches() == 3
+    clock[0] += 300
+    poller.poll_once()
+    assert billing_fetches() == 3
