@@ -37,7 +37,7 @@ import json
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -351,7 +351,7 @@ def _cost_query(req: Request, ctx: Context) -> Response:
     if granularity not in ("Daily", "None"):
         raise BadRequest(f"Invalid granularity {granularity!r}.")
     columns = _aggregations(data.get("aggregation"))
-    grouping = [g.get("name") for g in data.get("grouping") or [] if isinstance(g, dict)]
+    grouping = [str(g.get("name")) for g in data.get("grouping") or [] if isinstance(g, dict)]
     if len(grouping) > 2 or any(g not in _GROUPINGS for g in grouping):
         raise BadRequest(f"Invalid grouping {grouping!r} (at most two of {', '.join(_GROUPINGS)}).")
     if not _matches_filter(data.get("filter"), resource_id(ctx.settings)):
@@ -563,13 +563,3 @@ class _Login:
 
 
 LOGIN = _Login()
-
-
-def meters(streams: Iterable[ds.Stream]) -> Mapping[str, str]:
-    """Meter -> model of every billed token measure (for tests and /_sim)."""
-    return {
-        ds.line_item(s, m): s.model or ""
-        for s in streams
-        for m in s.measures
-        if m.startswith("tokens.")
-    }

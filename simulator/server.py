@@ -45,6 +45,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -173,14 +174,18 @@ class SimulatorServer:
             target=self._httpd.serve_forever, name="llm-simulator", daemon=True
         )
         self._thread.start()
+        self._start_tls()
+        return self
+
+    def _start_tls(self) -> None:
         if self._tls is not None:
             self._tls_thread = threading.Thread(
                 target=self._tls.serve_forever, name="llm-simulator-tls", daemon=True
             )
             self._tls_thread.start()
-        return self
 
     def serve_forever(self) -> None:
+        self._start_tls()
         self._httpd.serve_forever()
 
     def stop(self) -> None:
@@ -525,6 +530,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="charge batch/priority/flex prices (default: standard prices everywhere)",
     )
+    p.add_argument(
+        "--tls-listen",
+        default=None,
+        help="HOST:PORT of the TLS listener serving the fake Entra ID login (Azure); off unless set",
+    )
+    p.add_argument(
+        "--tls-dir",
+        default="/tmp/llm-provider-simulator-tls",
+        help="where a fresh self-signed cert.pem (the client's CA bundle) and key.pem are "
+        "written at start (default %(default)s)",
+    )
+    p.add_argument(
+        "--tls-hosts",
+        default="localhost,127.0.0.1,simulator",
+        help="comma-separated names and addresses the certificate is valid for",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     return p
 
@@ -540,6 +561,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--listen: expected HOST:PORT, got {args.listen!r}")
         return 2
     host = m.group("host") or "0.0.0.0"
+    tls: tuple[str, str] | None = None
+    tls_port = 0
+    if args.tls_listen:
+        t = _LISTEN.match(args.tls_listen)
+        if not t or (t.group("host") or host) != host:
+            print(f"--tls-listen: expected HOST:PORT on the --listen host, got {args.tls_listen!r}")
+            return 2
+        from simulator.tls import self_signed
+
+        hosts = [h.strip() for h in args.tls_hosts.split(",") if h.strip()]
+        cert, key = self_signed(Path(args.tls_dir), hosts)
+        tls, tls_port = (str(cert), str(key)), int(t.group("port"))
     settings = Settings(
         openai_key=args.openai_key,
         openai_project_key=args.openai_project_key,
@@ -557,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
             now=args.now,
             settings=settings,
             tier_pricing=args.tier_pricing,
+            tls=tls,
+            tls_port=tls_port,
         )
     except OSError as exc:
         print(f"cannot listen on {args.listen}: {exc.strerror}")
@@ -571,6 +606,13 @@ def main(argv: list[str] | None = None) -> int:
         sim.anthropic_base_url,
         sim.groq_base_url,
     )
+    if tls is not None:
+        log.info(
+            "Azure base_url %s; Entra ID authority %s, CA bundle %s",
+            sim.azure_base_url,
+            sim.login_url,
+            tls[0],
+        )
     try:
         sim.serve_forever()
     except KeyboardInterrupt:
