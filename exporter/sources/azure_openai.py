@@ -217,14 +217,21 @@ class AzureOpenAIOptions(Strict):
         return out
 
 
-def make_credential(opts: AzureOpenAIOptions, secret: str | None) -> TokenCredential:
+def make_credential(
+    opts: AzureOpenAIOptions, secret: str | None, timeout: float = 30.0
+) -> TokenCredential:
     """The azure-identity credential for an account (no request is made); ValueError naming
-    the extra to install when azure-identity is missing."""
+    the extra to install when azure-identity is missing. Token requests time out like the
+    account's other requests, and are retried twice (the SDK's default is ten times)."""
     try:
         import azure.identity as identity
     except ImportError:
         raise ValueError(f"options: the azure-identity package is not installed: {EXTRA}") from None
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {
+        "connection_timeout": timeout,
+        "read_timeout": timeout,
+        "retry_total": 2,
+    }
     if opts.authority:
         kwargs["authority"] = opts.authority
         kwargs["disable_instance_discovery"] = True  # a custom authority cannot be discovered
@@ -283,7 +290,7 @@ class AzureOpenAISource:
         )
         self.resource_id = f"{self.resource_group}/providers/{NAMESPACE}/{opts.account_name}"
         secret = account.api_key.get_secret_value() if account.api_key is not None else None
-        self.credential = make_credential(opts, secret)
+        self.credential = make_credential(opts, secret, account.timeout)
         self.scope = opts.token_scope or _scope_for(account.base_url)
         _quiet_sdk_logs()
         client.auth = self.auth_headers
