@@ -160,6 +160,17 @@ class Poller:
         )
         return None
 
+    def _rested(self, acc: Account, ep: Endpoint) -> None:
+        """An endpoint sitting a poll out is as fresh as its schedule asks: its last success
+        moves on (so a stale-data alert does not fire between its sparse fetches), and
+        nothing else does (no request, no watermark, no rows)."""
+        src = acc.source
+        st = self.health.endpoint(src.provider, src.account, ep.name)
+        if st.up == 1 and st.watermark is not None:
+            self.health.success(
+                src.provider, src.account, ep.name, self.clock(), st.watermark, None, 0
+            )
+
     def poll_account(self, acc: Account) -> None:
         """Poll every endpoint of one account. A rate limit stops the round: the account's
         other endpoints are not asked until its backoff is over (other accounts go on)."""
@@ -171,7 +182,8 @@ class Poller:
             if self.stop.is_set():
                 break
             if acc.rests(ep, self.clock()):
-                ok += 1  # its data is as fresh as its schedule asks: nothing to do
+                self._rested(acc, ep)
+                ok += 1
                 continue
             began_ep = self.clock()
             reason = self.poll_endpoint(acc, ep)

@@ -529,7 +529,10 @@ def test_compose_fresh_clone_runs_the_demo(tmp_path: Path) -> None:
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     check = _exporter_check(tmp_path, services["exporter"])
     assert check.returncode == 0, check.stderr
-    assert "configuration ok: anthropic/demo, groq/demo, openai/demo" in check.stdout
+    assert (
+        "configuration ok: anthropic/demo, azure_openai/demo, groq/demo, openai/demo"
+        in check.stdout
+    )
 
 
 def test_compose_live_mode_is_keys_in_dotenv(tmp_path: Path) -> None:

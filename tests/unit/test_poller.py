@@ -119,6 +119,10 @@ def test_an_endpoint_with_a_min_interval_is_fetched_only_that_often() -> None:
         clock[0] += 300
         poller.poll_once()
     assert billing_fetches() == 1 and len(src.calls) == 12
+    # Resting on schedule is not staleness: its last success moves on, its watermark does not.
+    state = poller.health.snapshot().endpoints[("fake", "a", "billing")]
+    assert state.up == 1 and state.last_success == clock[0]
+    assert state.watermark == 8 * DAY  # from the one real fetch (the history start)
     clock[0] += 6 * 3600
     src.fail_billing = True  # due again; a failure does not count as a fetch...
     poller.poll_once()
