@@ -76,11 +76,14 @@ _QUERY_PATH = re.compile(
 _IN_PROMPT = ("tokens.input", "tokens.cache_read", "tokens.input_audio")
 _IN_GENERATED = ("tokens.output", "tokens.output_audio")
 _MODEL_DIMS = ("ModelDeploymentName", "ModelName", "ModelVersion", "Region")
+# As provider-apis.md 4.1 lists them: the token metrics have no ModelName.
+_TOKEN_DIMS = ("ApiName", "ModelDeploymentName", "FeatureName", "UsageChannel", "Region",
+               "ModelVersion")  # fmt: skip
 # REST metric name -> (measures summed, dimensions it has)
 METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "ProcessedPromptTokens": (_IN_PROMPT, _MODEL_DIMS),
-    "GeneratedTokens": (_IN_GENERATED, _MODEL_DIMS),
-    "TokenTransaction": (_IN_PROMPT + _IN_GENERATED, _MODEL_DIMS),
+    "ProcessedPromptTokens": (_IN_PROMPT, _TOKEN_DIMS),
+    "GeneratedTokens": (_IN_GENERATED, _TOKEN_DIMS),
+    "TokenTransaction": (_IN_PROMPT + _IN_GENERATED, _TOKEN_DIMS),
     "AudioPromptTokens": (("tokens.input_audio",), _MODEL_DIMS),
     "AudioCompletionTokens": (("tokens.output_audio",), _MODEL_DIMS),
     "AzureOpenAIRequests": ((REQUESTS,), (*_MODEL_DIMS, "StatusCode")),
@@ -227,9 +230,13 @@ def _split(req: Request, metric: str, dims: Sequence[str]) -> tuple[list[str], d
     return split, fixed
 
 
+_FIXED_DIMS = {"region": REGION, "apiname": "Chat Completions", "featurename": "Main",
+               "usagechannel": "API"}  # fmt: skip
+
+
 def _dim_value(stream: ds.Stream, name: str) -> str:
-    if name == "region":
-        return REGION
+    if name in _FIXED_DIMS:
+        return _FIXED_DIMS[name]
     return stream.dim(_STREAM_DIMS.get(name, name)) or ""
 
 

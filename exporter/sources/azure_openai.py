@@ -31,8 +31,12 @@ metric (option key)                    default REST name           becomes
 
 Dimensions (options too): ``ModelName`` (the model label: deployment names are chosen by the
 user, so they never name the model), ``ModelDeploymentName`` (split on, then summed: the
-exporter's vocabulary has no deployment label; it names the model when a series lacks
-``ModelName``), ``StatusCode`` on the requests metric. Azure answers with dimension names
+exporter's vocabulary has no deployment label), ``StatusCode`` on the requests metric.
+provider-apis.md 4.1 lists ``ModelName`` on the requests and audio metrics but not on the
+prompt/generated token metrics, so the requests are queried first and their series (which
+carry both) map each deployment to its model; a token series without ``ModelName`` takes its
+deployment's model, or the deployment name when no request of it was seen.
+``ValidateDimensions=false`` keeps a metric that lacks a split dimension from failing. Azure answers with dimension names
 lower-cased, values as floats and points without the ``total`` key where there is no data;
 all three are handled.
 
@@ -341,13 +345,16 @@ class AzureOpenAISource:
         q_end = min(end, starts[-1] + width) if starts else start
         for a in range(start, q_end, METRICS_CHUNK):
             b = min(a + METRICS_CHUNK, q_end)
+            # deployment -> model, from the series that carry both (the requests metric has
+            # ModelName; the token metrics may not, provider-apis.md 4.1)
+            models: dict[str, str] = {}
+            if "requests" in self.metrics:
+                body = self._metrics(["requests"], a, b, split_status=True)
+                self._add_points(body, ["requests"], width, sums, models, statuses)
             for keys in (text, audio):
                 if keys:
                     body = self._metrics(keys, a, b, split_status=False)
-                    self._add_points(body, keys, width, sums, None)
-            if "requests" in self.metrics:
-                body = self._metrics(["requests"], a, b, split_status=True)
-                self._add_points(body, ["requests"], width, sums, statuses)
+                    self._add_points(body, keys, width, sums, models, None)
         self._log_statuses(statuses, start, end)
         grouped: dict[int, list[Row]] = {s: [] for s in starts}
         for (bucket, model), measures in sorted(sums.items()):
@@ -369,6 +376,9 @@ class AzureOpenAISource:
             ("aggregation", "Total"),
             ("$filter", " and ".join(f"{d} eq '*'" for d in split)),
             ("top", TOP),
+            # A metric without one of the split dimensions (the token metrics may lack
+            # ModelName) is then split by the others instead of failing the request.
+            ("ValidateDimensions", "false"),
         ]
         path = f"{self.resource_id}/providers/Microsoft.Insights/metrics"
         body = self.client.get_json(USAGE, path, params)
@@ -382,8 +392,12 @@ class AzureOpenAISource:
         keys: Sequence[str],
         width: int,
         sums: dict[tuple[int, str], dict[str, Decimal]],
+        models: dict[str, str],
         statuses: dict[str, Decimal] | None,
     ) -> None:
+        """Add each point's total to its (bucket, model) group. A series without the model
+        dimension is named by its deployment's model (learnt from `models`), else by the
+        deployment itself."""
         by_name = {self.metrics[k].lower(): k for k in keys}
         o = self.opts
         model_dim, deploy_dim = o.model_dimension.lower(), o.deployment_dimension.lower()
@@ -399,7 +413,10 @@ class AzureOpenAISource:
             for series in metric.get("timeseries") or []:
                 try:
                     labels = _metadata(series)
-                    model = labels.get(model_dim) or labels.get(deploy_dim) or ""
+                    deployment = labels.get(deploy_dim, "")
+                    model = labels.get(model_dim) or models.get(deployment) or deployment
+                    if deployment and labels.get(model_dim):
+                        models.setdefault(deployment, model)
                     points = _points(series, lambda exc: self._skip(USAGE, exc))
                 except _Malformed as exc:
                     self._skip(USAGE, exc)

@@ -144,6 +144,12 @@ def test_usage_and_invoiced_cost_match_the_truth(
     got = exposed(app)
     assert up(got) == {"usage": 1, "costs": 1}
     assert_exact(got, sim, NOW)
+    # The token metrics have no ModelName: each deployment's model comes from its requests
+    # series, so usage is still per model (two deployments of gpt-4o are one model).
+    usage = sim.dataset.truth("azure", ts(START), NOW, group=("model",))
+    for (model,), measures in usage.items():
+        got_out = total(got, "llm_tokens_total", model=model, token_type="output", **SEL)
+        assert got_out == measures.get("tokens.output", 0), model
     # Meters are mapped to models: reported cost per model, and the unknown model's meters
     # stay unattributed (line item only).
     by_model = total(got, "llm_cost_reported_usd_total", model="gpt-4o", **SEL)

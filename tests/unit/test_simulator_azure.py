@@ -49,14 +49,14 @@ def test_metrics_are_split_by_lower_cased_dimensions_with_float_totals(
         ("timespan", f"{azure.rfc3339(day)}/{azure.rfc3339(day + 86400)}"),
         ("interval", "PT1H"),
         ("aggregation", "Total"),
-        ("$filter", "ModelName eq '*' and ModelDeploymentName eq 'chat-prod'"),
+        ("$filter", "ModelVersion eq '*' and ModelDeploymentName eq 'chat-prod'"),
     ]
     r = arm(sim, METRICS, query)
     assert r.status == 200, r.payload
     prompt, requests = r.payload["value"]
-    (series,) = prompt["timeseries"]  # one deployment, one model
+    (series,) = prompt["timeseries"]  # one deployment, one version
     assert series["metadatavalues"] == [
-        {"name": {"value": "modelname", "localizedValue": "modelname"}, "value": "gpt-4o"}
+        {"name": {"value": "modelversion", "localizedValue": "modelversion"}, "value": "2024-11-20"}
     ]
     points = series["data"]
     assert len(points) == 24 and all(isinstance(p.get("total", 0.0), float) for p in points)
@@ -76,8 +76,10 @@ def test_metrics_errors_look_like_arm(sim: SimulatorServer) -> None:
     assert r.status == 400 and r.payload["error"]["code"] == "BadRequest"
     assert "Failed to find metric configuration" in r.payload["error"]["message"]
     q = [("api-version", "2023-10-01"), ("metricnames", "GeneratedTokens")]
-    r = arm(sim, METRICS, [*q, ("$filter", "StatusCode eq '*'")])
+    r = arm(sim, METRICS, [*q, ("$filter", "ModelName eq '*'")])
     assert r.status == 400 and "does not support requested dimension" in str(r.payload)
+    r = arm(sim, METRICS, [*q, ("$filter", "ModelName eq '*'"), ("ValidateDimensions", "false")])
+    assert r.status == 200  # the unknown dimension is ignored
     req = Request("GET", "/azure/subscriptions/x" + METRICS, q, {})
     assert sim.dispatch(req).status == 401
 

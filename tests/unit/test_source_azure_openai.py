@@ -130,7 +130,7 @@ def test_metrics_become_hourly_rows_per_model_with_audio_carved_out(
     assert second == {
         "gpt-4o": {"op": "completions", "tokens.input": 0, "tokens.output": 0, "requests": 1}
     }
-    # A series without modelname is named by its deployment.
+    # A series without modelname whose deployment made no request is named by it.
     assert third["legacy"]["tokens.input"] == 10
     assert third["gpt-4o"] == {
         "op": "completions",
@@ -141,15 +141,18 @@ def test_metrics_become_hourly_rows_per_model_with_audio_carved_out(
     assert src.payload_errors == {USAGE: 1, COSTS: 0}
     assert "3 of 46 requests" in caplog.text and "1 failed (5xx)" in caplog.text
 
-    # The requests: one per metric group, split by deployment and model (and status).
+    # The requests: one per metric group, split by deployment and model (and status); the
+    # requests metric first, since it maps deployments to models (chat-prod's token series
+    # has no modelname, as provider-apis.md 4.1 lists the token metrics' dimensions).
     assert len(seen) == 3
-    params = seen[0].url.params
-    assert seen[0].url.path == RESOURCE + "/providers/Microsoft.Insights/metrics"
+    params = seen[1].url.params
+    assert seen[1].url.path == RESOURCE + "/providers/Microsoft.Insights/metrics"
+    assert params["ValidateDimensions"] == "false"
     assert params["api-version"] == "2023-10-01" and params["aggregation"] == "Total"
     assert params["interval"] == "PT1H"
     assert params["timespan"] == "2026-11-23T10:00:00Z/2026-11-23T13:00:00Z"
     assert params["$filter"] == "ModelDeploymentName eq '*' and ModelName eq '*'"
-    assert seen[2].url.params["$filter"].endswith(" and StatusCode eq '*'")
+    assert seen[0].url.params["$filter"].endswith(" and StatusCode eq '*'")
     assert int(params["top"]) > 10  # Azure's default of 10 series would drop deployments
     assert src.credential.scopes == ["https://management.azure.com/.default"] * 3  # type: ignore[attr-defined]
 
