@@ -286,9 +286,9 @@ def test_config_check_reports_bad_options_and_a_missing_extra(tmp_path: Path) ->
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(cfg))
 
-    def check(pythonpath: str) -> subprocess.CompletedProcess[str]:
+    def check(pythonpath: str, flag: str = "--config.check") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
+            [sys.executable, "-m", "exporter", f"--config.file={path}", flag],
             capture_output=True,
             text=True,
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath},
@@ -316,13 +316,15 @@ def test_config_check_reports_bad_options_and_a_missing_extra(tmp_path: Path) ->
     (shadow / "__init__.py").write_text("")
     cfg["providers"]["azure_openai"] = [{"account": "ok", "options": good}]
     path.write_text(yaml.safe_dump(cfg))
-    out = check(f"{tmp_path / 'shadow'}:{ROOT}")
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert out.stderr.count("pip install 'llm-cost-exporter[azure]'") == 1, out.stderr
-    assert "providers.azure_openai[0].options: the azure-identity package is not installed" in (
-        out.stderr
-    )
-    assert "Traceback" not in out.stderr
+    for flag in ("--config.check", "--once"):  # a check, and a start
+        out = check(f"{tmp_path / 'shadow'}:{ROOT}", flag)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert out.stderr.count("pip install 'llm-cost-exporter[azure]'") == 1, out.stderr
+        assert (
+            "providers.azure_openai[0].options: the azure-identity package is not installed"
+            in out.stderr
+        )
+        assert "Traceback" not in out.stderr
 
 
 def test_the_demo_config_polls_the_simulators_azure(
