@@ -151,6 +151,20 @@ def parse_options(model: type[M], raw: Mapping[str, Any]) -> M:
         raise ValueError("\n".join(lines)) from None
 
 
+def metric_names(
+    value: dict[str, str | None], known: Mapping[str, str], valid: Callable[[str], bool], what: str
+) -> dict[str, str | None]:
+    """Validate a `metrics` option (metric key -> name, null or "" disabling one): every key
+    is one of `known`, every name passes `valid` (else ValueError `key: ...`, with its path)."""
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown metric key (known: {', '.join(known)})")
+    for key, name in value.items():
+        if name and not valid(name.strip()):
+            raise ValueError(f"{key}: {name!r} is not {what}")
+    return value
+
+
 def horizon_option(seconds: float | None, name: str, default: int, width: int) -> int:
     """A revision horizon from option `name` (seconds, None = `default`), at least one
     bucket wide."""
@@ -183,6 +197,7 @@ __all__ = [
     "adapters",
     "bearer",
     "horizon_option",
+    "metric_names",
     "parse_options",
     "pricing_traits",
 ]

@@ -85,7 +85,15 @@ from exporter.pricing import ProviderPricing
 from exporter.redact import redact
 from exporter.rows import Bucket, Number, Row
 from exporter.schema import GROUPABLE, AccountSettings, Duration, Strict
-from exporter.sources import DAY, HOUR, Adapter, Endpoint, horizon_option, parse_options
+from exporter.sources import (
+    DAY,
+    HOUR,
+    Adapter,
+    Endpoint,
+    horizon_option,
+    metric_names,
+    parse_options,
+)
 from exporter.sources._http import AUTH, CONNECTION, DECODE, ApiClient, SourceError
 
 log = logging.getLogger(__name__)
@@ -179,15 +187,9 @@ class AzureOpenAIOptions(Strict):
     @field_validator("metrics")
     @classmethod
     def _metric_names(cls, value: dict[str, str | None]) -> dict[str, str | None]:
-        unknown = sorted(set(value) - set(DEFAULT_METRICS))
-        if unknown:
-            raise ValueError(
-                f"{unknown[0]}: unknown metric key (known: {', '.join(DEFAULT_METRICS)})"
-            )
-        for key, name in value.items():
-            if name and not _NAME.match(name):
-                raise ValueError(f"{key}: {name!r} is not an Azure Monitor metric name")
-        return value
+        return metric_names(
+            value, DEFAULT_METRICS, lambda n: bool(_NAME.match(n)), "an Azure Monitor metric name"
+        )
 
     @field_validator("authority")
     @classmethod

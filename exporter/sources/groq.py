@@ -55,7 +55,15 @@ from exporter import rows
 from exporter.pricing import ProviderPricing
 from exporter.rows import Bucket, Number, Row
 from exporter.schema import GROUPABLE, AccountSettings, Duration, Strict
-from exporter.sources import DAY, Adapter, Endpoint, bearer, horizon_option, parse_options
+from exporter.sources import (
+    DAY,
+    Adapter,
+    Endpoint,
+    bearer,
+    horizon_option,
+    metric_names,
+    parse_options,
+)
 from exporter.sources._http import (
     AUTH,
     CLIENT_ERROR,
@@ -119,17 +127,12 @@ class GroqOptions(Strict):
     @field_validator("metrics")
     @classmethod
     def _metric_names(cls, value: dict[str, str | None]) -> dict[str, str | None]:
-        unknown = sorted(set(value) - set(DEFAULT_METRICS))
-        if unknown:
-            raise ValueError(
-                f"{unknown[0]}: unknown metric key (known: {', '.join(DEFAULT_METRICS)})"
-            )
-        for key, name in value.items():
-            if name and not _SELECTOR.match(name.strip()):
-                raise ValueError(
-                    f"{key}: {name!r} is not a metric name (optionally with {{matchers}})"
-                )
-        return value
+        return metric_names(
+            value,
+            DEFAULT_METRICS,
+            lambda name: bool(_SELECTOR.match(name)),
+            "a metric name (optionally with {matchers})",
+        )
 
     @field_validator("model_label", "project_label")
     @classmethod
