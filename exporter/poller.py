@@ -49,8 +49,14 @@ class Account:
     interval: float
     next_due: float = 0.0
     polls: int = 0  # completed polls of this account
-    # endpoint -> clock() of its last successful fetch (for Endpoint.min_interval)
-    fetched: dict[str, float] = field(default_factory=dict)
+    # endpoint name -> clock time of its last successful fetch (for Endpoint.min_interval)
+    fetched_at: dict[str, float] = field(default_factory=dict)
+
+    def rests(self, ep: Endpoint, now: float) -> bool:
+        """Whether `ep` sits this poll out: its min_interval has not passed since its last
+        successful fetch (in this process: a restart fetches it once more)."""
+        last = self.fetched_at.get(ep.name)
+        return ep.min_interval > 0 and last is not None and now - last < ep.min_interval
 
     @property
     def name(self) -> str:
@@ -97,20 +103,8 @@ class Poller:
         return min((a.polls for a in self.accounts), default=1)
 
     def poll_endpoint(self, acc: Account, ep: Endpoint) -> str | None:
-        """Fetch and store one endpoint's window: None if it succeeded, else the reason.
-
-        An endpoint with a `min_interval` fetched successfully less than that long ago is not
-        asked: it counts as a success (its data is as fresh as its schedule allows, so the
-        stale-data alert stays quiet), with no rows and an unchanged watermark."""
+        """Fetch and store one endpoint's window: None if it succeeded, else the reason."""
         src = acc.source
-        last = acc.fetched.get(ep.name)
-        if ep.min_interval > 0 and last is not None and self.clock() - last < ep.min_interval:
-            watermark = self.health.endpoint(src.provider, src.account, ep.name).watermark
-            if watermark is not None:
-                self.health.success(
-                    src.provider, src.account, ep.name, self.clock(), watermark, None, 0
-                )
-            return None
         now = int(self.clock())
         start, end = self.window(acc, ep, now)
         try:
@@ -151,7 +145,6 @@ class Poller:
             log.exception("cannot store %s %s (rolled back)", acc.name, ep.name)
             return STORAGE
         self.ledger.refetched(src.provider, src.account, ep.name, start)
-        acc.fetched[ep.name] = float(now)
         latest = max((b.end for b in buckets if b.rows), default=None)
         self.health.success(
             src.provider, src.account, ep.name, self.clock(), closed, latest, written, len(drops)
@@ -167,6 +160,17 @@ class Poller:
         )
         return None
 
+    def _rested(self, acc: Account, ep: Endpoint) -> None:
+        """An endpoint sitting a poll out is as fresh as its schedule asks: its last success
+        moves on (so a stale-data alert does not fire between its sparse fetches), and
+        nothing else does (no request, no watermark, no rows)."""
+        src = acc.source
+        st = self.health.endpoint(src.provider, src.account, ep.name)
+        if st.up == 1 and st.watermark is not None:
+            self.health.success(
+                src.provider, src.account, ep.name, self.clock(), st.watermark, None, 0
+            )
+
     def poll_account(self, acc: Account) -> None:
         """Poll every endpoint of one account. A rate limit stops the round: the account's
         other endpoints are not asked until its backoff is over (other accounts go on)."""
@@ -177,7 +181,14 @@ class Poller:
         for i, ep in enumerate(endpoints):
             if self.stop.is_set():
                 break
+            if acc.rests(ep, self.clock()):
+                self._rested(acc, ep)
+                ok += 1
+                continue
+            began_ep = self.clock()
             reason = self.poll_endpoint(acc, ep)
+            if reason is None:
+                acc.fetched_at[ep.name] = began_ep
             ok += reason is None
             if reason == RATE_LIMITED and i + 1 < len(endpoints):
                 log.warning(

@@ -48,7 +48,7 @@ from simulator.vocab import (
 
 DAY = 86400
 HOUR = 3600
-PROVIDERS = ("openai", "anthropic", "groq", "vertex_ai")
+PROVIDERS = ("openai", "anthropic", "groq", "vertex_ai", "azure")
 QUANTITY = "quantity"
 STORAGE_QUANTUM = Decimal("1e-12")
 
@@ -404,11 +404,52 @@ def _vertex_streams() -> list[Stream]:
     ]
 
 
+def _azure_streams() -> list[Stream]:
+    """Azure OpenAI deployments: `deployment` is the user's name for it, `model` Azure's
+    ModelName; requests that failed (429, 500) carry no tokens."""
+
+    def deployment(
+        name: str, model: str, version: str, deploy: str, profile: str, rate: float,
+        tokens: Mapping[str, float], errors: Sequence[tuple[str, float]] = (),
+    ) -> list[Stream]:  # fmt: skip
+        op = "embeddings" if "embedding" in model else "completions"
+        dims = {
+            "model": model,
+            "deployment": deploy,
+            "model_version": version,
+            "status_code": "200",
+        }
+        out = [
+            _stream("azure", op, name, dims, profile, rate, {_t(k): v for k, v in tokens.items()})
+        ]
+        for code, share in errors:
+            err = {**dims, "status_code": code}
+            out.append(_stream("azure", op, f"{name}-{code}", err, profile, rate * share))
+        return out
+
+    return [
+        *deployment("az-4o-chat", "gpt-4o", "2024-11-20", "chat-prod", "business", 10,
+                    {"input": 900, "cache_read": 300, "output": 350},
+                    [("429", 0.05), ("500", 0.01)]),
+        *deployment("az-4o-eu", "gpt-4o", "2024-11-20", "gpt4o-eu", "steady", 3,
+                    {"input": 1200, "output": 200}),
+        *deployment("az-mini", "gpt-4o-mini", "2024-07-18", "mini", "business", 30,
+                    {"input": 1400, "output": 200}, [("429", 0.02)]),
+        *deployment("az-embed", "text-embedding-3-small", "1", "embed", "steady", 20,
+                    {"input": 600}),
+        *deployment("az-voice", "gpt-realtime", "2025-08-28", "voice", "business",
+                    2, {"input": 200, "input_audio": 900, "output": 100, "output_audio": 600}),
+        *deployment("az-acme", UNKNOWN_MODEL, "1", "acme", "business", 2,
+                    {"input": 500, "output": 100}),
+    ]  # fmt: skip
+
+
 CATALOG: dict[str, tuple[Stream, ...]] = {
     "openai": tuple(_openai_streams()),
     "anthropic": tuple(_anthropic_streams()),
     "groq": tuple(_groq_streams()),
     "vertex_ai": tuple(_vertex_streams()),
+    "azure": tuple(_azure_streams()),
 }
 
 
@@ -756,9 +797,24 @@ def display_name(provider: str, model: str) -> str:
     return str(info.name or model)
 
 
+_AZURE_METER_KINDS = {
+    "input": "Input",
+    "cache_read": "Cached Input",
+    "output": "Output",
+    "input_audio": "Audio Input",
+    "output_audio": "Audio Output",
+}
+
+
 def line_item(stream: Stream, measure: str) -> str:
-    """The provider's free-form label for one billed measure of a stream."""
+    """The provider's free-form label for one billed measure of a stream (Azure: the meter,
+    e.g. `gpt-4o-mini 0718 Cached Input Global Tokens`)."""
     model = stream.model or ""
+    if stream.provider == "azure":
+        token_type = measure.removeprefix("tokens.")
+        version = (stream.dim("model_version") or "").replace("-", "")[-4:]
+        kind = _AZURE_METER_KINDS.get(token_type, token_type)
+        return f"{model} {version} {kind} Global Tokens"
     if stream.provider == "anthropic":
         if measure == CODE_EXECUTION_SECONDS:
             return "Code Execution Usage"

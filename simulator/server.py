@@ -7,6 +7,9 @@ Path layout (point an exporter account's `base_url` at these):
 - Groq       base_url `http://HOST:PORT/groq/v1/metrics/prometheus` -> `.../api/v1/query_range`
 - Vertex AI  base_url `http://HOST:PORT/gcp` -> `/gcp/token`, `/gcp/v3/projects/...`,
   `/gcp/bigquery/v2/projects/...` (see vertex.py; `gcp_service_account()` makes a key file)
+- Azure      base_url `http://HOST:PORT/azure` -> `/azure/subscriptions/...` (ARM metrics and
+  Cost Management query); its Entra ID token endpoint is served on the optional TLS listener
+  (`tls=(cert, key)`, `--tls-listen`): options.authority `https://HOST:TLS_PORT`
 - Control    `/_sim/...` (JSON, no auth):
   - `GET|POST /_sim/control`: clock and knobs, e.g. `{"now": 1795400000}` (freeze; null =
     real time), `{"advance": 3600}`, `{"offset": -60}`, `{"cost_lag": 0}`,
@@ -39,15 +42,17 @@ import datetime as dt
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from simulator import anthropic, groq, openai, vertex
+from simulator import anthropic, azure, groq, openai, vertex
 from simulator import dataset as ds
 from simulator.prices import PriceCard, describe
 from simulator.wire import (
@@ -90,6 +95,8 @@ class SimulatorServer:
         now: float | None = None,
         settings: Settings | None = None,
         tier_pricing: bool = False,
+        tls: tuple[str, str] | None = None,
+        tls_port: int = 0,
         **keys: Any,
     ) -> None:
         self.clock = Clock(fixed=now)
@@ -108,15 +115,24 @@ class SimulatorServer:
         self.stats = Stats()
         self._stopping = threading.Event()
         self._routes = self._route_table()
-        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self, self._routes))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        # The login service (Entra ID) only on TLS: azure-identity refuses an http authority.
+        self._tls: ThreadingHTTPServer | None = None
+        self._tls_thread: threading.Thread | None = None
+        if tls is not None:
+            self._tls = ThreadingHTTPServer((host, tls_port), _make_handler(self, [azure.LOGIN]))
+            self._tls.daemon_threads = True
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self._tls.socket = ctx.wrap_socket(self._tls.socket, server_side=True)
 
     @staticmethod
     def _route_table() -> list[Provider]:
         # "/v1/organizations/" (Anthropic) and "/v1/organization/" (OpenAI) differ by the
         # trailing slash, so each prefix ends in one.
-        return [anthropic, openai, groq, vertex]
+        return [anthropic, openai, groq, vertex, azure]
 
     @property
     def host(self) -> str:
@@ -155,6 +171,17 @@ class SimulatorServer:
         self.settings.gcp_public_keys[info["client_email"]] = vertex.public_key(info)
         return info
 
+    @property
+    def azure_base_url(self) -> str:
+        return self.url + azure.BASE
+
+    @property
+    def login_url(self) -> str:
+        """The Entra ID authority (https), when the TLS listener is on."""
+        if self._tls is None:
+            raise RuntimeError("the simulator has no TLS listener (pass tls=(cert, key))")
+        return f"https://{self.host}:{self._tls.server_address[1]}"
+
     def now(self) -> int:
         return int(self.clock.now())
 
@@ -163,17 +190,30 @@ class SimulatorServer:
             target=self._httpd.serve_forever, name="llm-simulator", daemon=True
         )
         self._thread.start()
+        self._start_tls()
         return self
 
+    def _start_tls(self) -> None:
+        if self._tls is not None:
+            self._tls_thread = threading.Thread(
+                target=self._tls.serve_forever, name="llm-simulator-tls", daemon=True
+            )
+            self._tls_thread.start()
+
     def serve_forever(self) -> None:
+        self._start_tls()
         self._httpd.serve_forever()
 
     def stop(self) -> None:
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
+        for httpd, thread in ((self._httpd, self._thread), (self._tls, self._tls_thread)):
+            if httpd is None:
+                continue
+            if thread is not None:
+                httpd.shutdown()
+            httpd.server_close()
+            if thread:
+                thread.join(timeout=5)
 
     def reset(self) -> None:
         """Back to the state at construction: clock, settings, no faults, stats or revisions."""
@@ -194,7 +234,7 @@ class SimulatorServer:
 
     # --- dispatch --------------------------------------------------------------------------
 
-    def dispatch(self, req: Request) -> Response:
+    def dispatch(self, req: Request, routes: list[Provider] | None = None) -> Response:
         began = time.time()
         sim_now = self.clock.now()
         endpoint_label: str | None = None
@@ -202,7 +242,8 @@ class SimulatorServer:
             if req.path.startswith("/_sim/") or req.path == "/_sim":
                 response = self._control(req)
             else:
-                module = next((m for m in self._routes if req.path.startswith(m.PREFIX)), None)
+                table = self._routes if routes is None else routes
+                module = next((m for m in table if req.path.startswith(m.PREFIX)), None)
                 if module is None:
                     response = Response(404, {"error": f"no route for {req.path}"})
                 else:
@@ -425,7 +466,7 @@ def _nan_values(payload: dict[str, Any]) -> None:
             series["value"] = [series["value"][0], "NaN"]
 
 
-def _make_handler(app: SimulatorServer) -> type[BaseHTTPRequestHandler]:
+def _make_handler(app: SimulatorServer, routes: list[Provider]) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "llm-provider-simulator"
@@ -443,7 +484,7 @@ def _make_handler(app: SimulatorServer) -> type[BaseHTTPRequestHandler]:
                 query += parse_qsl(body.decode(), keep_blank_values=True)
             headers = {k.lower(): v for k, v in self.headers.items()}
             req = Request(self.command, split.path, query, headers, body)
-            response = app.dispatch(req)
+            response = app.dispatch(req, routes)
             payload = response.encode()
             self.send_response(response.status)
             if response.body is None or response.payload is not None or payload:
@@ -507,6 +548,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="charge batch/priority/flex prices (default: standard prices everywhere)",
     )
+    p.add_argument(
+        "--tls-listen",
+        default=None,
+        help="HOST:PORT of the TLS listener serving the fake Entra ID login (Azure); off unless set",
+    )
+    p.add_argument(
+        "--tls-dir",
+        default="/tmp/llm-provider-simulator-tls",
+        help="where a fresh self-signed cert.pem (the client's CA bundle) and key.pem are "
+        "written at start (default %(default)s)",
+    )
+    p.add_argument(
+        "--tls-hosts",
+        default="localhost,127.0.0.1,simulator",
+        help="comma-separated names and addresses the certificate is valid for",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     return p
 
@@ -522,6 +579,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--listen: expected HOST:PORT, got {args.listen!r}")
         return 2
     host = m.group("host") or "0.0.0.0"
+    tls: tuple[str, str] | None = None
+    tls_port = 0
+    if args.tls_listen:
+        t = _LISTEN.match(args.tls_listen)
+        if not t or (t.group("host") or host) != host:
+            print(f"--tls-listen: expected HOST:PORT on the --listen host, got {args.tls_listen!r}")
+            return 2
+        from simulator.tls import self_signed
+
+        hosts = [h.strip() for h in args.tls_hosts.split(",") if h.strip()]
+        cert, key = self_signed(Path(args.tls_dir), hosts)
+        tls, tls_port = (str(cert), str(key)), int(t.group("port"))
     settings = Settings(
         openai_key=args.openai_key,
         openai_project_key=args.openai_project_key,
@@ -539,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
             now=args.now,
             settings=settings,
             tier_pricing=args.tier_pricing,
+            tls=tls,
+            tls_port=tls_port,
         )
     except OSError as exc:
         print(f"cannot listen on {args.listen}: {exc.strerror}")
@@ -554,6 +625,13 @@ def main(argv: list[str] | None = None) -> int:
         sim.groq_base_url,
         sim.vertex_base_url,
     )
+    if tls is not None:
+        log.info(
+            "Azure base_url %s; Entra ID authority %s, CA bundle %s",
+            sim.azure_base_url,
+            sim.login_url,
+            tls[0],
+        )
     try:
         sim.serve_forever()
     except KeyboardInterrupt:

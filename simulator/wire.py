@@ -187,6 +187,15 @@ class Settings:
     gcp_demo_refresh_token: str = "test-gcp-demo-refresh-token"
     gcp_public_keys: dict[str, str] = field(default_factory=dict)
 
+    # Azure: the built-in fake service principal and the one Azure OpenAI account it reads.
+    azure_tenant_id: str = "sim-tenant"
+    azure_client_id: str = "sim-client-id"
+    azure_client_secret: str = "test-azure-client-secret"
+    azure_subscription_id: str = "sim-subscription"
+    azure_resource_group: str = "sim-rg"
+    azure_account_name: str = "sim-openai"
+    azure_cost_page_rows: int = 50  # Cost Management rows per page (nextLink beyond)
+
     def public(self) -> dict[str, Any]:
         return {
             k: v
@@ -252,6 +261,9 @@ class Faults:
         return None
 
 
+_SECRET_FIELDS = frozenset({"client_secret", "client_assertion"})  # form fields never logged
+
+
 class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -271,7 +283,7 @@ class Stats:
             "sim_now": int(sim_now),
             "method": req.method,
             "path": req.path,
-            "query": [[k, v] for k, v in req.query],
+            "query": [[k, "***" if k in _SECRET_FIELDS else v] for k, v in req.query],
             "endpoint": endpoint,
             "status": status,
             "seconds": round(time.time() - began, 4),

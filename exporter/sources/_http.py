@@ -86,7 +86,7 @@ class RetryPolicy:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
+    value = headers.get("retry-after") or _vendor_retry_after(headers)
     if not value:
         return None
     try:
@@ -100,6 +100,20 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return max(0.0, parsed.timestamp() - time.time())
+
+
+def _vendor_retry_after(headers: Mapping[str, str]) -> str | None:
+    """A vendor's own retry hint in seconds where there is no Retry-After: Azure Resource
+    Manager services send `x-ms-ratelimit-<service>-retry-after` (the largest one wins)."""
+    hints = []
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered.startswith("x-ms-ratelimit-") and lowered.endswith("retry-after"):
+            try:
+                hints.append(float(value))
+            except ValueError:
+                continue
+    return str(max(hints)) if hints else None
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -119,12 +133,13 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class ApiClient:
-    """GET (or POST) JSON for one provider account, with retries and per-attempt accounting.
+    """GET (or POST) JSON from one provider account, with retries and per-attempt accounting.
 
-    `auth`, when set (by the source), is called before every attempt for headers that
-    change over time, e.g. a short-lived bearer token: it returns them fresh (a cached
-    token until it expires), or raises `SourceError` (counted as a failure of the endpoint,
-    not retried).
+    `auth`, when set (a source may set it after it is built), is called before every attempt
+    and its headers are added to that request: for credentials that expire, such as a cloud
+    SDK's bearer token (the SDK caches and renews it). It raises `SourceError` when no
+    credential can be had; that failure is counted and not retried here (the SDK retries its
+    own token requests).
     """
 
     def __init__(
@@ -138,7 +153,9 @@ class ApiClient:
         sleep: Callable[[float], None] | None = None,
         transport: httpx.BaseTransport | None = None,
         cancel: threading.Event | None = None,
+        auth: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
+        self.auth = auth
         self._client = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             headers=dict(headers),
@@ -155,7 +172,6 @@ class ApiClient:
         # endpoint, goes out before this time.monotonic() value.
         self.blocked_until = 0.0
         self._gate = threading.Lock()
-        self.auth: Callable[[], Mapping[str, str]] | None = None
 
     def _wait(self, seconds: float) -> None:
         if self.cancel.wait(seconds):
@@ -168,6 +184,11 @@ class ApiClient:
     def _block(self, seconds: float) -> None:
         with self._gate:
             self.blocked_until = max(self.blocked_until, time.monotonic() + seconds)
+
+    @property
+    def base_url(self) -> str:
+        """The base URL every path is relative to (ends with a slash)."""
+        return str(self._client.base_url)
 
     def close(self) -> None:
         self._client.close()
@@ -189,7 +210,7 @@ class ApiClient:
         `status_reasons` lets a source name what a 4xx status means for it (Groq's 404 is
         "not entitled"), so the failure is counted once, under that reason, and not retried.
         """
-        return self._send("GET", endpoint, path, params, None, status_reasons)
+        return self.request_json(endpoint, "GET", path, params, status_reasons)
 
     def post_json(
         self,
@@ -199,28 +220,29 @@ class ApiClient:
         params: Params = (),
         status_reasons: Mapping[int, str] | None = None,
     ) -> Any:
-        """POST `body` as JSON (a query API that takes its query in the body, e.g. a SQL
-        query); otherwise as `get_json`: same retries, accounting and reasons."""
-        return self._send("POST", endpoint, path, params, body, status_reasons)
+        """POST `body` as JSON to `path` and decode the JSON answer (None for 204 No Content);
+        otherwise as `get_json` (a query API that takes its query as a body)."""
+        return self.request_json(endpoint, "POST", path, params, status_reasons, body)
 
-    def _headers(self, endpoint: str) -> Mapping[str, str]:
+    def _auth_headers(self, endpoint: str) -> Mapping[str, str] | None:
         if self.auth is None:
-            return {}
+            return None
         try:
             return self.auth()
         except SourceError as exc:
             self.recorder.failure(endpoint, exc.reason)
             raise
 
-    def _send(
+    def request_json(
         self,
-        method: str,
         endpoint: str,
+        method: str,
         path: str,
-        params: Params,
-        body: Any,
-        status_reasons: Mapping[int, str] | None,
+        params: Params = (),
+        status_reasons: Mapping[int, str] | None = None,
+        body: Any = None,
     ) -> Any:
+        """One request with retries (see `get_json`); 204 No Content answers None."""
         last: SourceError | None = None
         for attempt in range(self.retry.attempts):
             if self.cancel.is_set():
@@ -229,16 +251,12 @@ class ApiClient:
             if wait > 0:  # the account is backing off (an earlier request was rate limited)
                 self._sleep(wait)
             delay: float | None = None
-            headers = self._headers(endpoint)
+            headers = self._auth_headers(endpoint)
             began = time.monotonic()
             self.requests_made += 1
             try:
                 response = self._client.request(
-                    method,
-                    path.lstrip("/"),
-                    params=list(params),
-                    headers=headers,
-                    json=body if method == "POST" else None,
+                    method, path.lstrip("/"), params=list(params), json=body, headers=headers
                 )
             except httpx.TimeoutException as exc:
                 self.recorder.request(endpoint, "timeout", time.monotonic() - began)
@@ -251,6 +269,8 @@ class ApiClient:
             else:
                 self.recorder.request(endpoint, str(response.status_code), time.monotonic() - began)
                 status = response.status_code
+                if status == 204:
+                    return None
                 if status == 200:
                     try:
                         return response.json()

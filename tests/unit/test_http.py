@@ -61,11 +61,79 @@ def test_label_values_always_encode_as_utf8() -> None:
     assert row.dim("model").encode("utf-8") == b"bad?name"
 
 
-def test_the_auth_hook_gives_fresh_headers_per_attempt_and_post_sends_json() -> None:
-    seen: list[tuple[str, str, bytes]] = []
+def test_auth_headers_are_asked_for_before_every_attempt() -> None:
+    seen: list[str | None] = []
+    tokens = iter(["t1", "t2", "t3"])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(503) if len(seen) == 1 else httpx.Response(200, json={"ok": 1})
+
+    c = ApiClient(
+        "http://provider.test/",
+        {"x-static": "1"},
+        retry=RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01),
+        sleep=lambda s: None,
+        transport=httpx.MockTransport(answer),
+        auth=lambda: {"Authorization": f"Bearer {next(tokens)}"},
+    )
+    assert c.get_json("usage", "usage") == {"ok": 1}
+    assert seen == ["Bearer t1", "Bearer t2"]  # a fresh token per attempt
+
+
+def test_an_auth_failure_is_counted_and_no_request_is_made() -> None:
+    failures: list[tuple[str, str]] = []
+
+    class Recorder:
+        def request(self, endpoint: str, code: str, seconds: float) -> None:
+            raise AssertionError("no request may be made")
+
+        def failure(self, endpoint: str, reason: str) -> None:
+            failures.append((endpoint, reason))
+
+    def refuse() -> dict[str, str]:
+        raise SourceError("auth", "token: refused")
+
+    c = ApiClient("http://provider.test/", {}, recorder=Recorder(), auth=refuse)
+    with pytest.raises(SourceError) as err:
+        c.get_json("usage", "usage")
+    assert err.value.reason == "auth" and failures == [("usage", "auth")]
+    assert c.requests_made == 0
+
+
+def test_post_sends_json_and_204_is_no_content() -> None:
+    bodies: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        assert request.method == "POST" and request.url.params["api-version"] == "1"
+        return httpx.Response(204)
+
+    c = ApiClient("http://provider.test/", {}, transport=httpx.MockTransport(answer))
+    assert c.post_json("costs", "query", {"a": 1}, [("api-version", "1")]) is None
+    assert bodies == [b'{"a":1}'] or bodies == [b'{"a": 1}']
+
+
+def test_a_vendor_retry_hint_counts_as_retry_after() -> None:
+    sleeps: list[float] = []
+    hint = {"x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after": "9"}
+    c = client([httpx.Response(429, headers=hint), httpx.Response(200, json={})], sleeps)
+    assert c.get_json("costs", "query") == {}
+    assert sleeps == [9.0]
+
+
+def test_post_sends_json_to_an_absolute_url_with_the_auth_hook_per_attempt() -> None:
+    seen: list[tuple[str, str, str, bytes]] = []
 
     def reply(request: httpx.Request) -> httpx.Response:
-        seen.append((request.method, request.headers.get("authorization", ""), request.content))
+        seen.append(
+            (
+                request.method,
+                str(request.url),
+                request.headers.get("authorization", ""),
+                request.content,
+            )
+        )
         return httpx.Response(503) if len(seen) == 1 else httpx.Response(200, json={"ok": 1})
 
     tokens = iter(["t1", "t2"])
@@ -78,25 +146,8 @@ def test_the_auth_hook_gives_fresh_headers_per_attempt_and_post_sends_json() -> 
     )
     c.auth = lambda: {"Authorization": f"Bearer {next(tokens)}"}
     assert c.post_json("costs", "http://other.test/q", {"query": "SELECT 1"}) == {"ok": 1}
-    assert [(m, a) for m, a, _ in seen] == [("POST", "Bearer t1"), ("POST", "Bearer t2")]
-    assert seen[0][2] == b'{"query":"SELECT 1"}'
-
-
-def test_an_auth_hook_failure_is_counted_and_not_retried() -> None:
-    failures: list[tuple[str, str]] = []
-
-    class Recorder:
-        def request(self, endpoint: str, code: str, seconds: float) -> None:
-            pass
-
-        def failure(self, endpoint: str, reason: str) -> None:
-            failures.append((endpoint, reason))
-
-    def refuse() -> dict[str, str]:
-        raise SourceError("auth", "token: refused")
-
-    c = ApiClient("http://provider.test/", {}, recorder=Recorder())
-    c.auth = refuse
-    with pytest.raises(SourceError, match="refused"):
-        c.get_json("usage", "usage")
-    assert failures == [("usage", "auth")] and c.requests_made == 0
+    assert [(m, u, a) for m, u, a, _ in seen] == [
+        ("POST", "http://other.test/q", "Bearer t1"),
+        ("POST", "http://other.test/q", "Bearer t2"),
+    ]
+    assert seen[0][3] == b'{"query":"SELECT 1"}'

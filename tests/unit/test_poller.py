@@ -9,7 +9,7 @@ from exporter.health import Health
 from exporter.poller import Account, Poller
 from exporter.rows import Bucket, Row
 from exporter.sources import DAY, Endpoint
-from exporter.sources._http import ApiClient
+from exporter.sources._http import ApiClient, SourceError
 
 
 class FakeSource:
@@ -75,49 +75,62 @@ def test_first_window_starts_at_history_start_aligned() -> None:
     assert src.calls == [(8 * DAY, 10 * DAY + 5)]
 
 
-class Ledger:
-    """Just enough ledger for the poller: accepts every write."""
+class SparseSource(FakeSource):
+    """One endpoint every poll, one (a billed query) at most every 6 hours."""
 
-    def closed_before(self, provider: str, account: str, endpoint: str) -> int | None:
-        return None
+    def endpoints(self) -> Sequence[Endpoint]:
+        return [Endpoint("usage", DAY, 2 * DAY), Endpoint("billing", DAY, 5 * DAY, 6 * 3600)]
 
+    def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
+        self.calls.append((endpoint.name == "billing", start))
+        if endpoint.name == "billing" and self.fail_billing:
+            raise SourceError("server_error", "billing: HTTP 500")
+        return []
+
+    fail_billing = False
+
+
+class NullLedger(BrokenLedger):
     def replace(self, *args: object, **kwargs: object) -> tuple[int, list[object]]:
-        return 1, []
+        return 0, []
 
     def refetched(self, *args: object) -> None:
         pass
 
 
-class SlowReport(FakeSource):
-    names: list[str]
-
-    def endpoints(self) -> Sequence[Endpoint]:
-        return [Endpoint("usage", DAY, 2 * DAY), Endpoint("costs", DAY, 2 * DAY, min_interval=3600)]
-
-    def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
-        self.names.append(endpoint.name)
-        return [Bucket(endpoint.name, start, start + DAY)]
-
-
-def test_an_endpoint_with_min_interval_is_fetched_at_most_that_often() -> None:
+def test_an_endpoint_with_a_min_interval_is_fetched_only_that_often() -> None:
     clock = [10 * DAY + 5.0]
-    src = SlowReport()
-    health = Health()
+    src = SparseSource()
     poller = Poller(
-        Ledger(),  # type: ignore[arg-type]
-        health,
+        NullLedger(),  # type: ignore[arg-type]
+        Health(),
         [Account(src, ApiClient("http://unused.test/", {}), 300)],
         history_start=8 * DAY,
         rebuild=lambda: None,
         clock=lambda: clock[0],
     )
-    fetched = []
-    for _ in range(14):  # every 5 minutes for 65 minutes
-        src.names = []
-        poller.poll_once()
-        fetched.append("costs" in src.names)
-        assert "usage" in src.names
+
+    def billing_fetches() -> int:
+        return sum(1 for billed, _ in src.calls if billed)
+
+    poller.poll_once()
+    assert billing_fetches() == 1
+    for _ in range(10):  # 50 minutes of 5-minute polls: usage every time, billing not again
         clock[0] += 300
-    assert fetched == [True] + [False] * 11 + [True, False]
-    # A skipped poll still counts as a success, so the data never looks stale.
-    assert health.snapshot().endpoints[("fake", "a", "costs")].last_success == clock[0] - 300
+        poller.poll_once()
+    assert billing_fetches() == 1 and len(src.calls) == 12
+    # Resting on schedule is not staleness: its last success moves on, its watermark does not.
+    state = poller.health.snapshot().endpoints[("fake", "a", "billing")]
+    assert state.up == 1 and state.last_success == clock[0]
+    assert state.watermark == 8 * DAY  # from the one real fetch (the history start)
+    clock[0] += 6 * 3600
+    src.fail_billing = True  # due again; a failure does not count as a fetch...
+    poller.poll_once()
+    assert billing_fetches() == 2
+    src.fail_billing = False
+    clock[0] += 300  # ...so the next poll tries again
+    poller.poll_once()
+    assert billing_fetches() == 3
+    clock[0] += 300
+    poller.poll_once()
+    assert billing_fetches() == 3
