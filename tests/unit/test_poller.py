@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 from exporter.health import Health
+from exporter.ledger import Ledger
 from exporter.poller import Account, Poller
 from exporter.rows import Bucket, Row
 from exporter.sources import DAY, Endpoint
-from exporter.sources._http import ApiClient
+from exporter.sources._http import ApiClient, SourceError
 
 
 class FakeSource:
@@ -73,3 +75,62 @@ def test_first_window_starts_at_history_start_aligned() -> None:
     )
     poller.poll_once()
     assert src.calls == [(8 * DAY, 10 * DAY + 5)]
+
+
+class SlowReport(FakeSource):
+    """A source with a billed report: fetched at most once per `min_interval`."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
+
+    def endpoints(self) -> Sequence[Endpoint]:
+        return [Endpoint("usage", DAY, 2 * DAY, min_interval=6 * 3600)]
+
+    def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
+        if self.fail:
+            self.calls.append((start, end))
+            raise SourceError("rate_limited", "usage: throttled")
+        return super().fetch(endpoint, start, end)
+
+
+def test_min_interval_skips_an_endpoint_until_due_and_survives_a_restart(tmp_path: Path) -> None:
+    clock = [10 * DAY + 5.0]
+    ledger = Ledger(tmp_path / "state.db")
+
+    def poller(src: FakeSource, health: Health) -> Poller:
+        acc = Account(src, ApiClient("http://unused.test/", {}), interval=300)
+        return Poller(ledger, health, [acc], 9 * DAY, lambda: None, lambda: clock[0])
+
+    src, health = SlowReport(), Health()
+    p = poller(src, health)
+    p.poll_once()
+    assert len(src.calls) == 1
+    clock[0] += 3600  # an hour later: not due; reported fresh, cursor kept
+    p.poll_once()
+    assert len(src.calls) == 1
+    state = health.snapshot().endpoints[("fake", "a", "usage")]
+    assert state.up == 1 and state.last_success == clock[0]
+    # A restart does not fetch it early: the last fetch is kept in the state file.
+    src2 = SlowReport()
+    poller(src2, Health()).poll_once()
+    assert src2.calls == []
+    clock[0] += 5 * 3600  # six hours after the fetch: due
+    p.poll_once()
+    assert len(src.calls) == 2
+    # A failed fetch does not count: it is retried at the next poll.
+    clock[0] += 6 * 3600
+    failing = SlowReport(fail=True)
+    fp = poller(failing, Health())
+    fp.poll_once()
+    fp.poll_once()
+    assert len(failing.calls) == 2
+
+
+def test_without_min_interval_every_poll_fetches(tmp_path: Path) -> None:
+    src = FakeSource()
+    acc = Account(src, ApiClient("http://unused.test/", {}), interval=300)
+    p = Poller(Ledger(tmp_path / "s.db"), Health(), [acc], 9 * DAY, lambda: None, lambda: 10 * DAY)
+    p.poll_once()
+    p.poll_once()
+    assert len(src.calls) == 2
