@@ -190,7 +190,11 @@ class _Malformed(ValueError):
 
 
 def boto3_installed() -> bool:
-    return importlib.util.find_spec("boto3") is not None
+    """Whether the `aws` extra is installed (boto3 importable), checked without importing it."""
+    try:
+        return importlib.util.find_spec("boto3") is not None
+    except (ImportError, ValueError):  # a broken or blocked install
+        return False
 
 
 class BedrockOptions(Strict):
@@ -741,7 +745,8 @@ def bedrock_names(model: str) -> tuple[str, ...]:
     ARN names no model (it is billed per model unit hour): nothing to try."""
     name = model
     if name.startswith("arn:"):
-        kind, _, rest = name.partition(":")[2].rpartition(":")[2].partition("/")
+        parts = name.split(":", 5)  # arn:partition:bedrock:region:account:kind/id
+        kind, _, rest = parts[-1].partition("/") if len(parts) == 6 else ("", "", "")
         if kind not in ("inference-profile", "foundation-model") or not rest:
             return ()
         name = rest
