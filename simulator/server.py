@@ -5,6 +5,9 @@ Path layout (point an exporter account's `base_url` at these):
 - OpenAI     base_url `http://HOST:PORT/v1`        -> `/v1/organization/...`
 - Anthropic  base_url `http://HOST:PORT`           -> `/v1/organizations/...`
 - Groq       base_url `http://HOST:PORT/groq/v1/metrics/prometheus` -> `.../api/v1/query_range`
+- Bedrock    options.endpoint_url `http://HOST:PORT/aws` -> `POST /aws` with `X-Amz-Target`
+             (CloudWatch ListMetrics/GetMetricData, Cost Explorer GetCostAndUsage: boto3's
+             AWS JSON protocol; sign with AWS_ACCESS_KEY_ID=test-aws-access-key)
 - Control    `/_sim/...` (JSON, no auth):
   - `GET|POST /_sim/control`: clock and knobs, e.g. `{"now": 1795400000}` (freeze; null =
     real time), `{"advance": 3600}`, `{"offset": -60}`, `{"cost_lag": 0}`,
@@ -44,7 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from simulator import anthropic, groq, openai
+from simulator import anthropic, bedrock, groq, openai
 from simulator import dataset as ds
 from simulator.prices import PriceCard, describe
 from simulator.wire import (
@@ -113,7 +116,7 @@ class SimulatorServer:
     def _route_table() -> list[Provider]:
         # "/v1/organizations/" (Anthropic) and "/v1/organization/" (OpenAI) differ by the
         # trailing slash, so each prefix ends in one.
-        return [anthropic, openai, groq]
+        return [anthropic, openai, groq, bedrock]
 
     @property
     def host(self) -> str:
@@ -138,6 +141,11 @@ class SimulatorServer:
     @property
     def groq_base_url(self) -> str:
         return self.url + self._routes[2].BASE
+
+    @property
+    def aws_endpoint_url(self) -> str:
+        """Bedrock's `options.endpoint_url` (CloudWatch and Cost Explorer, boto3's JSON)."""
+        return self.url + bedrock.BASE
 
     def now(self) -> int:
         return int(self.clock.now())
