@@ -3,8 +3,9 @@
 Needs the optional extra ``aws`` (``pip install 'llm-cost-exporter[aws]'``: boto3). All
 authentication is boto3's: its default credential chain (``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and the shared files, IRSA
-web identity, ECS and EC2 instance roles), and with ``options.role_arn`` an STS AssumeRole
-from those credentials, refreshed before it expires. Nothing here signs a request.
+web identity, ECS and EC2 instance roles) or a named ``options.profile`` of the shared files,
+and with ``options.role_arn`` an STS AssumeRole from those credentials, refreshed before it
+expires. Nothing here signs a request.
 
 Usage (endpoint ``usage``, the account's bucket width, hourly by default). CloudWatch
 namespace ``AWS/Bedrock``, dimension ``ModelId``, statistic ``Sum`` per bucket, read with
@@ -201,6 +202,9 @@ class BedrockOptions(Strict):
     """`options` of a Bedrock account (one AWS account, one or more regions)."""
 
     regions: list[str] = Field(min_length=1)
+    # A named profile of the AWS config/credentials files (boto3's `profile_name`), so that
+    # accounts of one exporter can use different credentials; None: the default chain.
+    profile: str | None = None
     role_arn: str | None = None  # assumed through STS from the default credentials
     external_id: str | None = None  # the role's sts:ExternalId condition, if it has one
     # One URL for CloudWatch, Cost Explorer and STS, as boto3's `endpoint_url` (VPC
@@ -347,7 +351,7 @@ class BedrockSource:
 
         if self._session is not None:
             return self._session
-        base = boto3.Session()
+        base = boto3.Session(profile_name=self.options.profile)
         opts = self.options
         if opts.role_arn is None:
             self._session = base
@@ -665,6 +669,12 @@ def classify(exc: Exception, endpoint: str) -> tuple[SourceError, str]:
         return SourceError(reason, message, status or None), str(status or "error")
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return SourceError(AUTH, f"{endpoint}: {NO_CREDENTIALS}"), "error"
+    if isinstance(exc, bx.ProfileNotFound):
+        return SourceError(
+            AUTH,
+            f"{endpoint}: {exc} (in the files AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE "
+            "name, by default ~/.aws/config and ~/.aws/credentials)",
+        ), "error"
     if isinstance(exc, bx.CredentialRetrievalError | bx.TokenRetrievalError):
         return SourceError(AUTH, f"{endpoint}: AWS credentials could not be obtained"), "error"
     if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):
