@@ -212,9 +212,13 @@ def _costs(body: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     if len(metrics) != 1:
         raise BadRequest("this fake serves one cost metric")
     services = None
-    flt = (body.get("Filter") or {}).get("Dimensions") or {}
-    if flt.get("Key") == "SERVICE":
-        services = set(flt.get("Values") or [])
+    flt = body.get("Filter") or {}
+    for part in [flt, *(flt.get("And") or [])]:
+        dim = part.get("Dimensions") or {}
+        if dim.get("Key") == "SERVICE":
+            services = set(dim.get("Values") or [])
+        elif dim.get("Key") == "RECORD_TYPE" and "Usage" not in (dim.get("Values") or []):
+            return {"ResultsByTime": [], "DimensionValueAttributes": []}  # only usage here
     known_until = ctx.now - ctx.settings.cost_lag
     results = []
     for d in range(start, end, DAY):

@@ -9,9 +9,12 @@ expires. Nothing here signs a request.
 
 Usage (endpoint ``usage``, the account's bucket width, hourly by default). CloudWatch
 namespace ``AWS/Bedrock``, dimension ``ModelId``, statistic ``Sum`` per bucket, read with
-``GetMetricData`` in every configured region; the series are found with ``ListMetrics``
-(only series whose one dimension is ``ModelId``: the "across all model IDs" aggregates are
-left out, so nothing counts twice). Metric -> measure:
+``GetMetricData`` (up to 500 series a request) in every configured region; the series are
+found with one ``ListMetrics`` per region (only series whose one dimension is ``ModelId``: the
+"across all model IDs" aggregates are left out, so nothing counts twice). ListMetrics lists
+series with data in the last two weeks only, so a backfill further back misses models idle
+since. CloudWatch bills GetMetricData per series requested ($0.01 per 1,000): each poll asks
+for every series once, whatever the window. Metric -> measure:
 
     InputTokenCount            tokens.input        (uncached input: Bedrock reports cache
     CacheReadInputTokenCount   tokens.cache_read    reads and writes beside it, not in it,
@@ -43,7 +46,9 @@ Invoiced cost (endpoint ``costs``, daily). Cost Explorer ``GetCostAndUsage``, gr
 DAILY, metric ``UnblendedCost`` (option ``cost_metric``), filtered to the SERVICE values of
 Bedrock (``Amazon Bedrock``, and the Marketplace model editions billed as their own service,
 "<model> (Amazon Bedrock Edition)": option ``services``; Cost Explorer filters dimensions by
-exact value only, so a new edition must be added there), grouped by SERVICE and USAGE_TYPE.
+exact value only, so a new edition must be added there) and to RECORD_TYPE ``Usage`` (the
+cost of usage before credits, refunds and tax, like the other providers' cost reports: a
+credit would be a negative amount in a counter), grouped by SERVICE and USAGE_TYPE.
 The usage type names region, model and token kind (``USE1-Claude3.5Sonnet-input-tokens``,
 ``...-cache-read-input-token-count``); it becomes ``line_item`` (prefixed with the service
 name for an edition), so ``llm_cost_reported_usd_total`` tells models apart where AWS does.
@@ -458,28 +463,33 @@ class BedrockSource:
     # --- usage -------------------------------------------------------------------------------
 
     def _series(self, cw: CloudWatchClient) -> list[tuple[str, str]]:
-        """(metric name, model id) of every polled metric with a series by model alone."""
+        """(metric name, model id) of every polled metric with a series by model alone: one
+        ListMetrics of the namespace (pages followed), filtered here."""
         dim = self.options.model_dimension
-        found: list[tuple[str, str]] = []
-        for name in self.metrics:
-            token: str | None = None
-            while True:
-                kwargs: dict[str, Any] = {
-                    "Namespace": self.options.namespace,
-                    "MetricName": name,
-                    "Dimensions": [{"Name": dim}],
-                }
-                if token:
-                    kwargs["NextToken"] = token
-                page = self._call(USAGE, cw.list_metrics, **kwargs)
-                for metric in page.get("Metrics", []):
-                    dims = metric.get("Dimensions") or []
-                    if len(dims) == 1 and dims[0].get("Name") == dim and dims[0].get("Value"):
-                        found.append((name, str(dims[0]["Value"])))
-                token = page.get("NextToken")
-                if not token:
-                    break
-        return sorted(set(found))
+        found: set[tuple[str, str]] = set()
+        token: str | None = None
+        pages = 0
+        while True:
+            kwargs: dict[str, Any] = {
+                "Namespace": self.options.namespace,
+                "Dimensions": [{"Name": dim}],
+            }
+            if token:
+                kwargs["NextToken"] = token
+            page = self._call(USAGE, cw.list_metrics, **kwargs)
+            pages += 1
+            for metric in page.get("Metrics", []):
+                name = metric.get("MetricName")
+                dims = metric.get("Dimensions") or []
+                if name not in self.metrics or len(dims) != 1:
+                    continue
+                if dims[0].get("Name") == dim and dims[0].get("Value"):
+                    found.add((name, str(dims[0]["Value"])))
+            token = page.get("NextToken")
+            if not token:
+                return sorted(found)
+            if pages >= 1000:
+                self._fail(USAGE, DECODE, "ListMetrics: more than 1000 pages")
 
     def _usage(self, width: int, start: int, end: int) -> list[Bucket]:
         start -= start % width
@@ -590,7 +600,12 @@ class BedrockSource:
                 "TimePeriod": period,
                 "Granularity": "DAILY",
                 "Metrics": [metric],
-                "Filter": {"Dimensions": {"Key": "SERVICE", "Values": list(services)}},
+                "Filter": {
+                    "And": [
+                        {"Dimensions": {"Key": "SERVICE", "Values": list(services)}},
+                        {"Dimensions": {"Key": "RECORD_TYPE", "Values": ["Usage"]}},
+                    ]
+                },
                 "GroupBy": [
                     {"Type": "DIMENSION", "Key": "SERVICE"},
                     {"Type": "DIMENSION", "Key": "USAGE_TYPE"},
