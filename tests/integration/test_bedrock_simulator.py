@@ -104,3 +104,28 @@ def test_a_wrong_access_key_is_refused_as_aws_does(sim: SimulatorServer) -> None
     with pytest.raises(ClientError) as err:
         cw.list_metrics(Namespace="AWS/Bedrock")
     assert err.value.response["Error"]["Code"] == "UnrecognizedClientException"
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"), [("429", "rate_limited"), ("503", "server_error"), ("auth", "auth")]
+)
+def test_injected_faults_reach_boto3_as_aws_errors(
+    sim: SimulatorServer, mode: str, reason: str
+) -> None:
+    from botocore.config import Config
+
+    from exporter.sources.bedrock import classify
+
+    ce = boto3.client(
+        "ce",
+        region_name="us-east-1",
+        endpoint_url=sim.aws_endpoint_url,
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    sim.add_fault(mode, provider="bedrock", endpoint="costs")
+    period = {"Start": "2026-11-18", "End": "2026-11-19"}
+    with pytest.raises(ClientError) as err:
+        ce.get_cost_and_usage(TimePeriod=period, Granularity="DAILY", Metrics=["UnblendedCost"])
+    assert classify(err.value, "costs")[0].reason == reason
+    ok = ce.get_cost_and_usage(TimePeriod=period, Granularity="DAILY", Metrics=["UnblendedCost"])
+    assert ok["ResultsByTime"][0]["TimePeriod"]["Start"] == "2026-11-18"
