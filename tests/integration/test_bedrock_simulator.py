@@ -120,6 +120,8 @@ def test_injected_faults_reach_boto3_as_aws_errors(
         "ce",
         region_name="us-east-1",
         endpoint_url=sim.aws_endpoint_url,
+        aws_access_key_id=sim.settings.aws_key,  # not boto3's default session: it caches
+        aws_secret_access_key="test-aws-secret",
         config=Config(retries={"total_max_attempts": 1}),
     )
     sim.add_fault(mode, provider="bedrock", endpoint="costs")
