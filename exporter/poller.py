@@ -109,7 +109,10 @@ class Poller:
         key = self._fetched_key(acc, ep)
         if key not in self._fetched:
             stored = self.ledger.get_meta("fetched:" + "/".join(key))
-            self._fetched[key] = float(stored) if stored else float("-inf")
+            try:
+                self._fetched[key] = float(stored) if stored else float("-inf")
+            except ValueError:  # unreadable: fetch now
+                self._fetched[key] = float("-inf")
         if self.ledger.closed_before(*key) is None:
             return True
         now = self.clock()
@@ -119,7 +122,10 @@ class Poller:
     def _fetched_now(self, acc: Account, ep: Endpoint, at: float) -> None:
         key = self._fetched_key(acc, ep)
         self._fetched[key] = at
-        self.ledger.set_meta("fetched:" + "/".join(key), repr(at))
+        try:
+            self.ledger.set_meta("fetched:" + "/".join(key), repr(at))
+        except (sqlite3.Error, OSError) as exc:  # kept in memory: only a restart fetches early
+            log.warning("cannot keep the fetch time of %s/%s %s in the state file: %s", *key, exc)
 
     def _not_due(self, acc: Account, ep: Endpoint) -> None:
         """A skipped endpoint is as fresh as it is meant to be: report it so, cursor kept."""
