@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.aggregates import Aggregates
+from exporter.export_service import ExportSource
 from exporter.exposition import Exposition, Family
 from exporter.fold import FoldContext
 from exporter.health import Health
@@ -367,7 +368,10 @@ class App:
     def serve(self, listen: str, web_config: str | None = None) -> ServingProcess:
         """Start the HTTP server (its own process: see `exporter.serving`), with TLS and
         basic auth when `web_config` names an exporter-toolkit web config file."""
-        self.server = ServingProcess(parse_listen(listen), web_config)
+        source = ExportSource(
+            str(self.settings.state_file), self.history_start, self.settings.prices
+        )
+        self.server = ServingProcess(parse_listen(listen), web_config, source)
         self.publish()
         return self.server
 

@@ -4,6 +4,7 @@
     llm-cost-exporter --config.check --config.file=FILE   # validate and exit
     llm-cost-exporter simulate [--listen 127.0.0.1:9878 ...]   # the provider simulator
     llm-cost-exporter backfill --config.file=FILE --output history.om   # history for promtool
+    llm-cost-exporter export --config.file=FILE --from 2026-11-01 --to 2026-12-01 --format csv
 
 Exit codes: 0 ok, 2 bad configuration, usage or state file, 1 unexpected failure (and
 `--once` with a failed source). An enabled account without a key is not an error: it is
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from exporter.backfill import main as backfill
 
         return backfill(args_list[1:])
+    if args_list and args_list[0] == "export":
+        from exporter.export_cli import main as export
+
+        return export(args_list[1:])
     args = parser().parse_args(args_list)
 
     from exporter.settings import ConfigError, load

@@ -32,7 +32,6 @@ from decimal import Context, Decimal
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from exporter.budgets import Selector, compile_selector
 from exporter.ledger import StoredRow
 from exporter.names import BY_NAME, OPT
 from exporter.rows import (
@@ -54,6 +53,7 @@ from exporter.rows import (
     Number,
 )
 from exporter.schema import BudgetSettings
+from exporter.selectors import Selector, compile_selector
 
 # Opt-in dimension labels, in label order. `project` is on by default (settings.group_by).
 OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window")

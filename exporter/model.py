@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 from exporter import __version__
 from exporter.aggregates import Aggregates, period_starts
-from exporter.budgets import ScopePart, compile_selector, evaluate, period_bounds
+from exporter.budgets import ScopePart, evaluate, period_bounds
 from exporter.exposition import Family, format_value
 from exporter.fold import (
     FOLDED,
@@ -48,6 +48,7 @@ from exporter.ledger import Revision, StoredRow
 from exporter.names import BY_NAME
 from exporter.rows import Number, Row
 from exporter.schema import BudgetSettings
+from exporter.selectors import compile_selector
 
 __all__ = [
     "OPT_IN",

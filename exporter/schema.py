@@ -22,6 +22,8 @@ from pydantic import (
     field_validator,
 )
 
+from exporter.selectors import compile_selector
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -155,8 +157,6 @@ class BudgetSettings(Strict):
     def _selector_compiles(cls, v: dict[str, str]) -> dict[str, str]:
         """A regex that does not compile is a config error (reported with the schema's),
         not a rebuild that fails forever."""
-        from exporter.budgets import compile_selector
-
         try:
             compile_selector(v)
         except ValueError as exc:  # "selector.KEY: invalid regex ...": the path has "selector"

@@ -1,15 +1,22 @@
-"""HTTP: `/metrics` (cached bytes, gzip on request), `/` landing page, `/healthz`, `/-/ready`.
+"""HTTP: `/metrics` (cached bytes, gzip on request), `/` landing page, `/healthz`, `/-/ready`,
+and `/api/v1/export` (the ledger as CSV, JSON Lines or FOCUS, streamed).
 
 The server knows nothing of providers: it serves whatever the exposition last rendered and a
-status summary handed to it as a callable. A scrape does no I/O and no aggregation.
+status summary handed to it as a callable. A scrape does no I/O and no aggregation. An export
+is a callable too (`ExportFn`): it checks the query (a ValueError is a 400 with a JSON body
+naming the parameter) and returns chunks, sent as they come (chunked transfer encoding), so
+a year of history streams in constant memory. It sits behind the same TLS and basic auth as
+`/metrics` (the web config guards every path but the probes).
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
 import threading
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,6 +26,9 @@ from exporter.webconfig import WebConfig
 log = logging.getLogger(__name__)
 
 StatusFn = Callable[[], dict[str, Any]]
+# query parameters -> (content type, file name, body chunks); ValueError: a bad request.
+ExportFn = Callable[[dict[str, str]], tuple[str, str, Iterator[bytes]]]
+EXPORT_PATH = "/api/v1/export"
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -70,6 +80,10 @@ def _landing(status: dict[str, Any]) -> bytes:
         f"<p>Version {html.escape(str(status.get('version', '')))}. "
         f"Last poll: {html.escape(str(status.get('last_poll') or 'not yet'))}.</p>"
         '<p><a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a></p>'
+        f'<p>Export usage and cost (all history, daily): <a href="{EXPORT_PATH}?format=csv">CSV</a>'
+        f' &middot; <a href="{EXPORT_PATH}?format=jsonl">JSON Lines</a>'
+        f' &middot; <a href="{EXPORT_PATH}?format=focus">FOCUS</a>'
+        " (parameters: from, to, format, grain)</p>"
         + (f"<h2>Problems</h2><ul>{problems}</ul>" if problems else "")
         + f"<h2>Sources</h2>{table}</body></html>"
     )
@@ -97,6 +111,42 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _export(self, export: ExportFn) -> None:
+        """Check the request, then stream the body in chunks; a failure after the headers
+        went out ends the connection without the last chunk, so a client sees a broken
+        transfer, never a short file that looks complete."""
+        query = urllib.parse.parse_qs(self.path.partition("?")[2], keep_blank_values=True)
+        params = {k: v[-1] for k, v in query.items()}
+        try:
+            ctype, name, chunks = export(params)
+        except ValueError as exc:
+            body = {"status": "error", "error": str(exc), "parameter": getattr(exc, "param", "")}
+            self._send(400, json.dumps(body).encode() + b"\n", "application/json")
+            return
+        except Exception:
+            log.exception("export failed")
+            body = {"status": "error", "error": "the export failed: see the exporter's log"}
+            self._send(500, json.dumps(body).encode() + b"\n", "application/json")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if self.command == "HEAD":
+            chunks.close()  # type: ignore[attr-defined]
+            return
+        try:
+            for chunk in chunks:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError as exc:  # the client went away
+            log.debug("export stopped: %s", exc)
+            self.close_connection = True
+        except Exception:
+            log.exception("export failed while streaming")
+            self.close_connection = True
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -134,6 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             else:
                 self._send(200, cur.body, CONTENT_TYPE, {"Vary": "Accept-Encoding"})
+        elif path == EXPORT_PATH and srv.export is not None:
+            self._export(srv.export)
         elif path == "/":
             self._send(200, _landing(srv.status()), "text/html; charset=utf-8")
         elif path == "/healthz":
@@ -162,8 +214,10 @@ class MetricsServer(ThreadingHTTPServer):
         status: StatusFn,
         ready: Callable[[], bool] | None = None,
         web: WebConfig | None = None,
+        export: ExportFn | None = None,
     ) -> None:
         self.web = web
+        self.export = export
         if ":" in address[0]:
             import socket
 

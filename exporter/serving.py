@@ -6,6 +6,10 @@ scrape's p99 grew about tenfold while a poll ran (bench/poll_cost.py). In its ow
 the server only copies bytes it already holds, whatever the poller does. After each
 rebuild the exporter publishes (exposition, landing-page status, readiness); the server
 acknowledges once it serves them, so what a caller published is what the next scrape sees.
+
+`/api/v1/export` is answered in the server process too, from the state file opened read-only
+there (an `ExportSource`: its path, history start and price settings): a large export then
+streams without passing through the pipe and without taking the poller's interpreter.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from exporter.export_service import ExportSource
 from exporter.exposition import Exposition, Rendered
-from exporter.server import MetricsServer
+from exporter.server import ExportFn, MetricsServer
 from exporter.webconfig import WebConfigError, load_web_config
 
 _READY_TIMEOUT = 30.0  # seconds for the server process to start listening
@@ -28,12 +33,17 @@ _ACK_TIMEOUT = 10.0
 class ServingProcess:
     """Starts the server process and publishes to it. `server_address` is where it listens."""
 
-    def __init__(self, address: tuple[str, int], web_config: str | None = None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        web_config: str | None = None,
+        export: ExportSource | None = None,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_serve,
-            args=(address, child, web_config),
+            args=(address, child, web_config, export),
             name="llm-cost-exporter-http",
             daemon=True,
         )
@@ -73,6 +83,7 @@ def _serve(
     address: tuple[str, int],
     conn: multiprocessing.connection.Connection,
     web_config: str | None = None,
+    export: ExportSource | None = None,
 ) -> None:
     """The server process: serve what was published last until told to stop (or orphaned).
     `web_config` (TLS, basic auth) is read here: an SSL context does not cross processes."""
@@ -85,7 +96,12 @@ def _serve(
         return
     try:
         server = MetricsServer(
-            address, exposition, lambda: state["status"], lambda: state["ready"], web
+            address,
+            exposition,
+            lambda: state["status"],
+            lambda: state["ready"],
+            web,
+            _exports(export),
         )
     except OSError as exc:
         conn.send(("error", f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}"))
@@ -106,3 +122,11 @@ def _serve(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _exports(source: ExportSource | None) -> ExportFn | None:
+    if source is None:
+        return None
+    from exporter.export_service import Exports
+
+    return Exports(source)

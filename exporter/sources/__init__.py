@@ -105,6 +105,7 @@ class Adapter:
 
     name: str
     build: SourceFactory
+    display_name: str = ""  # as people spell it (FOCUS ProviderName); "" = `name`
     options: type[BaseModel] = NoOptions
     base_url: str | None = None
     key_env: str | None = None

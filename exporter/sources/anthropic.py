@@ -501,6 +501,7 @@ class AnthropicSource:
 
 ADAPTER = Adapter(
     name="anthropic",
+    display_name="Anthropic",
     build=AnthropicSource,
     options=AnthropicOptions,
     base_url="https://api.anthropic.com",

@@ -376,6 +376,7 @@ def _round(value: Decimal) -> int:
 
 ADAPTER = Adapter(
     name="groq",
+    display_name="Groq",
     build=GroqSource,
     options=GroqOptions,
     base_url=DEFAULT_BASE_URL,

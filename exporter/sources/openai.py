@@ -650,6 +650,7 @@ def fine_tune_names(model: str) -> tuple[str, ...]:
 
 ADAPTER = Adapter(
     name="openai",
+    display_name="OpenAI",
     build=OpenAISource,
     options=OpenAIOptions,
     base_url="https://api.openai.com/v1",

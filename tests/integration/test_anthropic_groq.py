@@ -287,7 +287,7 @@ def test_anthropic_totals_match_the_truth(tmp_path: Path, sim: SimulatorServer, 
     app.stop()
 
 
-# --- 2. Anthropic: growing bucket, restarts --------------------------------------------------
+# --- 2. Anthropic: growing bucket (restarts: test_every_provider.py) ------------------------
 
 
 @pytest.mark.parametrize("width", ["1d", "1h"])
@@ -302,43 +302,6 @@ def test_anthropic_growing_current_bucket_is_counted_once(
     assert sim.now() // 86400 > NOW // 86400
     assert_anthropic_exact(exposed(app), sim, ts(START), sim.now())
     app.stop()
-
-
-def test_anthropic_restart_with_same_state_exposes_identical_values(
-    tmp_path: Path, sim: SimulatorServer
-) -> None:
-    app = anthropic_app(tmp_path, sim)
-    app.poll_once()
-    before = stable(exposed(app))
-    assert total(before, "llm_tokens_total") > 0
-    app.stop()
-    again = anthropic_app(tmp_path, sim)
-    again.rebuild()  # from the state file alone, before any poll
-    assert stable(exposed(again)) == before
-    again.poll_once()
-    assert stable(exposed(again)) == before
-    again.stop()
-
-
-def test_anthropic_restart_with_deleted_state_backfills_identical_values(
-    tmp_path: Path, sim: SimulatorServer
-) -> None:
-    app = anthropic_app(tmp_path, sim)
-    sim.clock.advance(-3 * 86400)
-    app.poll_once()
-    sim.clock.advance(3 * 86400)
-    app.poll_once()  # incremental: only the open windows are fetched again
-    before = stable(exposed(app))
-    assert_anthropic_exact(exposed(app), sim, ts(START), NOW)
-    app.stop()
-    (tmp_path / "state.db").unlink()
-    fresh = anthropic_app(tmp_path, sim)
-    fresh.poll_once()  # one backfill from the history start
-    assert stable(exposed(fresh)) == before
-    fresh.stop()
-
-
-# --- 3. Groq: integrated rates against exact counts --------------------------------------------
 
 
 @pytest.mark.parametrize("width", ["1d", "1h"])

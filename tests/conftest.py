@@ -1,0 +1,161 @@
+"""Shared fixtures: the simulator at a fixed time, and one case per provider for the tests that
+every provider must pass (tests/integration/test_every_provider.py).
+
+A `ProviderCase` says how to point the exporter at one provider's fake and how to make that
+fake misbehave (time passes, closed days are revised down, an endpoint fails). A provider
+whose fake is not the simulator (e.g. one tested against a cloud's own fake) adds a case
+class of its own with the same methods.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import yaml
+
+from exporter.app import App
+from exporter.settings import load
+from exporter.sources._http import RetryPolicy
+from simulator.server import SimulatorServer
+
+NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())  # a Friday afternoon
+FAST_RETRY = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, retry_after_max=0.02)
+
+
+class ProviderCase(Protocol):
+    """One provider, configured against its fake, for the cross-provider tests."""
+
+    name: str
+
+    @property
+    def fault_endpoint(self) -> str:
+        """An endpoint a fault is injected into; the others must go on."""
+        ...
+
+    @property
+    def history_start(self) -> dt.date: ...
+
+    def accounts(self) -> list[dict[str, Any]]: ...
+
+    def env(self) -> dict[str, str]: ...
+
+    def now(self) -> int: ...
+
+    def advance(self, seconds: int) -> None: ...
+
+    def revise_closed_days(self, factor: str) -> None: ...
+
+    def fail(self, endpoint: str, mode: str) -> None:
+        """Make every request to `endpoint` fail with `mode` (429, 500, malformed)."""
+        ...
+
+    def recover(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """How one provider is reached on the simulator."""
+
+    fault_endpoint: str  # the exporter's name for the endpoint a fault goes to
+    fake_endpoint: str  # the simulator's name for it
+    history_start: dt.date
+    account: Callable[[SimulatorServer], dict[str, Any]]
+    key: Callable[[SimulatorServer], Mapping[str, str]]
+
+
+SIMULATED: dict[str, Simulated] = {
+    "openai": Simulated(
+        "completions",
+        "completions",
+        dt.date(2026, 11, 1),
+        lambda s: {"account": "main", "base_url": s.openai_base_url},
+        lambda s: {"OPENAI_ADMIN_KEY": s.settings.openai_key},
+    ),
+    "anthropic": Simulated(
+        "messages",
+        "messages",
+        dt.date(2026, 11, 1),
+        lambda s: {"account": "org", "base_url": s.anthropic_base_url},
+        lambda s: {"ANTHROPIC_ADMIN_KEY": s.settings.anthropic_key},
+    ),
+    # Groq's fake evaluates every 5-minute sample: a shorter history keeps it fast.
+    "groq": Simulated(
+        "usage",
+        "query_range",
+        dt.date(2026, 11, 16),
+        lambda s: {"account": "org", "base_url": s.groq_base_url},
+        lambda s: {"GROQ_API_KEY": s.settings.groq_key},
+    ),
+}
+
+
+@dataclass
+class SimulatorCase:
+    """A provider served by the simulator: accounts and keys come from its settings."""
+
+    name: str
+    sim: SimulatorServer
+    how: Simulated
+
+    @property
+    def fault_endpoint(self) -> str:
+        return self.how.fault_endpoint
+
+    @property
+    def history_start(self) -> dt.date:
+        return self.how.history_start
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return [self.how.account(self.sim)]
+
+    def env(self) -> dict[str, str]:
+        return dict(self.how.key(self.sim))
+
+    def now(self) -> int:
+        return self.sim.now()
+
+    def advance(self, seconds: int) -> None:
+        self.sim.clock.advance(seconds)
+
+    def revise_closed_days(self, factor: str) -> None:
+        self.sim.dataset.revise(factor, self.sim.now())
+
+    def fail(self, endpoint: str, mode: str) -> None:
+        fake = self.how.fake_endpoint if endpoint == self.how.fault_endpoint else endpoint
+        self.sim.add_fault(mode, provider=self.name, endpoint=fake, count=-1, retry_after=0)
+
+    def recover(self) -> None:
+        self.sim.faults.clear()
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatorServer]:
+    """The simulator, its clock frozen at NOW (tests move it)."""
+    s = SimulatorServer(port=0, seed=7, start=dt.date(2026, 10, 1), now=NOW).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(params=sorted(SIMULATED))
+def provider_case(request: pytest.FixtureRequest, sim: SimulatorServer) -> ProviderCase:
+    return SimulatorCase(request.param, sim, SIMULATED[request.param])
+
+
+def case_app(tmp: Path, case: ProviderCase, **extra: Any) -> App:
+    """An in-process exporter polling only `case`'s provider, on the case's clock, with its
+    state file in `tmp`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "history_start": case.history_start.isoformat(),
+        "state_file": str(tmp / "state.db"),
+        "providers": {case.name: case.accounts()},
+        **extra,
+    }
+    path = tmp / "config.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return App(load(path, case.env()), clock=lambda: float(case.now()), retry=FAST_RETRY)
