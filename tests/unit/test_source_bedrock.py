@@ -252,3 +252,16 @@ def test_model_names_offered_to_the_price_database() -> None:
     )
     assert bedrock_names("arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc") == ()
     assert ADAPTER.pricing.price_id == "aws" and ADAPTER.key_env is None
+
+
+def test_an_unknown_profile_is_an_auth_failure_naming_the_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    src, rec = source(profile="no-such-profile")
+    with pytest.raises(SourceError) as err:
+        src.fetch(src.endpoints()[0], S, S + HOUR)
+    assert err.value.reason == "auth" and "no-such-profile" in str(err.value)
+    assert "AWS_CONFIG_FILE" in str(err.value)
+    assert src.client.requests_made == 0 and rec.failures == [(USAGE, "auth")]
