@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from exporter.ledger import state_file_problem
 from exporter.pricing import validate_overrides
-from exporter.schema import AccountSettings
+from exporter.schema import AccountSettings, problem_line
 from exporter.sources import adapters
 from exporter.sources._http import ApiClient
 
@@ -52,7 +52,9 @@ def adapter_option_problems(settings: Settings) -> list[str]:
             )
         except ValueError as exc:
             for line in str(exc).splitlines():
-                problems.append(f"providers.{provider}[{i}].{line}")
+                # `key: problem` lines join the path with a dot; others (a missing extra)
+                # follow it after a colon.
+                problems.append(problem_line(f"providers.{provider}[{i}]", line))
         finally:
             client.close()
     return problems

@@ -43,6 +43,7 @@ from exporter.rows import (
     CC_PULL_REQUESTS,
     CHARACTERS,
     COST,
+    FAILED_REQUESTS,
     IMAGES,
     REQUESTS,
     SESSIONS,
@@ -289,6 +290,9 @@ def _usage(r: _Row, m: Mapping[str, Number], revised: bool, local_day: int) -> d
             if not revised:
                 r.by_day("llm_period_tokens", local_day, int(v), token_type=tt)
                 r.by_day("llm_daily_tokens", local_day, int(v), kind="y:", token_type=tt)
+        elif name.startswith(FAILED_REQUESTS):
+            reason = name[len(FAILED_REQUESTS) :]
+            r.counter("llm_model_request_failures_total", int(v), reason=reason)
         elif name in SIMPLE_MEASURES:
             r.counter(SIMPLE_MEASURES[name], int(v))
             if name == REQUESTS and not revised:

@@ -51,6 +51,15 @@ SPECS: tuple[Spec, ...] = (
         "rates (an estimate, see llm_tokens_total).",
     ),
     Spec(
+        "llm_model_request_failures_total",
+        COUNTER,
+        (*_USAGE, "reason"),
+        "Model requests the provider reports as throttled or failed (reason: throttled, "
+        "client_error, server_error), from its own metrics (Bedrock InvocationThrottles, "
+        "InvocationClientErrors, InvocationServerErrors): the callers' failures, not the "
+        f"exporter's (see llm_source_api_request_failures_total), {_SINCE}.",
+    ),
+    Spec(
         "llm_images_total",
         COUNTER,
         (*_USAGE, "size", "source"),

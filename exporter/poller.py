@@ -5,6 +5,12 @@ Windows are incremental: the first poll backfills from the history start; later 
 the endpoint's cursor (the first bucket that is not yet final) so closed buckets are never
 fetched again. One failing endpoint or account does not stop the others; its cursor does not
 move, so the next poll catches up by itself.
+
+An endpoint with a `min_interval` (a billing report that costs money per request) is fetched
+only once that long has passed since its last successful fetch. The time of that fetch is kept
+in the state file, so a restart does not fetch it again early. A poll that skips it reports it
+as fresh (`llm_source_last_success_timestamp_seconds` moves on: its data is as recent as it is
+meant to be), with its cursor unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from exporter.health import Health
 from exporter.ledger import ChangeObserver, Ledger
@@ -49,14 +55,6 @@ class Account:
     interval: float
     next_due: float = 0.0
     polls: int = 0  # completed polls of this account
-    # endpoint name -> clock time of its last successful fetch (for Endpoint.min_interval)
-    fetched_at: dict[str, float] = field(default_factory=dict)
-
-    def rests(self, ep: Endpoint, now: float) -> bool:
-        """Whether `ep` sits this poll out: its min_interval has not passed since its last
-        successful fetch (in this process: a restart fetches it once more)."""
-        last = self.fetched_at.get(ep.name)
-        return ep.min_interval > 0 and last is not None and now - last < ep.min_interval
 
     @property
     def name(self) -> str:
@@ -85,6 +83,9 @@ class Poller:
         self.clock = clock
         self._threads: list[threading.Thread] = []
         self._polled = threading.Event()  # an account finished a poll: rebuild
+        # (provider, account, endpoint) -> time of the last successful fetch, for endpoints
+        # with a min_interval; read from the state file on first use.
+        self._fetched: dict[tuple[str, str, str], float] = {}
         for acc in self.accounts:
             for ep in acc.source.endpoints():
                 health.register(
@@ -95,6 +96,43 @@ class Poller:
         closed = self.ledger.closed_before(acc.source.provider, acc.source.account, ep.name)
         start = max(self.history_start, closed or 0)
         return align_down(start, ep.width), now
+
+    def _fetched_key(self, acc: Account, ep: Endpoint) -> tuple[str, str, str]:
+        return (acc.source.provider, acc.source.account, ep.name)
+
+    def due(self, acc: Account, ep: Endpoint) -> bool:
+        """Whether `ep` is fetched at this poll: always without a `min_interval`; else once
+        that long has passed since its last successful fetch (or it has none, or its cursor
+        is gone: a wiped or reshaped account)."""
+        if ep.min_interval <= 0:
+            return True
+        key = self._fetched_key(acc, ep)
+        if key not in self._fetched:
+            stored = self.ledger.get_meta("fetched:" + "/".join(key))
+            try:
+                self._fetched[key] = float(stored) if stored else float("-inf")
+            except ValueError:  # unreadable: fetch now
+                self._fetched[key] = float("-inf")
+        if self.ledger.closed_before(*key) is None:
+            return True
+        now = self.clock()
+        last = self._fetched[key]
+        return now - last >= ep.min_interval or now < last
+
+    def _fetched_now(self, acc: Account, ep: Endpoint, at: float) -> None:
+        key = self._fetched_key(acc, ep)
+        self._fetched[key] = at
+        try:
+            self.ledger.set_meta("fetched:" + "/".join(key), repr(at))
+        except (sqlite3.Error, OSError) as exc:  # kept in memory: only a restart fetches early
+            log.warning("cannot keep the fetch time of %s/%s %s in the state file: %s", *key, exc)
+
+    def _not_due(self, acc: Account, ep: Endpoint) -> None:
+        """A skipped endpoint is as fresh as it is meant to be: report it so, cursor kept."""
+        src = acc.source
+        closed = self.ledger.closed_before(src.provider, src.account, ep.name)
+        assert closed is not None  # due() fetches an endpoint without a cursor
+        self.health.success(src.provider, src.account, ep.name, self.clock(), closed, None, 0)
 
     @property
     def cycles(self) -> int:
@@ -145,6 +183,8 @@ class Poller:
             log.exception("cannot store %s %s (rolled back)", acc.name, ep.name)
             return STORAGE
         self.ledger.refetched(src.provider, src.account, ep.name, start)
+        if ep.min_interval > 0:
+            self._fetched_now(acc, ep, float(now))
         latest = max((b.end for b in buckets if b.rows), default=None)
         self.health.success(
             src.provider, src.account, ep.name, self.clock(), closed, latest, written, len(drops)
@@ -160,17 +200,6 @@ class Poller:
         )
         return None
 
-    def _rested(self, acc: Account, ep: Endpoint) -> None:
-        """An endpoint sitting a poll out is as fresh as its schedule asks: its last success
-        moves on (so a stale-data alert does not fire between its sparse fetches), and
-        nothing else does (no request, no watermark, no rows)."""
-        src = acc.source
-        st = self.health.endpoint(src.provider, src.account, ep.name)
-        if st.up == 1 and st.watermark is not None:
-            self.health.success(
-                src.provider, src.account, ep.name, self.clock(), st.watermark, None, 0
-            )
-
     def poll_account(self, acc: Account) -> None:
         """Poll every endpoint of one account. A rate limit stops the round: the account's
         other endpoints are not asked until its backoff is over (other accounts go on)."""
@@ -181,14 +210,11 @@ class Poller:
         for i, ep in enumerate(endpoints):
             if self.stop.is_set():
                 break
-            if acc.rests(ep, self.clock()):
-                self._rested(acc, ep)
+            if not self.due(acc, ep):
+                self._not_due(acc, ep)
                 ok += 1
                 continue
-            began_ep = self.clock()
             reason = self.poll_endpoint(acc, ep)
-            if reason is None:
-                acc.fetched_at[ep.name] = began_ep
             ok += reason is None
             if reason == RATE_LIMITED and i + 1 < len(endpoints):
                 log.warning(

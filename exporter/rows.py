@@ -31,6 +31,11 @@ TOKEN_TYPES = (
     "output_image",
 )
 REQUESTS = "requests"  # model requests (OpenAI num_model_requests)
+# Requests the provider throttled or failed, as its own metrics count them (Bedrock's
+# InvocationThrottles, ...): "failed_requests.<reason>", reason one of FAILURE_REASONS. These
+# are the callers' failures, not the exporter's (those are llm_source_api_request_failures).
+FAILED_REQUESTS = "failed_requests."
+FAILURE_REASONS = ("throttled", "client_error", "server_error")
 IMAGES = "images"
 CHARACTERS = "characters"  # text-to-speech input characters
 AUDIO_SECONDS = "audio_seconds"  # transcription seconds

@@ -48,7 +48,7 @@ from simulator.vocab import (
 
 DAY = 86400
 HOUR = 3600
-PROVIDERS = ("openai", "anthropic", "groq", "vertex_ai", "azure")
+PROVIDERS = ("openai", "anthropic", "groq", "vertex_ai", "azure", "bedrock")
 QUANTITY = "quantity"
 STORAGE_QUANTUM = Decimal("1e-12")
 
@@ -444,12 +444,56 @@ def _azure_streams() -> list[Stream]:
     ]  # fmt: skip
 
 
+def _bedrock_streams() -> list[Stream]:
+    """AWS Bedrock: model ids as CloudWatch's ModelId dimension reports them (base ids and
+    cross-region inference profiles), per region; `outcome` tells invocations that succeeded
+    from throttled or failed ones (requests only, no tokens); `service` and `usage_type` are
+    how Cost Explorer bills them."""
+
+    def invoke(
+        name: str, model: str, region: str, service: str, usage_type: str, profile: str,
+        rate: float, tokens: Mapping[str, float], failures: Sequence[tuple[str, float]] = (),
+    ) -> list[Stream]:  # fmt: skip
+        dims = {"model": model, "region": region, "outcome": "ok", "service": service,
+                "usage_type": usage_type}  # fmt: skip
+        out = [
+            _stream("bedrock", "invocations", name, dims, profile, rate,
+                    {_t(k): v for k, v in tokens.items()})
+        ]  # fmt: skip
+        for outcome, share in failures:
+            err = {**dims, "outcome": outcome}
+            out.append(
+                _stream("bedrock", "invocations", f"{name}-{outcome}", err, profile, rate * share)
+            )
+        return out
+
+    claude = "Claude 3.5 Sonnet v2 (Amazon Bedrock Edition)"
+    return [
+        *invoke("br-sonnet-us", "us.anthropic.claude-3-5-sonnet-20241022-v2:0", "us-east-1",
+                claude, "USE1-MP:USE1_CrossRegion-Claude3.5SonnetV2", "business", 12,
+                {"input": 900, "cache_read": 2500, "cache_write": 300, "output": 350},
+                [("throttled", 0.05), ("server_error", 0.005)]),
+        *invoke("br-haiku-global", "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+                "us-east-1", "Amazon Bedrock", "USE1-Global-Claude-Haiku-4.5", "night", 10,
+                {"input": 600, "cache_read": 800, "output": 150}),
+        *invoke("br-nova-eu", "amazon.nova-pro-v1:0", "eu-west-1", "Amazon Bedrock",
+                "EU-NovaPro", "steady", 8, {"input": 700, "output": 220},
+                [("client_error", 0.01)]),
+        *invoke("br-llama-eu", "meta.llama3-1-70b-instruct-v1:0", "eu-west-1",
+                "Amazon Bedrock", "EU-Llama3.1-70B", "business", 4,
+                {"input": 500, "output": 300}),
+        *invoke("br-acme", UNKNOWN_MODEL, "us-east-1", "Amazon Bedrock", "USE1-AcmeInternal",
+                "business", 2, {"input": 400, "output": 100}),
+    ]  # fmt: skip
+
+
 CATALOG: dict[str, tuple[Stream, ...]] = {
     "openai": tuple(_openai_streams()),
     "anthropic": tuple(_anthropic_streams()),
     "groq": tuple(_groq_streams()),
     "vertex_ai": tuple(_vertex_streams()),
     "azure": tuple(_azure_streams()),
+    "bedrock": tuple(_bedrock_streams()),
 }
 
 

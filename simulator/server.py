@@ -10,6 +10,9 @@ Path layout (point an exporter account's `base_url` at these):
 - Azure      base_url `http://HOST:PORT/azure` -> `/azure/subscriptions/...` (ARM metrics and
   Cost Management query); its Entra ID token endpoint is served on the optional TLS listener
   (`tls=(cert, key)`, `--tls-listen`): options.authority `https://HOST:TLS_PORT`
+- Bedrock    options.endpoint_url `http://HOST:PORT/aws` -> `POST /aws` with `X-Amz-Target`
+             (CloudWatch ListMetrics/GetMetricData, Cost Explorer GetCostAndUsage: boto3's
+             AWS JSON protocol; sign with AWS_ACCESS_KEY_ID=test-aws-access-key)
 - Control    `/_sim/...` (JSON, no auth):
   - `GET|POST /_sim/control`: clock and knobs, e.g. `{"now": 1795400000}` (freeze; null =
     real time), `{"advance": 3600}`, `{"offset": -60}`, `{"cost_lag": 0}`,
@@ -52,7 +55,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from simulator import anthropic, azure, groq, openai, vertex
+from simulator import anthropic, azure, bedrock, groq, openai, vertex
 from simulator import dataset as ds
 from simulator.prices import PriceCard, describe
 from simulator.wire import (
@@ -132,7 +135,7 @@ class SimulatorServer:
     def _route_table() -> list[Provider]:
         # "/v1/organizations/" (Anthropic) and "/v1/organization/" (OpenAI) differ by the
         # trailing slash, so each prefix ends in one.
-        return [anthropic, openai, groq, vertex, azure]
+        return [anthropic, openai, groq, vertex, azure, bedrock]
 
     @property
     def host(self) -> str:
@@ -181,6 +184,11 @@ class SimulatorServer:
         if self._tls is None:
             raise RuntimeError("the simulator has no TLS listener (pass tls=(cert, key))")
         return f"https://{self.host}:{self._tls.server_address[1]}"
+
+    @property
+    def aws_endpoint_url(self) -> str:
+        """Bedrock's `options.endpoint_url` (CloudWatch and Cost Explorer, boto3's JSON)."""
+        return self.url + bedrock.BASE
 
     def now(self) -> int:
         return int(self.clock.now())

@@ -168,6 +168,9 @@ class Settings:
     groq_key: str = "test-groq-key"
     groq_unentitled_key: str = "test-groq-free-key"  # not Enterprise: 403 (or 404)
     groq_unentitled_status: int = 403
+    # Bedrock: the access key id boto3 must sign with (the signature itself is not checked:
+    # the simulator has no secret); set AWS_ACCESS_KEY_ID to it and any AWS_SECRET_ACCESS_KEY.
+    aws_key: str = "test-aws-access-key"
     cost_lag: int = 3 * 3600  # seconds costs trail usage (OpenAI costs, Anthropic cost report)
     openai_amount_format: str = "mixed"  # costs amount.value: number, string or both
     openai_fields: str = "full"  # completions optional fields: full, sparse (zeros absent), minimal

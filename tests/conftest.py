@@ -66,6 +66,15 @@ class Simulated:
     history_start: dt.date
     account: Callable[[SimulatorServer], dict[str, Any]]
     key: Callable[[SimulatorServer], Mapping[str, str]]
+    # Variables an SDK reads from the process environment itself (boto3's credentials), set
+    # for the test's duration.
+    process_env: Callable[[SimulatorServer], Mapping[str, str]] = lambda s: {}
+
+
+def _bedrock_account(s: SimulatorServer) -> dict[str, Any]:
+    # Cost Explorer every poll (cost_poll_interval 0): these tests move time by minutes.
+    options = {"regions": ["us-east-1", "eu-west-1"], "endpoint_url": s.aws_endpoint_url}
+    return {"account": "prod", "options": {**options, "cost_poll_interval": 0}}
 
 
 SIMULATED: dict[str, Simulated] = {
@@ -90,6 +99,21 @@ SIMULATED: dict[str, Simulated] = {
         dt.date(2026, 11, 16),
         lambda s: {"account": "org", "base_url": s.groq_base_url},
         lambda s: {"GROQ_API_KEY": s.settings.groq_key},
+    ),
+    # Through boto3 (the 'aws' extra) to the simulator's CloudWatch and Cost Explorer fake.
+    "bedrock": Simulated(
+        "usage",
+        "list_metrics",
+        dt.date(2026, 11, 16),
+        _bedrock_account,
+        lambda s: {},
+        lambda s: {
+            "AWS_ACCESS_KEY_ID": s.settings.aws_key,
+            "AWS_SECRET_ACCESS_KEY": "test-aws-secret",
+            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        },
     ),
 }
 
@@ -142,8 +166,13 @@ def sim() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture(params=sorted(SIMULATED))
-def provider_case(request: pytest.FixtureRequest, sim: SimulatorServer) -> ProviderCase:
-    return SimulatorCase(request.param, sim, SIMULATED[request.param])
+def provider_case(
+    request: pytest.FixtureRequest, sim: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> ProviderCase:
+    how = SIMULATED[request.param]
+    for name, value in how.process_env(sim).items():
+        monkeypatch.setenv(name, value)
+    return SimulatorCase(request.param, sim, how)
 
 
 def case_app(tmp: Path, case: ProviderCase, **extra: Any) -> App:

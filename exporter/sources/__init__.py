@@ -40,8 +40,9 @@ class Endpoint:
     `width` is the bucket width in seconds. `horizon` is the revision horizon: a bucket that
     started more than `horizon` seconds before now is final and is never fetched again.
     `min_interval` (seconds, 0 = every poll): the least time between two successful fetches
-    of this endpoint, for reports that change slowly or cost money per request (billing
-    exports, cost APIs); the account's other endpoints keep the account's poll interval.
+    of this endpoint, for reports that cost money per request or change slowly (a billing
+    API polled every 6 h while its account's usage is polled every 5 min). The poller skips
+    the endpoint until it is due; a failed fetch is retried at the next poll.
     """
 
     name: str

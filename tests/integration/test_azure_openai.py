@@ -339,10 +339,11 @@ def test_the_demo_config_polls_the_simulators_azure(
         "LLM_EXPORTER_STATE_DIR": str(tmp_path),
     }
     settings = load(ROOT / "config.demo.yml", env)
-    # Vertex AI needs no key variable (its demo credential is a file), so it is polled too;
-    # it has its own demo test: here it is switched off.
-    for vertex in settings.providers.by_provider()["vertex_ai"]:
-        vertex.enabled = False
+    # Vertex AI and Bedrock need no key variable (their demo credentials are files), so they
+    # are polled too; they have their own demo tests: here they are switched off.
+    for keyless in ("vertex_ai", "bedrock"):
+        for acc in settings.providers.by_provider()[keyless]:
+            acc.enabled = False
     polled = [(p, a.account) for p, a in settings.providers.accounts()]
     assert polled == [("azure_openai", "demo")]  # the other demo keys are not set here
     app = App(settings, clock=lambda: float(sim.now()), retry=FAST_RETRY)

@@ -530,8 +530,8 @@ def test_compose_fresh_clone_runs_the_demo(tmp_path: Path) -> None:
     check = _exporter_check(tmp_path, services["exporter"])
     assert check.returncode == 0, check.stderr
     assert (
-        "configuration ok: anthropic/demo, azure_openai/demo, groq/demo, openai/demo, "
-        "vertex_ai/demo" in check.stdout
+        "configuration ok: anthropic/demo, azure_openai/demo, bedrock/demo, groq/demo, "
+        "openai/demo, vertex_ai/demo" in check.stdout
     )
 
 
@@ -719,6 +719,7 @@ def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
         "DEMO_OPENAI_ADMIN_KEY": sim.settings.openai_key,
         "DEMO_ANTHROPIC_ADMIN_KEY": sim.settings.anthropic_key,
         "DEMO_GROQ_API_KEY": sim.settings.groq_key,
+        "AWS_CONFIG_FILE": str(ROOT / "deploy/compose/aws-demo-config"),
         "LLM_EXPORTER_STATE_DIR": str(state),
         "HISTORY_DIR": str(state / "backfill"),
         "LLM_EXPORTER_CMD": f"{sys.executable} -m exporter",

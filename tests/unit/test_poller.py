@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 from exporter.health import Health
+from exporter.ledger import Ledger
 from exporter.poller import Account, Poller
 from exporter.rows import Bucket, Row
 from exporter.sources import DAY, Endpoint
@@ -75,62 +77,60 @@ def test_first_window_starts_at_history_start_aligned() -> None:
     assert src.calls == [(8 * DAY, 10 * DAY + 5)]
 
 
-class SparseSource(FakeSource):
-    """One endpoint every poll, one (a billed query) at most every 6 hours."""
+class SlowReport(FakeSource):
+    """A source with a billed report: fetched at most once per `min_interval`."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
 
     def endpoints(self) -> Sequence[Endpoint]:
-        return [Endpoint("usage", DAY, 2 * DAY), Endpoint("billing", DAY, 5 * DAY, 6 * 3600)]
+        return [Endpoint("usage", DAY, 2 * DAY, min_interval=6 * 3600)]
 
     def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
-        self.calls.append((endpoint.name == "billing", start))
-        if endpoint.name == "billing" and self.fail_billing:
-            raise SourceError("server_error", "billing: HTTP 500")
-        return []
-
-    fail_billing = False
+        if self.fail:
+            self.calls.append((start, end))
+            raise SourceError("rate_limited", "usage: throttled")
+        return super().fetch(endpoint, start, end)
 
 
-class NullLedger(BrokenLedger):
-    def replace(self, *args: object, **kwargs: object) -> tuple[int, list[object]]:
-        return 0, []
-
-    def refetched(self, *args: object) -> None:
-        pass
-
-
-def test_an_endpoint_with_a_min_interval_is_fetched_only_that_often() -> None:
+def test_min_interval_skips_an_endpoint_until_due_and_survives_a_restart(tmp_path: Path) -> None:
     clock = [10 * DAY + 5.0]
-    src = SparseSource()
-    poller = Poller(
-        NullLedger(),  # type: ignore[arg-type]
-        Health(),
-        [Account(src, ApiClient("http://unused.test/", {}), 300)],
-        history_start=8 * DAY,
-        rebuild=lambda: None,
-        clock=lambda: clock[0],
-    )
+    ledger = Ledger(tmp_path / "state.db")
 
-    def billing_fetches() -> int:
-        return sum(1 for billed, _ in src.calls if billed)
+    def poller(src: FakeSource, health: Health) -> Poller:
+        acc = Account(src, ApiClient("http://unused.test/", {}), interval=300)
+        return Poller(ledger, health, [acc], 9 * DAY, lambda: None, lambda: clock[0])
 
-    poller.poll_once()
-    assert billing_fetches() == 1
-    for _ in range(10):  # 50 minutes of 5-minute polls: usage every time, billing not again
-        clock[0] += 300
-        poller.poll_once()
-    assert billing_fetches() == 1 and len(src.calls) == 12
-    # Resting on schedule is not staleness: its last success moves on, its watermark does not.
-    state = poller.health.snapshot().endpoints[("fake", "a", "billing")]
+    src, health = SlowReport(), Health()
+    p = poller(src, health)
+    p.poll_once()
+    assert len(src.calls) == 1
+    clock[0] += 3600  # an hour later: not due; reported fresh, cursor kept
+    p.poll_once()
+    assert len(src.calls) == 1
+    state = health.snapshot().endpoints[("fake", "a", "usage")]
     assert state.up == 1 and state.last_success == clock[0]
-    assert state.watermark == 8 * DAY  # from the one real fetch (the history start)
+    # A restart does not fetch it early: the last fetch is kept in the state file.
+    src2 = SlowReport()
+    poller(src2, Health()).poll_once()
+    assert src2.calls == []
+    clock[0] += 5 * 3600  # six hours after the fetch: due
+    p.poll_once()
+    assert len(src.calls) == 2
+    # A failed fetch does not count: it is retried at the next poll.
     clock[0] += 6 * 3600
-    src.fail_billing = True  # due again; a failure does not count as a fetch...
-    poller.poll_once()
-    assert billing_fetches() == 2
-    src.fail_billing = False
-    clock[0] += 300  # ...so the next poll tries again
-    poller.poll_once()
-    assert billing_fetches() == 3
-    clock[0] += 300
-    poller.poll_once()
-    assert billing_fetches() == 3
+    failing = SlowReport(fail=True)
+    fp = poller(failing, Health())
+    fp.poll_once()
+    fp.poll_once()
+    assert len(failing.calls) == 2
+
+
+def test_without_min_interval_every_poll_fetches(tmp_path: Path) -> None:
+    src = FakeSource()
+    acc = Account(src, ApiClient("http://unused.test/", {}), interval=300)
+    p = Poller(Ledger(tmp_path / "s.db"), Health(), [acc], 9 * DAY, lambda: None, lambda: 10 * DAY)
+    p.poll_once()
+    p.poll_once()
+    assert len(src.calls) == 2
