@@ -72,9 +72,9 @@ class Simulated:
 
 
 def _bedrock_account(s: SimulatorServer) -> dict[str, Any]:
-    # Cost Explorer every poll (cost_poll_interval 0): these tests move time by minutes.
+    # Cost Explorer every poll (costs_interval 0): these tests move time by minutes.
     options = {"regions": ["us-east-1", "eu-west-1"], "endpoint_url": s.aws_endpoint_url}
-    return {"account": "prod", "options": {**options, "cost_poll_interval": 0}}
+    return {"account": "prod", "options": {**options, "costs_interval": 0}}
 
 
 SIMULATED: dict[str, Simulated] = {

@@ -9,7 +9,7 @@ Azure has no OpenAI-style usage API (provider-apis.md section 4). Two endpoints:
   account's ``ResourceId``, grouped by ``Meter`` and ``MeterSubCategory``): what Azure will
   invoice. Billing lags by hours to a day and recent days are revised, so the last
   ``costs_horizon`` (5 days) are fetched again; the query is throttled per scope, so it is
-  sent at most every ``cost_interval`` (6 h): ``Endpoint.min_interval``.
+  sent at most every ``costs_interval`` (6 h): ``Endpoint.min_interval``.
 
 Metric names (defaults; each is an option because Azure renames metrics), all REST names from
 Microsoft Learn "Supported metrics - Microsoft.CognitiveServices/accounts"
@@ -165,7 +165,7 @@ class AzureOpenAIOptions(Strict):
     audio_in_text_metrics: StrictBool = True
     usage_horizon: Duration | None = None
     costs: StrictBool = True  # poll Cost Management
-    cost_interval: Duration = DEFAULT_COST_INTERVAL
+    costs_interval: Duration = DEFAULT_COST_INTERVAL
     costs_horizon: Duration | None = None
     cost_type: Literal["ActualCost", "AmortizedCost"] = "ActualCost"
     usd_column: str | None = "CostUSD"  # null: only `Cost`, in the billing currency
@@ -197,7 +197,7 @@ class AzureOpenAIOptions(Strict):
             raise ValueError(f"{value!r}: the Entra ID authority must be an https:// URL")
         return value
 
-    @field_validator("cost_interval")
+    @field_validator("costs_interval")
     @classmethod
     def _interval(cls, value: float) -> float:
         if value < 60:
@@ -306,7 +306,7 @@ class AzureOpenAISource:
         if self.metrics:
             out.append(Endpoint(USAGE, self.bucket_width, self.usage_horizon))
         if self.opts.costs:
-            out.append(Endpoint(COSTS, DAY, self.costs_horizon, self.opts.cost_interval))
+            out.append(Endpoint(COSTS, DAY, self.costs_horizon, self.opts.costs_interval))
         return out
 
     # --- credentials ---------------------------------------------------------------------

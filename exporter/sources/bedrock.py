@@ -53,7 +53,7 @@ The usage type names region, model and token kind (``USE1-Claude3.5Sonnet-input-
 ``...-cache-read-input-token-count``); it becomes ``line_item`` (prefixed with the service
 name for an edition), so ``llm_cost_reported_usd_total`` tells models apart where AWS does.
 Every Cost Explorer request is billed ($0.01 each, pages included), so this endpoint has
-its own ``min_interval``: ``options.cost_poll_interval``, default 6 h, kept across restarts.
+its own ``min_interval``: ``options.costs_interval``, default 6 h, kept across restarts.
 Billing lags a day and is revised (credits, late usage, month-end finalisation): a day is
 re-read until ``costs_horizon`` (default 5 days) has passed, and a lower re-read replaces
 the earlier value (``llm_cost_reported_revised_usd`` shows what was revised away).
@@ -220,7 +220,7 @@ class BedrockOptions(Strict):
     metrics: dict[str, str | None] = Field(default_factory=dict)  # key -> name; null disables
     usage_horizon: Duration | None = None
     costs: StrictBool = True  # poll Cost Explorer (needs ce:GetCostAndUsage)
-    cost_poll_interval: Duration = DEFAULT_COST_POLL_INTERVAL
+    costs_interval: Duration = DEFAULT_COST_POLL_INTERVAL
     costs_horizon: Duration | None = None
     cost_region: str = "us-east-1"  # Cost Explorer's one endpoint (cn-northwest-1 in China)
     cost_metric: Literal[
@@ -267,7 +267,7 @@ class BedrockOptions(Strict):
             raise ValueError(f"{unknown[0]}: unknown metric key (known: {', '.join(METRICS)})")
         return value
 
-    @field_validator("cost_poll_interval")
+    @field_validator("costs_interval")
     @classmethod
     def _interval(cls, value: float) -> float:
         if value < 0:
@@ -334,7 +334,7 @@ class BedrockSource:
     def endpoints(self) -> list[Endpoint]:
         out = [Endpoint(USAGE, self.width, self.usage_horizon)]
         if self.options.costs:
-            interval = int(self.options.cost_poll_interval)
+            interval = int(self.options.costs_interval)
             out.append(Endpoint(COSTS, DAY, self.costs_horizon, min_interval=interval))
         return out
 

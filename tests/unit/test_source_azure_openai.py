@@ -319,7 +319,7 @@ def test_price_lookup_uses_genai_prices_azure_provider_and_azure_spellings() -> 
         ({"metrics": {"tokens": "X"}}, "options.metrics.tokens: unknown metric key"),
         ({"authority": "http://login.example"}, "must be an https:// URL"),
         ({"tenant_id": "t"}, "tenant_id and client_id go together"),
-        ({"cost_interval": "10s"}, "options.cost_interval"),
+        ({"costs_interval": "10s"}, "options.costs_interval"),
         ({"bogus": 1}, "options.bogus: unknown option"),
     ],
 )

@@ -177,7 +177,7 @@ def test_the_cost_endpoint_is_daily_and_polled_every_6h_by_default() -> None:
     assert (costs.width, costs.horizon, costs.min_interval) == (DAY, 5 * DAY, 6 * HOUR)
     src, _ = source(costs=False)
     assert [e.name for e in src.endpoints()] == [USAGE]
-    src, _ = source(cost_poll_interval="1d")
+    src, _ = source(costs_interval="1d")
     assert src.endpoints()[1].min_interval == DAY
 
 
@@ -197,7 +197,7 @@ def config(tmp_path: Path, options: str) -> Path:
         ("{regions: [us-east]}", "options.regions: Value error, 'us-east' is not an AWS region"),
         ("{regions: [us-east-1], role_arn: admin}", "options.role_arn: Value error, is not an IAM"),
         ("{regions: [us-east-1], metrics: {tokens: X}}", "tokens: unknown metric key"),
-        ("{regions: [us-east-1], cost_poll_interval: soon}", "options.cost_poll_interval"),
+        ("{regions: [us-east-1], costs_interval: soon}", "options.costs_interval"),
         ("{regions: [us-east-1], external_id: x}", "external_id: needs role_arn"),
     ],
 )
