@@ -45,6 +45,7 @@ from exporter.rows import (
     CHARACTERS,
     COST,
     IMAGES,
+    PROXY,
     REQUESTS,
     SESSIONS,
     STORAGE_BYTES,
@@ -236,6 +237,9 @@ def fold_row(ctx: FoldContext, sr: StoredRow, revised: bool, out: Delta, sign: i
         _claude_code(r, m)  # its own metrics: never added to llm_tokens_total
         return
     local_day = calendar_day(sr, ctx.tz).toordinal()
+    if row.operation == PROXY:
+        _proxy(r, m, revised, local_day)  # its own metrics: never added to the org's
+        return
     if COST in m:
         _cost(r, m, revised, local_day)
         return
@@ -374,6 +378,35 @@ def _claude_code(r: _Row, m: Mapping[str, Number]) -> None:
             r.counter("llm_claude_code_tokens_total", int(v), token_type=name[len(TOKENS) :])
         elif name == CC_ESTIMATED_COST:
             r.counter("llm_claude_code_estimated_cost_usd_total", Decimal(v))
+
+
+def _proxy(r: _Row, m: Mapping[str, Number], revised: bool, local_day: int) -> None:
+    """A gateway log row: llm_proxy_* only, labelled with the upstream provider it names.
+
+    Its user is always ranked for folding (as an opt-in label is once enabled): the log's
+    users are unbounded. Revised-away amounts stay in the counters (they never go down)."""
+    sr, ctx = r.sr, r.ctx
+    upstream = r.labels["provider"] = sr.row.dim("upstream")
+    user = r.labels.get("user", "")
+    if user and not revised and "user" not in ctx.opt_labels:
+        add(r.out, "f", ("user", user, sr.start - sr.start % 86400), _size(m), r.sign)
+    tokens: dict[str, int] = {}
+    for name, v in m.items():
+        if name.startswith(TOKENS):
+            tt = name[len(TOKENS) :]
+            tokens[tt] = int(v)
+            r.counter("llm_proxy_tokens_total", int(v), token_type=tt)
+            if not revised:
+                r.by_day("llm_proxy_daily_tokens", local_day, int(v), kind="y:", token_type=tt)
+        elif name == REQUESTS:
+            r.counter("llm_proxy_requests_total", int(v))
+        elif name == COST:
+            r.counter("llm_proxy_cost_usd_total", Decimal(v))
+    if ctx.estimator is not None and tokens:
+        day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
+        e = ctx.estimator.estimate_dims(upstream, r.labels, tokens, day)
+        for tt, (usd, source) in e.costs.items():
+            r.counter("llm_proxy_cost_estimated_usd_total", usd, token_type=tt, price_source=source)
 
 
 FoldFn = Callable[[StoredRow, bool, Delta, int], None]

@@ -265,7 +265,7 @@ def fold_sets(agg: Aggregates, opt: tuple[str, ...], max_values: int) -> dict[st
             first[str(lab)][str(value)] = (int(day), size)  # type: ignore[call-overload]
     for lab in FOLDED:
         values = first.get(lab, {})
-        if lab in opt and len(values) > max_values:
+        if len(values) > max_values:  # ranked only when enabled, or on proxy rows
             ranked = sorted(values, key=lambda v: (values[v][0], -values[v][1], v))
             keep[lab] = set(ranked[:max_values])
     return keep
