@@ -35,7 +35,7 @@ from exporter.schema import AccountSettings
 from exporter.server import parse_listen
 from exporter.serving import ServingProcess
 from exporter.settings import Settings
-from exporter.sources import StateStore, Stateful, adapters, pricing_traits
+from exporter.sources import Stateful, StateStore, adapters, pricing_traits
 from exporter.sources._http import ApiClient, RetryPolicy
 
 log = logging.getLogger(__name__)

@@ -89,7 +89,7 @@ import secrets
 import sqlite3
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
@@ -299,9 +299,7 @@ class ProxyLogSource:
             if found is not None:
                 return str(found[0])
             made = secrets.token_hex(16)
-            db.execute(
-                "INSERT INTO proxy_log_meta VALUES (?, 'salt', ?)", (self.account, made)
-            )
+            db.execute("INSERT INTO proxy_log_meta VALUES (?, 'salt', ?)", (self.account, made))
             log.info(
                 "proxy_log/%s: user labels are hashed with a random salt kept in the state "
                 "file; set %s to share them across replicas",
@@ -497,7 +495,8 @@ class _Reader:
             if e.fp_len <= len(head) and _fingerprint(head, e.fp_len) == e.fp
         ]
         same = [e for e in matching if (e.dev, e.ino) == (st.st_dev, st.st_ino)]
-        found = (same or sorted(matching, key=lambda e: -e.fp_len) or [None])[0]
+        ranked = same or sorted(matching, key=lambda e: -e.fp_len)
+        found: FileEntry | None = ranked[0] if ranked else None
         if found is not None and not gz and st.st_size < found.offset:
             # Truncated below what was read, and rewritten with the same first bytes.
             log.info("proxy_log/%s: %s was truncated: reading it again", self.src.account, name)
@@ -611,17 +610,14 @@ class _Reader:
                     db.execute(
                         "INSERT OR REPLACE INTO proxy_log_files VALUES"
                         " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (acc, e.id, e.fp, e.fp_len, e.dev, e.ino, e.size, e.mtime_ns,
-                         e.offset, e.line, e.name, e.seen),  # fmt: skip
+                        (acc, *_entry_values(e)),
                     )
             if final is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO proxy_log_meta VALUES (?, 'final_before', ?)",
                     (acc, str(final)),
                 )
-                db.execute(
-                    "DELETE FROM proxy_log_ids WHERE account=? AND hour < ?", (acc, final)
-                )
+                db.execute("DELETE FROM proxy_log_ids WHERE account=? AND hour < ?", (acc, final))
                 db.execute(
                     "DELETE FROM proxy_log_files WHERE account=? AND seen < ?",
                     (acc, self.now - FORGET_AFTER),
@@ -649,6 +645,11 @@ class _Reader:
     def finish(self, final: int) -> None:
         self.commit(final)
         self.final = final
+
+
+def _entry_values(e: FileEntry) -> tuple[object, ...]:
+    return (e.id, e.fp, e.fp_len, e.dev, e.ino, e.size, e.mtime_ns, e.offset, e.line, e.name,
+            e.seen)  # fmt: skip
 
 
 def _head(name: str, gz: bool) -> bytes:

@@ -3,6 +3,7 @@ partial lines, bad input, restarts and kill -9, with exact totals from generated
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 import logging
@@ -14,12 +15,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from exporter import rows
-from exporter.ledger import Ledger
-from exporter.rows import Bucket
+from exporter.health import Health
+from exporter.ledger import Ledger, StoredRow
+from exporter.model import ModelInput, build
+from exporter.rows import Bucket, Row
 from exporter.schema import AccountSettings
 from exporter.sources import DAY, HOUR, adapters
 from exporter.sources._http import ApiClient, SourceError
@@ -70,8 +74,6 @@ def record(i: int, ts: int, **over: Any) -> dict[str, Any]:
 
 
 def _iso(ts: int) -> str:
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -106,7 +108,10 @@ class Gateway:
         """logrotate's default: .1 -> .2.gz, live -> .1 (rename), a new live file."""
         one = self.dir / "cost-tracking.jsonl.1"
         if one.exists():
-            with one.open("rb") as src, gzip.open(self.dir / "cost-tracking.jsonl.2.gz", "wb") as dst:
+            with (
+                one.open("rb") as src,
+                gzip.open(self.dir / "cost-tracking.jsonl.2.gz", "wb") as dst,
+            ):
                 shutil.copyfileobj(src, dst)
             one.unlink()
         self.live.rename(one)
@@ -127,7 +132,9 @@ class Harness:
 
     def new(self, store: Any = None) -> ProxyLogSource:
         acc = AccountSettings(account="gateway", options=self.options)
-        src = ProxyLogSource(acc, ApiClient("http://x.invalid/", {}), group_by=[], bucket_width=HOUR)
+        src = ProxyLogSource(
+            acc, ApiClient("http://x.invalid/", {}), group_by=[], bucket_width=HOUR
+        )
         src.attach_state(self.ledger)
         if store is not None:
             src._store = store  # the process that will die
@@ -406,3 +413,54 @@ def test_the_adapter_needs_no_key_and_no_http() -> None:
     a = adapters()["proxy_log"]
     assert a.key_env is None and a.base_url is None
     assert os.path.basename(a.build.__module__.replace(".", "/")) == "proxy_log"
+
+
+def _stored(day: int, user: str, n: int, cost: str, model: str = "gpt-4o") -> StoredRow:
+    start = S + day * DAY
+    dims = {"upstream": "openai", "model": model, "user": user, "endpoint": "/v1/chat"}
+    measures: dict[str, int | Decimal] = {
+        rows.REQUESTS: n,
+        "tokens.input": 10 * n,
+        "tokens.output": 2 * n,
+        rows.COST: Decimal(cost),
+    }
+    return StoredRow(
+        "proxy_log", "gateway", "requests", start, start + DAY, Row.make(rows.PROXY, dims, measures)
+    )
+
+
+def _fams(rs: list[StoredRow], max_values: int = 50) -> dict[str, dict[tuple[str, ...], object]]:
+    fams = build(
+        ModelInput(
+            rows=rs,
+            revisions=[],
+            health=Health(),
+            now=dt.datetime.fromtimestamp(S + 3 * DAY, dt.UTC),
+            tz=ZoneInfo("UTC"),
+            history_start=S,
+            opt_labels=("project",),
+            max_values=max_values,
+            estimator=None,
+        )
+    )
+    return {f.spec.name: dict(f.samples) for f in fams}
+
+
+def test_proxy_rows_feed_their_own_families_labelled_with_the_upstream() -> None:
+    fams = _fams([_stored(0, "u_1", 3, "0.0015"), _stored(1, "u_1", 2, "0.0020")])
+    assert "llm_tokens_total" not in fams and "llm_cost_reported_usd_total" not in fams
+    key = ("openai", "gateway", "gpt-4o", "u_1", "/v1/chat", "")
+    assert fams["llm_proxy_requests_total"] == {key: 5}
+    assert fams["llm_proxy_cost_usd_total"] == {key: Decimal("0.0035")}
+    assert fams["llm_proxy_tokens_total"][(*key, "input")] == 50
+    daily = fams["llm_proxy_daily_tokens"]
+    assert daily[("openai", "gateway", "gpt-4o", "output", "2026-11-01")] == 6
+    assert daily[("openai", "gateway", "gpt-4o", "output", "2026-11-02")] == 4
+
+
+def test_proxy_users_fold_into_other_past_max_values() -> None:
+    rs = [_stored(0, f"u_{i}", 1, "0.001") for i in range(5)]
+    req = _fams(rs, max_values=3)["llm_proxy_requests_total"]
+    users = sorted(k[3] for k in req)
+    assert users == ["other", "u_0", "u_1", "u_2"]
+    assert sum(int(v) for v in req.values()) == 5  # type: ignore[call-overload]
