@@ -135,6 +135,7 @@ _TABLES = (
     """CREATE TABLE IF NOT EXISTS proxy_log_ids (
         account TEXT NOT NULL, request_id TEXT NOT NULL, hour INTEGER NOT NULL,
         PRIMARY KEY (account, request_id))""",
+    "CREATE INDEX IF NOT EXISTS proxy_log_ids_by_hour ON proxy_log_ids (account, hour)",
     """CREATE TABLE IF NOT EXISTS proxy_log_meta (
         account TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
         PRIMARY KEY (account, key))""",
