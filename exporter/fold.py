@@ -60,6 +60,19 @@ OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window
 # Labels whose long tail is folded into "other" past the configured top-N.
 FOLDED = ("project", "user", "api_key")
 CLAUDE_CODE = "claude_code"
+# Gateway log users (proxy rows' `gateway_user`, exposed as `user`) are ranked for folding
+# among themselves, never with the providers' opt-in `user` values: the families below fold
+# their `user` label by that ranking.
+PROXY_USER = "gateway_user"
+FOLD_AS = {
+    family: {"user": PROXY_USER}
+    for family in (
+        "llm_proxy_requests_total",
+        "llm_proxy_tokens_total",
+        "llm_proxy_cost_usd_total",
+        "llm_proxy_cost_estimated_usd_total",
+    )
+}
 
 # Exact sums: wider than any amount a provider sends, so the order of additions never rounds.
 SUM_CONTEXT = Context(prec=60)
@@ -383,13 +396,14 @@ def _claude_code(r: _Row, m: Mapping[str, Number]) -> None:
 def _proxy(r: _Row, m: Mapping[str, Number], revised: bool, local_day: int) -> None:
     """A gateway log row: llm_proxy_* only, labelled with the upstream provider it names.
 
-    Its user is always ranked for folding (as an opt-in label is once enabled): the log's
-    users are unbounded. Revised-away amounts stay in the counters (they never go down)."""
+    Its users are always ranked for folding (the log's users are unbounded), apart from the
+    providers' opt-in users (see FOLD_AS). Revised-away amounts stay in the counters (they
+    never go down)."""
     sr, ctx = r.sr, r.ctx
     upstream = r.labels["provider"] = sr.row.dim("upstream")
-    user = r.labels.get("user", "")
-    if user and not revised and "user" not in ctx.opt_labels:
-        add(r.out, "f", ("user", user, sr.start - sr.start % 86400), _size(m), r.sign)
+    user = r.labels["user"] = sr.row.dim(PROXY_USER)
+    if user and not revised:
+        add(r.out, "f", (PROXY_USER, user, sr.start - sr.start % 86400), _size(m), r.sign)
     tokens: dict[str, int] = {}
     for name, v in m.items():
         if name.startswith(TOKENS):

@@ -452,7 +452,7 @@ class ProxyLogSource:
                     {
                         "upstream": upstream,
                         "model": model,
-                        "user": user,
+                        "gateway_user": user,
                         "endpoint": endpoint,
                         "finish_reason": finish,
                     },

@@ -338,13 +338,13 @@ def test_users_are_hashed_mapped_and_never_stored_raw(
     monkeypatch.setenv("LLM_PROXY_USER_SALT", "test-salt")
     gw.write(6, S)
     h = Harness(tmp_path, gw, users={USERS[0]: "alice"})
-    users = {r.dim("user") for b in h.poll(S + HOUR * 2) for r in b.rows}
+    users = {r.dim("gateway_user") for b in h.poll(S + HOUR * 2) for r in b.rows}
     other = sorted(u for u in users if u != "alice")
     assert "alice" in users and len(other) == 2
     assert all(u.startswith("u_") and len(u) == 18 for u in other)
     (tmp_path / "b").mkdir()
     h2 = Harness(tmp_path / "b", gw, users={other[0]: "bob"})  # mapped by its label
-    assert "bob" in {r.dim("user") for b in h2.poll(S + HOUR * 2) for r in b.rows}
+    assert "bob" in {r.dim("gateway_user") for b in h2.poll(S + HOUR * 2) for r in b.rows}
     h.ledger.close()
     h2.ledger.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
@@ -357,9 +357,9 @@ def test_the_same_salt_gives_the_same_labels_and_without_one_a_kept_random_salt(
     monkeypatch.delenv("LLM_PROXY_USER_SALT", raising=False)
     gw.write(3, S)
     h = Harness(tmp_path, gw)
-    first = {r.dim("user") for b in h.poll(S + HOUR) for r in b.rows}
+    first = {r.dim("gateway_user") for b in h.poll(S + HOUR) for r in b.rows}
     h.src = h.new()
-    assert {r.dim("user") for b in h.poll(S + HOUR) for r in b.rows} == first
+    assert {r.dim("gateway_user") for b in h.poll(S + HOUR) for r in b.rows} == first
     h.ledger.close()
 
 
@@ -381,7 +381,13 @@ def test_buckets_are_hourly_or_daily_and_rows_keep_their_labels(
     assert [(b.start, b.end) for b in buckets] == [(S, S + DAY), (S + DAY, S + 2 * DAY)]
     r = buckets[0].rows[0]
     assert r.operation == rows.PROXY
-    assert {k for k, _ in r.dims} == {"upstream", "model", "user", "endpoint", "finish_reason"}
+    assert {k for k, _ in r.dims} == {
+        "upstream",
+        "model",
+        "gateway_user",
+        "endpoint",
+        "finish_reason",
+    }
     assert len(h.poll(S + 2 * DAY)) == 48
     h.ledger.close()
 
@@ -417,7 +423,7 @@ def test_the_adapter_needs_no_key_and_no_http() -> None:
 
 def _stored(day: int, user: str, n: int, cost: str, model: str = "gpt-4o") -> StoredRow:
     start = S + day * DAY
-    dims = {"upstream": "openai", "model": model, "user": user, "endpoint": "/v1/chat"}
+    dims = {"upstream": "openai", "model": model, "gateway_user": user, "endpoint": "/v1/chat"}
     measures: dict[str, int | Decimal] = {
         rows.REQUESTS: n,
         "tokens.input": 10 * n,
@@ -429,7 +435,9 @@ def _stored(day: int, user: str, n: int, cost: str, model: str = "gpt-4o") -> St
     )
 
 
-def _fams(rs: list[StoredRow], max_values: int = 50) -> dict[str, dict[tuple[str, ...], object]]:
+def _fams(
+    rs: list[StoredRow], max_values: int = 50, opt: tuple[str, ...] = ("project",)
+) -> dict[str, dict[tuple[str, ...], object]]:
     fams = build(
         ModelInput(
             rows=rs,
@@ -438,7 +446,7 @@ def _fams(rs: list[StoredRow], max_values: int = 50) -> dict[str, dict[tuple[str
             now=dt.datetime.fromtimestamp(S + 3 * DAY, dt.UTC),
             tz=ZoneInfo("UTC"),
             history_start=S,
-            opt_labels=("project",),
+            opt_labels=opt,
             max_values=max_values,
             estimator=None,
         )
@@ -464,3 +472,30 @@ def test_proxy_users_fold_into_other_past_max_values() -> None:
     users = sorted(k[3] for k in req)
     assert users == ["other", "u_0", "u_1", "u_2"]
     assert sum(int(v) for v in req.values()) == 5  # type: ignore[call-overload]
+
+
+def test_gateway_users_are_ranked_apart_from_the_providers_users() -> None:
+    """Five gateway users past max_values 3 fold; the providers' opt-in users, ranked on
+    their own, do not (and neither do Claude Code actors)."""
+    start = S
+    org = [
+        StoredRow(
+            "anthropic",
+            "main",
+            "claude_code",
+            start,
+            start + DAY,
+            Row.make("claude_code", {"user": f"dev{i}", "model": "m"}, {"sessions": 1}),
+        )
+        for i in range(2)
+    ]
+    rs = [_stored(0, f"u_{i}", 1, "0.001") for i in range(5)] + org
+    for opt in (("project",), ("project", "user")):
+        fams = _fams(rs, max_values=3, opt=opt)
+        assert sorted(k[3] for k in fams["llm_proxy_requests_total"]) == [
+            "other",
+            "u_0",
+            "u_1",
+            "u_2",
+        ]
+        assert sorted(k[2] for k in fams["llm_claude_code_sessions_total"]) == ["dev0", "dev1"]
