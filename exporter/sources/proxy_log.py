@@ -90,7 +90,7 @@ import sqlite3
 import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
@@ -194,7 +194,6 @@ class FileEntry:
     line: int
     name: str
     seen: int
-    dirty: bool = field(default=False, compare=False)
 
 
 def _fingerprint(head: bytes, n: int) -> str:
@@ -278,6 +277,8 @@ class ProxyLogSource:
         self._store: StateStore | None = None
         self._salt = b""
         self._names: dict[str, str] = {}  # user digest -> configured name
+        self._digests: dict[str, str] = {}  # user_id -> digest (a poll's users recur)
+        self._dims: dict[tuple[str, ...], str] = {}  # dims -> their JSON text
 
     # --- the Source interface ----------------------------------------------------------
     def endpoints(self) -> Sequence[Endpoint]:
@@ -333,8 +334,13 @@ class ProxyLogSource:
     def _digest(self, user_id: str) -> str:
         if not user_id:
             return ""
-        mac = hmac.new(self._salt, user_id.encode("utf-8", "replace"), hashlib.sha256)
-        return "u_" + mac.hexdigest()[:16]
+        found = self._digests.get(user_id)
+        if found is None:
+            mac = hmac.new(self._salt, user_id.encode("utf-8", "replace"), hashlib.sha256)
+            if len(self._digests) > 100_000:
+                self._digests.clear()
+            found = self._digests[user_id] = "u_" + mac.hexdigest()[:16]
+        return found
 
     # --- reading -----------------------------------------------------------------------
     def _matches(self) -> list[tuple[str, os.stat_result]]:
@@ -389,16 +395,18 @@ class ProxyLogSource:
         if cost is None:
             return "total_cost is not a non-negative number"
         user = obj.get("user_id")
-        dims = json.dumps(
-            [
-                upstream,
-                model,
-                self._digest(user if isinstance(user, str) else ""),
-                _text(obj.get("endpoint")) or "",
-                _text(obj.get("finish_reason")) or "",
-            ],
-            separators=(",", ":"),
+        key = (
+            upstream,
+            model,
+            self._digest(user if isinstance(user, str) else ""),
+            _text(obj.get("endpoint")) or "",
+            _text(obj.get("finish_reason")) or "",
         )
+        dims = self._dims.get(key)
+        if dims is None:
+            if len(self._dims) > 100_000:
+                self._dims.clear()
+            dims = self._dims[key] = json.dumps(key, separators=(",", ":"))
         return Record(ts - ts % HOUR, request_id, dims, tokens[0], tokens[1], cost, where)
 
     # --- state ---------------------------------------------------------------------------
@@ -485,6 +493,7 @@ class _Reader:
     ) -> None:
         self.src, self.store, self.entries, self.final, self.now = src, store, entries, final, now
         self.pending: list[Record] = []
+        self.touched: dict[int, FileEntry] = {}
         self.errors = 0
         self.next_id = max((e.id for e in entries), default=0) + 1
 
@@ -515,7 +524,8 @@ class _Reader:
             found.fp = _fingerprint(head, found.fp_len)
         if not gz:  # a compressed copy is not where the live file is
             found.dev, found.ino = st.st_dev, st.st_ino
-        found.name, found.seen, found.dirty = name, self.now, True
+        found.name, found.seen = name, self.now
+        self.touched[found.id] = found
         return found
 
     def read_file(self, target: tuple[str, os.stat_result]) -> None:
@@ -606,13 +616,12 @@ class _Reader:
                     "INSERT OR REPLACE INTO proxy_log_buckets VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (acc, hour, dims, n, tin, tout, str(cost)),
                 )
-            for e in self.entries:
-                if e.dirty:
-                    db.execute(
-                        "INSERT OR REPLACE INTO proxy_log_files VALUES"
-                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (acc, *_entry_values(e)),
-                    )
+            for e in self.touched.values():  # every entry this poll met, at its offset now
+                db.execute(
+                    "INSERT OR REPLACE INTO proxy_log_files VALUES"
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (acc, *_entry_values(e)),
+                )
             if final is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO proxy_log_meta VALUES (?, 'final_before', ?)",
@@ -625,8 +634,6 @@ class _Reader:
                 )
 
         self.store.write(run)
-        for e in self.entries:
-            e.dirty = False
         self.pending, self.errors = [], 0
         self.src.payload_errors[REQUESTS] += errors + sum(len(v) for v in late.values())
         self.src.late += sum(len(v) for v in late.values())

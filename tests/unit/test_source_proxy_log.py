@@ -499,3 +499,34 @@ def test_gateway_users_are_ranked_apart_from_the_providers_users() -> None:
             "u_2",
         ]
         assert sorted(k[2] for k in fams["llm_claude_code_sessions_total"]) == ["dev0", "dev1"]
+
+
+class DiesAtCommit(DiesBeforeCommit):
+    """Killed before the COMMIT of its n-th write (earlier ones committed)."""
+
+    def __init__(self, ledger: Ledger, n: int) -> None:
+        super().__init__(ledger)
+        self.left = n
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self.left -= 1
+        return super().write(fn) if self.left == 0 else self.ledger.write(fn)
+
+
+@pytest.mark.parametrize("dies_at", [1, 2, 4, 7])
+def test_a_large_read_commits_in_chunks_and_survives_a_kill_between_them(
+    h: Harness, gw: Gateway, monkeypatch: pytest.MonkeyPatch, dies_at: int
+) -> None:
+    monkeypatch.setattr("exporter.sources.proxy_log.CHUNK", 7)
+    gw.write(30, S, step=60)
+    gw.rotate()
+    gw.write(25, S + HOUR, step=60)
+    dying = h.new(DiesAtCommit(h.ledger, dies_at))
+    with pytest.raises(Killed):
+        h.poll(S + 3 * HOUR, dying)
+    h.src = h.new()
+    assert h.totals(S + 3 * HOUR) == gw.truth
+    gw.write(10, S + 2 * HOUR, step=60)
+    assert h.totals(S + 3 * HOUR) == gw.truth
+    assert h.totals(S + 3 * HOUR) == gw.truth
+    assert h.src.duplicates == 0  # each line read once: the offsets moved with each chunk
