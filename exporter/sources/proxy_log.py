@@ -535,6 +535,10 @@ class _Reader:
             head = _head(name, gz)
         except FileNotFoundError:
             return
+        except PermissionError:
+            raise SourceError(
+                IO, f"cannot read {name}: permission denied: let the exporter's user read it"
+            ) from None
         except (OSError, EOFError, zlib.error) as exc:
             # A .gz being written by the rotation (no trailer yet) is read next time.
             log.info("proxy_log/%s: %s not readable yet: %s", self.src.account, name, exc)

@@ -530,3 +530,16 @@ def test_a_large_read_commits_in_chunks_and_survives_a_kill_between_them(
     assert h.totals(S + 3 * HOUR) == gw.truth
     assert h.totals(S + 3 * HOUR) == gw.truth
     assert h.src.duplicates == 0  # each line read once: the offsets moved with each chunk
+
+
+def test_an_unreadable_log_is_an_io_failure(
+    h: Harness, gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw.write(3, S)
+
+    def denied(name: str, gz: bool) -> bytes:
+        raise PermissionError(13, "Permission denied")  # (the tests may run as root)
+
+    monkeypatch.setattr("exporter.sources.proxy_log._head", denied)
+    with pytest.raises(SourceError, match="permission denied"):
+        h.poll(S + HOUR)
