@@ -543,3 +543,17 @@ def test_an_unreadable_log_is_an_io_failure(
     monkeypatch.setattr("exporter.sources.proxy_log._head", denied)
     with pytest.raises(SourceError, match="permission denied"):
         h.poll(S + HOUR)
+
+
+def test_a_gz_still_being_written_is_read_once_complete(h: Harness, gw: Gateway) -> None:
+    recs = [record(700 + k, S + k * 60) for k in range(40)]
+    packed = gzip.compress(text(recs).encode())
+    gz = gw.dir / "cost-tracking.jsonl.2.gz"
+    gz.write_bytes(packed[: len(packed) // 2])  # the rotation is compressing it
+    gw.write(2, S + HOUR)
+    assert h.totals(S + 2 * HOUR) == gw.truth
+    gz.write_bytes(packed)
+    for r in recs:
+        gw.truth.add(r)
+    assert h.totals(S + 2 * HOUR) == gw.truth
+    assert h.src.payload_errors["requests"] == 0
