@@ -29,6 +29,7 @@ the state file (the ledger's SQLite file), and answers every window from them:
    (``proxy_log_files``). A kill -9 before the commit leaves the old offsets *and* the old
    aggregates (the lines are read again); after it, both are new. Nothing is counted twice
    or lost whichever instant the process dies. Large reads commit every 20,000 lines.
+   A stopping exporter ends a long read between chunks (what was committed stays).
 3. **Answer** the window from the aggregates, summed into buckets of the configured width.
    The ledger replaces those buckets, so a window asked again (the ledger's write failed or
    was killed, the account's shape changed and its history is refetched) gives the same
@@ -62,9 +63,11 @@ or enters the state file as is: the source keeps ``u_`` + the first 16 hex digit
 HMAC-SHA256(salt, user_id). The salt is read from the variable named by
 ``options.user_salt_env`` (default ``LLM_PROXY_USER_SALT``); without one, a random salt is
 made once and kept in the state file (stable across restarts; set the variable so replicas
-or a new state file give the same labels). ``options.users`` maps a user (its ``user_id``
-or its ``u_`` label) to a name to show instead. Past ``cardinality.max_values`` users the
-long tail folds into ``other``, as opt-in labels do. ``ip_address`` is never read.
+or a new state file give the same labels; a new salt labels only lines read after it).
+``options.users`` maps a user (its ``user_id`` or its ``u_`` label) to a name to show
+instead. Rows carry it as ``gateway_user`` (exposed as ``user``), so the gateway's users are
+ranked for folding among themselves: past ``cardinality.max_values`` the long tail folds
+into ``other``, as opt-in labels do. ``ip_address`` is never read.
 
 **Metrics** (own names, so nothing adds up with the providers' organisation data):
 ``llm_proxy_requests_total``, ``llm_proxy_tokens_total{token_type}``,
@@ -109,7 +112,7 @@ from exporter.sources import (
     horizon_option,
     parse_options,
 )
-from exporter.sources._http import ApiClient, SourceError
+from exporter.sources._http import ApiClient, Cancelled, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +259,8 @@ class ProxyLogSource:
         group_by: Sequence[str],
         bucket_width: int,
     ) -> None:
-        del client, group_by  # no HTTP; the labels are fixed
+        del group_by  # the labels are fixed
+        self.cancel = client.cancel  # set when the exporter stops: a long read ends early
         opts = parse_options(ProxyLogOptions, account.options)
         if bucket_width % HOUR or DAY % bucket_width:
             raise ValueError(f"bucket_width: must be 1h or 1d, not {bucket_width}s")
@@ -570,6 +574,8 @@ class _Reader:
                 entry.offset = offset
                 if len(self.pending) >= CHUNK:
                     self.commit()
+                    if self.src.cancel.is_set():
+                        raise Cancelled
         except FileNotFoundError:
             return
         except (OSError, EOFError, zlib.error) as exc:

@@ -26,7 +26,7 @@ from exporter.model import ModelInput, build
 from exporter.rows import Bucket, Row
 from exporter.schema import AccountSettings
 from exporter.sources import DAY, HOUR, adapters
-from exporter.sources._http import ApiClient, SourceError
+from exporter.sources._http import ApiClient, Cancelled, SourceError
 from exporter.sources.proxy_log import ProxyLogSource
 
 T = TypeVar("T")
@@ -557,3 +557,16 @@ def test_a_gz_still_being_written_is_read_once_complete(h: Harness, gw: Gateway)
         gw.truth.add(r)
     assert h.totals(S + 2 * HOUR) == gw.truth
     assert h.src.payload_errors["requests"] == 0
+
+
+def test_a_stopping_exporter_ends_a_long_read_between_chunks(
+    h: Harness, gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.sources.proxy_log.CHUNK", 5)
+    gw.write(30, S, step=60)
+    h.src.cancel.set()
+    with pytest.raises(Cancelled):
+        h.poll(S + 2 * HOUR)
+    h.src = h.new()
+    assert h.totals(S + 2 * HOUR) == gw.truth
+    assert h.src.duplicates == 0
