@@ -279,6 +279,7 @@ class ProxyLogSource:
         self.late = 0  # lines skipped because their bucket was final
         self.duplicates = 0  # lines skipped because their request id was counted
         self._store: StateStore | None = None
+        self._waiting = False  # no file matched at the last poll (warned once)
         self._salt = b""
         self._names: dict[str, str] = {}  # user digest -> configured name
         self._digests: dict[str, str] = {}  # user_id -> digest (a poll's users recur)
@@ -360,11 +361,20 @@ class ProxyLogSource:
             if os.path.isfile(name):
                 found.append((name, st))
         if not found:
-            raise SourceError(
-                IO,
-                f"no file matches {self.pattern} (yet): check options.path, or wait for the "
-                "gateway's first request",
-            )
+            folder = os.path.dirname(self.pattern) or "."
+            if glob.has_magic(folder) or not os.path.isdir(folder):
+                raise SourceError(IO, f"no directory {folder}: check options.path ({self.pattern})")
+            # The gateway has not logged yet: not a failure (an account that never polls
+            # successfully would hide every budget whose scope covers it).
+            if not self._waiting:
+                log.warning(
+                    "proxy_log/%s: no file matches %s yet: waiting for the gateway's log",
+                    self.account,
+                    self.pattern,
+                )
+            self._waiting = True
+            return []
+        self._waiting = False
         found.sort(key=lambda f: (f[1].st_mtime_ns, f[0]))
         return found
 

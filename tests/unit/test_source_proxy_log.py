@@ -363,10 +363,20 @@ def test_the_same_salt_gives_the_same_labels_and_without_one_a_kept_random_salt(
     h.ledger.close()
 
 
-def test_no_matching_file_is_an_io_failure(h: Harness, gw: Gateway) -> None:
+def test_no_log_yet_is_waited_for_and_a_missing_directory_is_an_io_failure(
+    h: Harness, gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert h.poll(S + HOUR) == [] and h.poll(S + HOUR) == []
+    assert caplog.text.count("no file matches") == 1  # warned once, not every poll
+    gw.write(2, S)
+    assert h.totals(S + HOUR) == gw.truth
+    acc = AccountSettings(account="gateway", options={"path": str(gw.dir / "nope" / "x.jsonl")})
+    src = ProxyLogSource(acc, ApiClient("http://x.invalid/", {}), group_by=[], bucket_width=HOUR)
+    src.attach_state(h.ledger)
     with pytest.raises(SourceError) as err:
-        h.poll(S + HOUR)
-    assert err.value.reason == "io" and "options.path" in str(err.value)
+        src.fetch(src.endpoints()[0], 0, S + HOUR)
+    assert err.value.reason == "io" and "check options.path" in str(err.value)
 
 
 def test_buckets_are_hourly_or_daily_and_rows_keep_their_labels(
