@@ -12,7 +12,10 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+from exporter.app import App
+from exporter.settings import load
 from tests.helpers import ROOT, exporter_cmd, free_port, http_get, process, wait_for
+from tests.unit.test_source_proxy_log import DAY, Gateway, S
 
 HOUR = 3600
 
@@ -111,3 +114,70 @@ def test_config_check_names_a_bad_proxy_log_option(tmp_path: Path) -> None:
     assert "providers.proxy_log[0].options.colour: unknown option" in out.stderr
     assert "providers.proxy_log[1].options.path: Field required" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _exposed_totals(app: App) -> tuple[int, int, int, Decimal]:
+    got = {"req": Decimal(0), "in": Decimal(0), "out": Decimal(0), "cost": Decimal(0)}
+    for ln in app.exposition.current.body.decode().splitlines():
+        value = Decimal(ln.rsplit(" ", 1)[-1]) if ln.startswith("llm_proxy_") else Decimal(0)
+        if ln.startswith("llm_proxy_requests_total{"):
+            got["req"] += value
+        elif ln.startswith("llm_proxy_tokens_total{") and 'token_type="input"' in ln:
+            got["in"] += value
+        elif ln.startswith("llm_proxy_tokens_total{"):
+            got["out"] += value
+        elif ln.startswith("llm_proxy_cost_usd_total{"):
+            got["cost"] += value
+    return int(got["req"]), int(got["in"]), int(got["out"]), got["cost"]
+
+
+def test_the_app_counts_each_line_once_across_polls_restarts_and_a_refetch(
+    tmp_path: Path,
+) -> None:
+    """The poller's windows over the source: several days, rotations (rename, .gz,
+    copytruncate), bad lines, a restart, then a changed option that makes the ledger refetch
+    the account's history after the rotated files are gone: exact totals all along."""
+    gw = Gateway(tmp_path)
+    clock = [float(S + 6 * HOUR)]
+
+    def app(horizon: str = "1d") -> App:
+        cfg = tmp_path / "config.yml"
+        cfg.write_text(
+            f"history_start: {dt.datetime.fromtimestamp(S, dt.UTC).date()}\n"
+            "bucket_width: 1h\n"
+            f"state_file: {tmp_path / 'state.db'}\n"
+            "providers:\n  proxy_log:\n    - account: gateway\n"
+            f"      options: {{path: '{gw.dir}/cost-tracking.jsonl*', horizon: {horizon}}}\n"
+        )
+        return App(load(cfg, {}), clock=lambda: clock[0])
+
+    def truth() -> tuple[int, int, int, Decimal]:
+        t = gw.truth
+        return t.requests, t.input, t.output, t.cost
+
+    a = app()
+    for day in range(3):
+        base = S + day * DAY
+        gw.write(30, base, step=300)  # 00:00 to 02:30
+        clock[0] = base + 3 * HOUR
+        a.poll_once()
+        gw.raw("{broken\n")
+        gw.write(20, base + 3 * HOUR, step=300)
+        (gw.rotate if day != 1 else gw.copytruncate)()
+        gw.write(10, base + 5 * HOUR, step=300)
+        clock[0] = base + 8 * HOUR
+        a.poll_once()
+        assert _exposed_totals(a) == truth()
+    a.stop()
+    b = app()  # a restart
+    gw.write(5, S + 2 * DAY + 9 * HOUR, step=60)
+    clock[0] = S + 2 * DAY + 10 * HOUR
+    b.poll_once()
+    assert _exposed_totals(b) == truth()
+    b.stop()
+    for old in gw.dir.glob("cost-tracking.jsonl.*"):
+        old.unlink()  # rotated away for good
+    c = app(horizon="2d")  # options changed: the ledger drops the account and refetches
+    c.poll_once()
+    assert _exposed_totals(c) == truth()
+    c.stop()
