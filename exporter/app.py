@@ -36,7 +36,7 @@ from exporter.schema import AccountSettings
 from exporter.server import parse_listen
 from exporter.serving import ServingProcess
 from exporter.settings import Settings
-from exporter.sources import adapters, pricing_traits
+from exporter.sources import Stateful, StateStore, adapters, pricing_traits
 from exporter.sources._http import ApiClient, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def make_account(
     health: Health,
     retry: RetryPolicy | None = None,
     cancel: threading.Event | None = None,
+    state: StateStore | None = None,
 ) -> Account:
     adapter = adapters()[provider]
     key = acc.api_key
@@ -63,6 +64,8 @@ def make_account(
     source = adapter.build(
         acc, client, group_by=settings.group_by_for(acc), bucket_width=settings.bucket_seconds
     )
+    if state is not None and isinstance(source, Stateful):
+        source.attach_state(state)  # a source with state of its own keeps it in the state file
     return Account(source, client, settings.interval_for(acc))
 
 
@@ -146,7 +149,7 @@ class App:
         self.ledger.set_meta("history_start", day.isoformat())
         self._reshaped = [s for p, a in settings.providers.accounts() if (s := self._shape(p, a))]
         accounts = [
-            make_account(settings, p, a, self.health, retry, self._stop)
+            make_account(settings, p, a, self.health, retry, self._stop, self.ledger)
             for p, a in settings.providers.accounts()
         ]
         # From every enabled account, polled or skipped for want of a key: the label set

@@ -45,6 +45,7 @@ from exporter.rows import (
     COST,
     FAILED_REQUESTS,
     IMAGES,
+    PROXY,
     REQUESTS,
     SESSIONS,
     STORAGE_BYTES,
@@ -60,6 +61,19 @@ OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window
 # Labels whose long tail is folded into "other" past the configured top-N.
 FOLDED = ("project", "user", "api_key")
 CLAUDE_CODE = "claude_code"
+# Gateway log users (proxy rows' `gateway_user`, exposed as `user`) are ranked for folding
+# among themselves, never with the providers' opt-in `user` values: the families below fold
+# their `user` label by that ranking.
+PROXY_USER = "gateway_user"
+FOLD_AS = {
+    family: {"user": PROXY_USER}
+    for family in (
+        "llm_proxy_requests_total",
+        "llm_proxy_tokens_total",
+        "llm_proxy_cost_usd_total",
+        "llm_proxy_cost_estimated_usd_total",
+    )
+}
 
 # Exact sums: wider than any amount a provider sends, so the order of additions never rounds.
 SUM_CONTEXT = Context(prec=60)
@@ -237,6 +251,9 @@ def fold_row(ctx: FoldContext, sr: StoredRow, revised: bool, out: Delta, sign: i
         _claude_code(r, m)  # its own metrics: never added to llm_tokens_total
         return
     local_day = calendar_day(sr, ctx.tz).toordinal()
+    if row.operation == PROXY:
+        _proxy(r, m, revised, local_day)  # its own metrics: never added to the org's
+        return
     if COST in m:
         _cost(r, m, revised, local_day)
         return
@@ -378,6 +395,36 @@ def _claude_code(r: _Row, m: Mapping[str, Number]) -> None:
             r.counter("llm_claude_code_tokens_total", int(v), token_type=name[len(TOKENS) :])
         elif name == CC_ESTIMATED_COST:
             r.counter("llm_claude_code_estimated_cost_usd_total", Decimal(v))
+
+
+def _proxy(r: _Row, m: Mapping[str, Number], revised: bool, local_day: int) -> None:
+    """A gateway log row: llm_proxy_* only, labelled with the upstream provider it names.
+
+    Its users are always ranked for folding (the log's users are unbounded), apart from the
+    providers' opt-in users (see FOLD_AS). Revised-away amounts stay in the counters (they
+    never go down)."""
+    sr, ctx = r.sr, r.ctx
+    upstream = r.labels["provider"] = sr.row.dim("upstream")
+    user = r.labels["user"] = sr.row.dim(PROXY_USER)
+    if user and not revised:
+        add(r.out, "f", (PROXY_USER, user, sr.start - sr.start % 86400), _size(m), r.sign)
+    tokens: dict[str, int] = {}
+    for name, v in m.items():
+        if name.startswith(TOKENS):
+            tt = name[len(TOKENS) :]
+            tokens[tt] = int(v)
+            r.counter("llm_proxy_tokens_total", int(v), token_type=tt)
+            if not revised:
+                r.by_day("llm_proxy_daily_tokens", local_day, int(v), kind="y:", token_type=tt)
+        elif name == REQUESTS:
+            r.counter("llm_proxy_requests_total", int(v))
+        elif name == COST:
+            r.counter("llm_proxy_cost_usd_total", Decimal(v))
+    if ctx.estimator is not None and tokens:
+        day = dt.datetime.fromtimestamp(sr.start, dt.UTC).date()
+        e = ctx.estimator.estimate_dims(upstream, r.labels, tokens, day)
+        for tt, (usd, source) in e.costs.items():
+            r.counter("llm_proxy_cost_estimated_usd_total", usd, token_type=tt, price_source=source)
 
 
 FoldFn = Callable[[StoredRow, bool, Delta, int], None]

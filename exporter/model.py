@@ -34,8 +34,10 @@ from exporter.aggregates import Aggregates, period_starts
 from exporter.budgets import ScopePart, evaluate, period_bounds
 from exporter.exposition import Family, format_value
 from exporter.fold import (
+    FOLD_AS,
     FOLDED,
     OPT_IN,
+    PROXY_USER,
     EstimateLike,
     FoldContext,
     Key,
@@ -264,16 +266,21 @@ def fold_sets(agg: Aggregates, opt: tuple[str, ...], max_values: int) -> dict[st
         seen = first[str(lab)].get(str(value))
         if seen is None or int(day) < seen[0]:  # type: ignore[call-overload]
             first[str(lab)][str(value)] = (int(day), size)  # type: ignore[call-overload]
-    for lab in FOLDED:
+    for lab in (*FOLDED, PROXY_USER):  # gateway users: ranked whenever they exist
         values = first.get(lab, {})
-        if lab in opt and len(values) > max_values:
+        if (lab in opt or lab == PROXY_USER) and len(values) > max_values:
             ranked = sorted(values, key=lambda v: (values[v][0], -values[v][1], v))
             keep[lab] = set(ranked[:max_values])
     return keep
 
 
-def _folder(labels: tuple[str, ...], keep: Mapping[str, set[str]]) -> list[tuple[int, set[str]]]:
-    return [(i, keep[lab]) for i, lab in enumerate(labels) if lab in keep]
+def _folder(
+    labels: tuple[str, ...], keep: Mapping[str, set[str]], family: str = ""
+) -> list[tuple[int, set[str]]]:
+    ranked_by = FOLD_AS.get(family, {})  # a label folded by another ranking (gateway users)
+    return [
+        (i, keep[by]) for i, lab in enumerate(labels) if (by := ranked_by.get(lab, lab)) in keep
+    ]
 
 
 def _folded(key: Key, positions: list[tuple[int, set[str]]]) -> tuple[str, ...]:
@@ -292,7 +299,7 @@ def _counters(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]]) -> None:
         if not kind.startswith("t:") or kind[2] == "_":
             continue
         fam = out.fam(kind[2:])
-        positions = _folder(fam.labels, keep)
+        positions = _folder(fam.labels, keep, kind[2:])
         for key, (value, _) in sums.items():
             fam.add(_folded(key, positions), value)
     for p, model in agg.sums("t:_unpriced_model"):

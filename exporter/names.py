@@ -31,6 +31,7 @@ class Spec:
 
 
 _USAGE = ("provider", "account", "operation", "model", OPT)
+_PROXY = ("provider", "account", "model", "user", "endpoint", "finish_reason")
 _SINCE = "since the configured history start, recomputed from provider data each poll"
 
 SPECS: tuple[Spec, ...] = (
@@ -224,6 +225,43 @@ SPECS: tuple[Spec, ...] = (
         ("provider", "account", "model", "user"),
         "Anthropic's own cost estimate for Claude Code sessions, in USD (not an invoice; "
         f"already inside reported cost for API customers), {_SINCE}.",
+    ),
+    # --- gateway request log (proxy_log) ---------------------------------------------------
+    Spec(
+        "llm_proxy_requests_total",
+        COUNTER,
+        _PROXY,
+        "Requests the organisation's own gateway logged (provider = the upstream it called, "
+        "user = a salted hash or a configured name). The same requests are in the "
+        f"providers' usage: never add the two, {_SINCE}.",
+    ),
+    Spec(
+        "llm_proxy_tokens_total",
+        COUNTER,
+        (*_PROXY, "token_type"),
+        f"Tokens of the requests the gateway logged (input, output), {_SINCE}.",
+    ),
+    Spec(
+        "llm_proxy_cost_usd_total",
+        COUNTER,
+        _PROXY,
+        "Cost the gateway logged for its requests (its own total_cost), in USD: the "
+        f"gateway's figure, not an invoice, {_SINCE}.",
+    ),
+    Spec(
+        "llm_proxy_cost_estimated_usd_total",
+        COUNTER,
+        (*_PROXY, "token_type", "price_source"),
+        "Cost of the gateway's requests estimated from their tokens x unit price "
+        f"(genai-prices), in USD, beside llm_proxy_cost_usd_total, {_SINCE}.",
+    ),
+    Spec(
+        "llm_proxy_daily_tokens",
+        GAUGE,
+        ("provider", "account", "model", "token_type", "date"),
+        "Tokens the gateway logged on the calendar day in `date` (configured time zone); "
+        "against llm_daily_tokens it gives the share of the organisation's tokens that went "
+        "through the gateway. Only the last days are exposed (cardinality.daily_days).",
     ),
     # --- period gauges -----------------------------------------------------------------
     Spec(

@@ -52,6 +52,14 @@ CC_COMMITS = "claude_code.commits"
 CC_PULL_REQUESTS = "claude_code.pull_requests"
 CC_ESTIMATED_COST = "claude_code.estimated_cost"  # USD, Anthropic's estimate, not billing
 
+# A gateway's request log (operation "proxy"): requests the organisation's own proxy logged,
+# with dims upstream (the provider the proxy called), model, gateway_user (a salted hash or
+# a configured name; exposed as `user`), endpoint and finish_reason, and measures
+# tokens.input, tokens.output, requests and cost (the log's own). The same requests are in
+# the providers' org data: they feed their own metrics (llm_proxy_*), never llm_tokens_total
+# or reported cost.
+PROXY = "proxy"
+
 # Measures that are levels (the value at the bucket), not amounts consumed in it.
 LEVEL_MEASURES = frozenset({STORAGE_BYTES})
 
@@ -71,6 +79,10 @@ DIMENSIONS = (
     "line_item",  # cost line item / description
     "token_type",  # on cost rows only: the token type a cost line bills (reconciliation)
     "currency",
+    "upstream",  # proxy rows: the provider the gateway called
+    "gateway_user",  # proxy rows: the user label (ranked for folding apart from `user`)
+    "endpoint",  # proxy rows: the gateway's route
+    "finish_reason",  # proxy rows
 )
 
 Number = int | Decimal

@@ -1770,6 +1770,7 @@ def usage() -> Json:
             "Built-in tool calls (daily)",
             "File search and web search calls per day, by provider and tool.",
         ),
+        *gateway_panels(),
     ]
     return dashboard(
         "llm-cost-usage",
@@ -1778,6 +1779,75 @@ def usage() -> Json:
         panels,
         "now-7d",
     )
+
+
+# Gateway coverage (recording rules, group llm-cost.gateway): the share of the organisation's
+# tokens that went through its gateway (a proxy_log account), per exact day.
+COVERAGE = "llm_proxy_tokens_per_daily_tokens:ratio"
+
+
+def gateway_panels() -> list[Json]:
+    """The gateway request log (proxy_log): coverage of the organisation's tokens, and what
+    the gateway logged. Empty without a proxy_log account."""
+    return [
+        row("Gateway (request log)"),
+        daily_bars(
+            "Gateway coverage by provider (exact days)",
+            "Share of each provider's tokens (its usage API, llm_daily_tokens) that went "
+            "through the organisation's gateway (its request log, llm_proxy_daily_tokens), per "
+            "calendar day. Below 1: traffic bypasses the gateway. Today's can exceed 1 while "
+            "the usage API lags. LLMGatewayCoverageDropped fires when yesterday's falls more "
+            "than 10 points below the 7 days before.",
+            f'max by (provider, date) (provider_date:{COVERAGE}{{provider=~"$provider"}})',
+            "provider",
+            "percentunit",
+            stack=False,
+        ),
+        daily_bars(
+            "Gateway coverage by model (exact days)",
+            "The same share per model: 0 for a model the organisation used that the gateway "
+            "never logged (or logs under another name, e.g. without the date suffix).",
+            f"max by (model, date) (provider_model_date:{COVERAGE}"
+            '{provider=~"$provider",model=~"$model"})',
+            "model",
+            "percentunit",
+            stack=False,
+        ),
+        timeseries(
+            "Gateway requests by user (hourly)",
+            "Requests the gateway logged per hour, by user (a salted hash of the log's "
+            "user_id, or the name options.users gives it; the long tail folds into other).",
+            [
+                target(
+                    f"sum by (user) ({inc('llm_proxy_requests_total', '1h')})",
+                    "{{user}}",
+                    interval="1h",
+                )
+            ],
+            "short",
+            w=8,
+            bars=True,
+            stack=True,
+        ),
+        stat(
+            "Gateway cost: logged / estimated",
+            "What the gateway logged as cost (its total_cost) and what its tokens cost at "
+            "genai-prices prices, since the history start. The same requests are in the "
+            "providers' reported cost: never add them.",
+            [
+                target(f"sum({dd(sel('llm_proxy_cost_usd_total'))})", "logged", instant=True),
+                target(
+                    f"sum({dd(sel('llm_proxy_cost_estimated_usd_total'))})",
+                    "estimated",
+                    instant=True,
+                ),
+            ],
+            "currencyUSD",
+            w=4,
+            h=8,
+            text_mode="value_and_name",
+        ),
+    ]
 
 
 # --- Prices and reconciliation -------------------------------------------------------------------

@@ -17,10 +17,11 @@ import datetime as dt
 import importlib
 import pkgutil
 import re
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -28,6 +29,8 @@ from exporter.pricing import ProviderPricing
 from exporter.rows import Bucket
 from exporter.schema import AccountSettings, Strict, problem_line
 from exporter.sources._http import ApiClient
+
+T = TypeVar("T")
 
 DAY = 86400
 HOUR = 3600
@@ -70,6 +73,23 @@ class Source(Protocol):
         result is never returned (the poller retries the whole window next time).
         """
         ...
+
+
+class StateStore(Protocol):
+    """Where a stateful source keeps state of its own: the state file, one transaction per
+    `write` (`exporter.ledger.Ledger` provides both)."""
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A source with state of its own in the state file (a log's offsets, say): the wiring
+    hands it the store once, before the first fetch."""
+
+    def attach_state(self, store: StateStore) -> None: ...
 
 
 class SourceFactory(Protocol):
@@ -215,6 +235,8 @@ __all__ = [
     "NoOptions",
     "Source",
     "SourceFactory",
+    "StateStore",
+    "Stateful",
     "adapters",
     "bearer",
     "check_metric_names",

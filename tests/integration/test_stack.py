@@ -92,6 +92,34 @@ class Webhook:
         ]
 
 
+def gateway_log(path: Path, now: int) -> None:
+    """A gateway's cost-tracking log over the last 40 hours (a proxy_log account), on models
+    the simulator's organisations use, so the gateway coverage panels have both sides."""
+    lines = []
+    for i in range(240):
+        upstream, model = (("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-6"))[i % 2]
+        ts = dt.datetime.fromtimestamp(now - 40 * 3600 + i * 600, dt.UTC)
+        lines.append(
+            json.dumps(
+                {
+                    "timestamp": ts.isoformat().replace("+00:00", "Z"),
+                    "request_id": f"chatcmpl-e2e-{i}",
+                    "user_id": f"token:sk-e2e-{i % 4}",
+                    "ip_address": "192.0.2.1",
+                    "provider": upstream,
+                    "model": model,
+                    "endpoint": f"/{upstream}/v1/chat/completions",
+                    "input_tokens": 1000 + i,
+                    "output_tokens": 100,
+                    "total_tokens": 1100 + i,
+                    "total_cost": "0.0125",
+                    "finish_reason": "stop",
+                }
+            )
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
 def exporter_config(path: Path, sim: str, state: Path, limit: float) -> None:
     cfg = {
         "poll_interval": "2s",
@@ -106,6 +134,9 @@ def exporter_config(path: Path, sim: str, state: Path, limit: float) -> None:
                     "base_url": f"{sim}/groq/v1/metrics/prometheus",
                     "key_env": "E2E_GROQ_KEY",
                 }
+            ],
+            "proxy_log": [
+                {"account": "gateway", "options": {"path": str(path.parent / "gateway.jsonl*")}}
             ],
         },
         "budgets": [
@@ -165,6 +196,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg))
     cfg = tmp / "exporter.yml"
     exporter_config(cfg, sim, tmp / "state.db", limit=1.0)
+    gateway_log(tmp / "gateway.jsonl", now)
 
     with (
         process(
