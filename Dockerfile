@@ -13,6 +13,7 @@
 # package, the build backend included, comes from requirements.lock with its sha256
 # (`pip install --require-hashes`). Regenerate the lock with
 #   pip-compile --generate-hashes --allow-unsafe --all-build-deps --strip-extras \
+#     --extra aws --extra azure --extra gcp \
 #     --output-file requirements.lock pyproject.toml
 # PYTHON_IMAGE may point elsewhere (a mirror, or the test's local Debian base): the image only
 # needs python3 with venv/ensurepip, /bin/sh, groupadd/useradd.
