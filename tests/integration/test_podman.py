@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, http_get, wait_for
+from tests.helpers import ROOT, http_get, parse, wait_for
 
 pytestmark = [
     pytest.mark.podman,
@@ -436,6 +436,24 @@ def test_demo_stack_under_podman(stack: dict[str, str], images: dict[str, str]) 
         interval=2,
     )
     assert 'llm_source_configured{account="demo",provider="openai"} 1.0' in metrics
+
+    # Every demo provider, the clouds included, is polled through its SDK inside the container:
+    # azure-identity against the simulator's TLS login, boto3 with the mounted demo profile,
+    # google-auth with the mounted demo credential.
+    demo = {"openai", "anthropic", "groq", "azure_openai", "bedrock", "vertex_ai"}
+
+    def every_source_up() -> dict[tuple[str, str], float] | None:
+        got = parse(http_get("http://127.0.0.1:9877/metrics"))
+        ups = {
+            (dict(labels)["provider"], dict(labels)["endpoint"]): value
+            for (name, labels), value in got.items()
+            if name == "llm_source_up"
+        }
+        providers = {p for p, _ in ups}
+        return ups if providers == demo and all(v == 1 for v in ups.values()) else None
+
+    ups = wait_for(every_source_up, timeout=120, interval=3)
+    assert {p for p, _ in ups} == demo, ups
     assert 'revision="podman-test"' in metrics
 
     # Prometheus (through the compose network, by service name) scrapes it.
