@@ -292,8 +292,11 @@ def _counters(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]]) -> None:
             continue
         fam = out.fam(kind[2:])
         positions = _folder(fam.labels, keep)
-        for key, (value, _) in sums.items():
-            fam.add(_folded(key, positions), value)
+        if positions or fam.samples:
+            for key, (value, _) in sums.items():
+                fam.add(_folded(key, positions), value)
+        else:  # distinct keys, nothing folded: no sample to add to (0 + value, as `add`)
+            fam.samples.update([(key, 0 + value) for key, (value, _) in sums.items()])  # type: ignore[misc]
     for p, model in agg.sums("t:_unpriced_model"):
         out.fam("llm_unpriced_model_info").set((str(p), str(model)), 1)
 
