@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scrape import SameSamples, same_samples
 
 from exporter.aggregates import Aggregates
+from exporter.app import tune_runtime
 from exporter.exposition import Exposition, Family
 from exporter.exposition import render as render_text
 from exporter.fold import FoldContext
@@ -150,7 +151,13 @@ def families(agg: Aggregates, now: dt.datetime) -> list[Family]:
 
 
 def render(agg: Aggregates, exposition: Exposition, now: dt.datetime) -> int:
-    return len(exposition.update(families(agg, now)).body)
+    """As the exporter rebuilds: the families, then the tail of its own error counters."""
+    size = len(exposition.update(families(agg, now)).body)
+    errors = Family.of("llm_exporter_errors_total")
+    errors.set(("bad_ledger_row",), 0)
+    errors.set(("rebuild",), 0)
+    exposition.set_tail([errors])
+    return size
 
 
 # Scrapes until SIGTERM (or for argv[2] seconds), then prints the latencies. It pauses 50 ms
@@ -240,6 +247,7 @@ def cpu() -> float:
 
 
 def child_scratch(path: Path) -> dict[str, float]:
+    tune_runtime()  # as the exporter does when it starts
     ledger = Ledger(path)
     agg = Aggregates(context(), ledger)
     wall0, cpu0 = time.monotonic(), cpu()
@@ -257,6 +265,7 @@ def child_scratch(path: Path) -> dict[str, float]:
 
 
 def child_steady(path: Path, polls: int) -> dict[str, float]:
+    tune_runtime()  # as the exporter does when it starts
     began = time.monotonic()
     ledger = Ledger(path)
     agg = Aggregates(context(), ledger)
@@ -290,6 +299,9 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
             buckets.append(b)
         wall0, cpu0 = time.monotonic(), cpu()
         ledger.replace("openai", "main", "completions", buckets, None, agg)
+        # The poller's fetched rows are gone once written (they are local to the endpoint's
+        # poll); the rebuild that follows runs without them.
+        del buckets, b
         agg.roll(NOW)
         render(agg, exposition, NOW)
         server.publish(exposition.current, {}, True)
@@ -314,6 +326,7 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         "peak": poll_peak + server_rss,
         "start_peak": start_peak,
         "steady": steady,
+        "server_rss": server_rss,
         "bytes": size,
     }
 

@@ -334,7 +334,7 @@ class Aggregates:
             while chunk := cur.fetchmany(20_000):
                 for kind, key, value, n in chunk:
                     # Label values recur across thousands of sums: one string object each.
-                    k = tuple(sys.intern(x) if isinstance(x, str) else x for x in json.loads(key))
+                    k = tuple([sys.intern(x) if type(x) is str else x for x in json.loads(key)])
                     cells.setdefault(kind, {})[k] = (_number(value), n)
             starts = {
                 k[len(_META_PERIOD) :]: int(v)

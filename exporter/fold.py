@@ -280,10 +280,13 @@ def fold_row(ctx: FoldContext, sr: StoredRow, revised: bool, out: Delta, sign: i
     m = row.measures
     if not revised:
         add(out, "t:_account", (sr.provider, sr.account), 0, sign)
+        size = None  # the same for each folded label: computed once
         for lab in FOLDED:
             v = r.labels.get(lab)
             if v and lab in ctx.opt_labels:
-                add(out, "f", (lab, v, sr.start - sr.start % 86400), _size(m), sign)
+                if size is None:
+                    size = _size(m)
+                add(out, "f", (lab, v, sr.start - sr.start % 86400), size, sign)
     if row.operation == CLAUDE_CODE:
         _claude_code(r, m)  # its own metrics: never added to llm_tokens_total
         return

@@ -25,6 +25,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from exporter.exposition import gc_paused
 from exporter.rows import LEVEL_MEASURES, Bucket, Number, Row
 
 log = logging.getLogger(__name__)
@@ -467,7 +468,7 @@ class Ledger:
         changes: list[Change] = []
         rows_delta = 0
         dims_text: dict[tuple[tuple[str, str], ...], str] = {}  # a group recurs every bucket
-        with self._lock:
+        with self._lock, gc_paused():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:

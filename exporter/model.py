@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 from exporter import __version__
 from exporter.aggregates import Aggregates, period_starts
 from exporter.budgets import ScopePart, compile_selector, evaluate, period_bounds
-from exporter.exposition import Family, format_value
+from exporter.exposition import Family, format_value, gc_paused
 from exporter.fold import (
     FOLDED,
     OPT_IN,
@@ -215,7 +215,7 @@ class _Out:
 def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
     """Every family, from the current sums. Holds the aggregates' lock while it reads."""
     out = _Out(inp.opt_labels)
-    with agg.lock:
+    with agg.lock, gc_paused():
         keep = fold_sets(agg, inp.opt_labels, inp.max_values)
         _counters(out, agg, keep)
         _periods(out, agg, keep, inp)
@@ -295,8 +295,10 @@ def _counters(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]]) -> None:
         if positions or fam.samples:
             for key, (value, _) in sums.items():
                 fam.add(_folded(key, positions), value)
-        else:  # distinct keys, nothing folded: no sample to add to (0 + value, as `add`)
-            fam.samples.update([(key, 0 + value) for key, (value, _) in sums.items()])  # type: ignore[misc]
+        else:  # distinct keys, nothing folded: each sample is new (as `Family.add` sets it)
+            fam.samples.update(
+                [(key, v if type(v) is int else 0 + v) for key, (v, _) in sums.items()]  # type: ignore[misc]
+            )
     for p, model in agg.sums("t:_unpriced_model"):
         out.fam("llm_unpriced_model_info").set((str(p), str(model)), 1)
 

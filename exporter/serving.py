@@ -11,50 +11,67 @@ acknowledges once it serves them, so what a caller published is what the next sc
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import json
 import multiprocessing.connection
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from exporter.exposition import Exposition, Rendered
+from exporter.exposition import Exposition, Rendered, release_large_blocks
 from exporter.server import MetricsServer
 from exporter.webconfig import WebConfigError, load_web_config
 
 _READY_TIMEOUT = 30.0  # seconds for the server process to start listening
 _ACK_TIMEOUT = 10.0
 
+# The server process's entry: only this module and what it imports. multiprocessing's spawn
+# would import the parent's main module again (the console script imports the whole
+# exporter: prices, HTTP clients, pydantic), about 20 MB more in a process that only
+# serves bytes.
+_ENTRY = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from exporter.serving import _main; _main(sys.argv[2:])"
+)
+
 
 class ServingProcess:
     """Starts the server process and publishes to it. `server_address` is where it listens."""
 
     def __init__(self, address: tuple[str, int], web_config: str | None = None) -> None:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_serve,
-            args=(address, child, web_config),
-            name="llm-cost-exporter-http",
-            daemon=True,
+        ours, theirs = socket.socketpair()
+        args = [json.dumps(sys.path), str(theirs.fileno()), address[0], str(address[1])]
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _ENTRY, *args, *([web_config] if web_config else [])],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
         )
-        self.process.start()
-        child.close()
+        theirs.close()  # the server's end lives in the server only: its exit is our EOF
+        self._conn = multiprocessing.connection.Connection(ours.detach())
         self._lock = threading.Lock()
         if not self._conn.poll(_READY_TIMEOUT):
             self.process.kill()
             raise OSError(f"the HTTP server did not start listening on {address[0]}:{address[1]}")
-        kind, detail = self._conn.recv()
+        try:
+            kind, detail = self._conn.recv()
+        except EOFError:
+            raise OSError(f"the HTTP server process exited ({self.process.wait()})") from None
         if kind != "listening":
-            self.process.join(2)
+            self._join(2)
             raise OSError(detail)
         self.server_address: tuple[str, int] = detail
 
     def publish(self, rendered: Rendered, status: dict[str, Any], ready: bool) -> None:
-        """Hand the server what to serve next; returns once it serves it."""
+        """Hand the server what to serve next; returns once it serves it. The body and its
+        gzip go as raw bytes: pickled, they would be copied once more on each side."""
         with self._lock:
-            if not self.process.is_alive():
+            if self.process.poll() is not None:
                 raise OSError("the HTTP server process has exited")
-            self._conn.send((rendered, status, ready))
+            self._conn.send((status, ready))
+            self._conn.send_bytes(rendered.body)
+            self._conn.send_bytes(rendered.gzipped)
             if not self._conn.poll(_ACK_TIMEOUT):
                 raise OSError("the HTTP server process did not answer")
             self._conn.recv()
@@ -62,11 +79,26 @@ class ServingProcess:
     def shutdown(self) -> None:
         with self._lock, contextlib.suppress(OSError):  # already gone
             self._conn.send(None)
-        self.process.join(2)
-        if self.process.is_alive():
+        if not self._join(2):
             self.process.kill()
-            self.process.join(1)
+            self._join(1)
         self._conn.close()
+
+    def _join(self, timeout: float) -> bool:
+        """Wait for the server process to exit; whether it did."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
+def _main(argv: list[str]) -> None:
+    """The server process's entry point (see `_ENTRY`)."""
+    release_large_blocks()  # each publish replaces a body of up to tens of MB
+    fd, host, port, *web_config = argv
+    conn = multiprocessing.connection.Connection(int(fd))
+    _serve((host, int(port)), conn, web_config[0] if web_config else None)
 
 
 def _serve(
@@ -97,8 +129,10 @@ def _serve(
             msg = conn.recv()
             if msg is None:
                 break
-            rendered, status, ready = msg
-            exposition.swap(rendered)
+            status, ready = msg
+            body = conn.recv_bytes()
+            exposition.swap(Rendered(body, conn.recv_bytes()))
+            del body
             state["status"], state["ready"] = status, ready
             conn.send(True)
     except (EOFError, OSError, KeyboardInterrupt):
