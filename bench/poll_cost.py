@@ -22,9 +22,16 @@ For each size, in fresh child processes (so peak memory is each one's own):
   `generate_latest` (families pre-built, so only the formatting is timed; both outputs are
   parsed and checked to hold the same samples): the cost of each, once per poll.
 
-Figures: wall and CPU seconds (median of the polls), steady RSS and its peak while polling
-(the exporter's process plus its HTTP server process), state-file size,
-and the ratio scratch/steady. Ledgers are cached in $BENCH_DIR (default /tmp/llm-bench).
+Each poll does what the exporter's does, no more and no less: the process is tuned as the
+exporter tunes itself when it starts (`app.tune_runtime`); the fetched rows are dropped once
+written (in the exporter they are local to the endpoint's poll, and the rebuild runs
+without them); the rebuild renders the families, then the tail of the exporter's own error
+counters (as `App.rebuild` does), and publishes to the HTTP server process.
+
+Figures: wall and CPU seconds (median of the polls), steady RSS (between polls) and the
+peak while polling (the exporter's process, fetched rows included, plus its HTTP server
+process), state-file size, and the ratio scratch/steady. Ledgers are cached in $BENCH_DIR
+(default /tmp/llm-bench).
 """
 
 from __future__ import annotations

@@ -386,4 +386,10 @@ def _write(db: sqlite3.Connection, pending: _Pending) -> None:
     if gone:
         db.executemany("DELETE FROM aggregates WHERE kind = ? AND key = ?", gone)
     if kept:
-        db.executemany("INSERT OR REPLACE INTO aggregates VALUES (?, ?, ?, ?)", kept)
+        # An upsert updates the row in place; REPLACE deletes and re-inserts it (in the table
+        # and its key index): measured, twice the time for the 20k sums of a poll.
+        db.executemany(
+            "INSERT INTO aggregates VALUES (?, ?, ?, ?) ON CONFLICT (kind, key)"
+            " DO UPDATE SET value = excluded.value, n = excluded.n",
+            kept,
+        )

@@ -182,8 +182,9 @@ class FoldContext:
         self.__dict__["_groups"].clear()
 
 
-# Groups whose keys are kept during one fold (about 3 KB each); past it they start again.
-_MAX_GROUPS = 8192
+# Groups whose keys are kept during one fold (about 3 KB each: at most ~12 MB); past it
+# they start again. A poll's changed rows are a few thousand groups at most.
+_MAX_GROUPS = 4096
 
 Cell = tuple[str, Key]  # (kind, key): one sum
 

@@ -276,7 +276,10 @@ def _folder(labels: tuple[str, ...], keep: Mapping[str, set[str]]) -> list[tuple
 
 
 def _folded(key: Key, positions: list[tuple[int, set[str]]]) -> tuple[str, ...]:
-    if not positions:
+    for i, kept in positions:
+        if key[i] and key[i] not in kept:
+            break
+    else:  # nothing to fold (the usual case): the key itself, no new tuple
         return key  # type: ignore[return-value]
     out = list(key)
     for i, kept in positions:
