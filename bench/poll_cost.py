@@ -274,12 +274,15 @@ def child_scratch(path: Path) -> dict[str, float]:
 def child_steady(path: Path, polls: int) -> dict[str, float]:
     tune_runtime()  # as the exporter does when it starts
     began = time.monotonic()
-    ledger = Ledger(path)
+    ledger = Ledger(path)  # checks the file (PRAGMA quick_check: reads all of it)
+    opened = time.monotonic()
     agg = Aggregates(context(), ledger)
     refolded = agg.open(NOW, PriceBook().fingerprint())
+    loaded = time.monotonic()
     exposition = Exposition()
     size = render(agg, exposition, NOW)
     ready = time.monotonic() - began
+    phases = {"ready_check": opened - began, "ready_load": loaded - opened}
     start_peak = peak_mib()
     server = ServingProcess(("127.0.0.1", 0))  # as the exporter serves: its own process
     server.publish(exposition.current, {}, True)
@@ -327,6 +330,7 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         "scrape_poll_p99": p99(during),
         "scrapes": len(during),
         "ready": ready,
+        **phases,
         "refolded": float(refolded),
         "wall": statistics.median(walls),
         "cpu": statistics.median(cpus),
@@ -362,10 +366,11 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     print(
         "| ledger rows | days | steady poll wall / CPU s | steady RSS / poll peak MiB | start to ready s (peak MiB)"
+        " | start: file check / load sums / render s"
         " | from-scratch fold wall / CPU s | scratch peak MiB | scratch/steady | state file MiB"
         " | scrape p99 idle / during polls ms | render ours / prometheus_client ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.sizes.split(",")):
         base = cache / f"ledger-{n}.db"
         if not base.exists():
@@ -386,6 +391,8 @@ def main() -> None:
             f"| {rows:,} | {days:.1f} | {steady['wall']:.2f} / {steady['cpu']:.2f}"
             f" | {steady['steady']:.0f} / {steady['peak']:.0f}"
             f" | {steady['ready']:.2f} ({steady['start_peak']:.0f})"
+            f" | {steady['ready_check']:.2f} / {steady['ready_load']:.2f}"
+            f" / {steady['ready'] - steady['ready_check'] - steady['ready_load']:.2f}"
             f" | {scratch['wall']:.1f} / {scratch['cpu']:.1f} | {scratch['peak']:.0f}"
             f" | {scratch['wall'] / steady['wall']:.1f}x | {size / 2**20:.0f}"
             f" | {steady['scrape_idle_p99'] * 1e3:.1f} / {steady['scrape_poll_p99'] * 1e3:.1f}"
