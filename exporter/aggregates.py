@@ -50,8 +50,7 @@ _META_PERIOD = "aggregates_period_start:"
 
 # kind -> key -> (value, additions). Tuples, never lists: a tuple of numbers, and a dict of
 # such tuples under keys of strings and ints, is dropped from the garbage collector's lists
-# once it has been seen, so full collections stop walking the 200k+ sums of a long history
-# (with lists they cost 0.2-0.7 s a poll at 5M rows).
+# once it has been seen, so its collections stop walking the 200k+ sums of a long history.
 Cells = dict[str, dict[Key, tuple[Number, int]]]
 _Pending = dict[tuple[str, Key], tuple[Number, int] | None]  # None: the sum is gone
 

@@ -84,6 +84,7 @@ def _labelset(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") 
 
 
 def _needs_escape(values: tuple[str, ...]) -> bool:
+    """Whether any label value needs escaping (rare: then the slow, escaping path)."""
     joined = "".join(values)
     return "\\" in joined or "\n" in joined or '"' in joined
 
@@ -107,6 +108,7 @@ def _sample_lines(fam: Family) -> Iterator[str]:
 
 
 def _histogram_lines(fam: Family) -> Iterator[str]:
+    """A histogram family's lines (few: the exporter's own request durations)."""
     name = fam.spec.name
     for key in sorted(fam.histograms):
         h = fam.histograms[key]

@@ -225,6 +225,7 @@ class _Group:
         self.day_cells: dict[tuple[object, ...], Cell] = {}
 
     def label_key(self, ctx: FoldContext, family: str, extra: Mapping[str, str]) -> Key:
+        """The family's label values for this group (`extra` overrides some, e.g. token_type)."""
         get = self.labels.get
         if extra:
             return tuple([extra[n] if n in extra else get(n, "") for n in ctx.labels_of(family)])

@@ -101,10 +101,12 @@ class ChangeObserver(Protocol):
 
 
 def _measure_name(k: str) -> str:
+    """A measure name as a JSON string (escaped only when it must be: names are plain)."""
     return json.dumps(k) if '"' in k or "\\" in k else f'"{k}"'
 
 
 def _dump_measures_slow(measures: Mapping[str, Number]) -> str:
+    """`_dump_measures` for any values (Decimals as strings, bools as ints)."""
     parts = []
     for k in sorted(measures):
         v = measures[k]
@@ -120,6 +122,7 @@ _TEMPLATES: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}
 
 
 def _template(names: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """Build (and keep) the sorted names and the int template for a set of measure names."""
     order = tuple(sorted(names))
     parts = [_measure_name(k).replace("%", "%%") + ":%d" for k in order]
     if len(_TEMPLATES) > 10_000:

@@ -299,9 +299,8 @@ def _counters(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]]) -> None:
             for key, (value, _) in sums.items():
                 fam.add(_folded(key, positions), value)
         else:  # distinct keys, nothing folded: each sample is new (as `Family.add` sets it)
-            fam.samples.update(
-                [(key, v if type(v) is int else 0 + v) for key, (v, _) in sums.items()]  # type: ignore[misc]
-            )
+            new = [(key, v if type(v) is int else 0 + v) for key, (v, _) in sums.items()]
+            fam.samples.update(new)  # type: ignore[arg-type]
     for p, model in agg.sums("t:_unpriced_model"):
         out.fam("llm_unpriced_model_info").set((str(p), str(model)), 1)
 
