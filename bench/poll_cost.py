@@ -22,9 +22,16 @@ For each size, in fresh child processes (so peak memory is each one's own):
   `generate_latest` (families pre-built, so only the formatting is timed; both outputs are
   parsed and checked to hold the same samples): the cost of each, once per poll.
 
-Figures: wall and CPU seconds (median of the polls), steady RSS and its peak while polling
-(the exporter's process plus its HTTP server process), state-file size,
-and the ratio scratch/steady. Ledgers are cached in $BENCH_DIR (default /tmp/llm-bench).
+Each poll does what the exporter's does, no more and no less: the process is tuned as the
+exporter tunes itself when it starts (`app.tune_runtime`); the fetched rows are dropped once
+written (in the exporter they are local to the endpoint's poll, and the rebuild runs
+without them); the rebuild renders the families, then the tail of the exporter's own error
+counters (as `App.rebuild` does), and publishes to the HTTP server process.
+
+Figures: wall and CPU seconds (median of the polls), steady RSS (between polls) and the
+peak while polling (the exporter's process, fetched rows included, plus its HTTP server
+process), state-file size, and the ratio scratch/steady. Ledgers are cached in $BENCH_DIR
+(default /tmp/llm-bench).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scrape import SameSamples, same_samples
 
 from exporter.aggregates import Aggregates
+from exporter.app import tune_runtime
 from exporter.exposition import Exposition, Family
 from exporter.exposition import render as render_text
 from exporter.fold import FoldContext
@@ -151,7 +159,13 @@ def families(agg: Aggregates, now: dt.datetime) -> list[Family]:
 
 
 def render(agg: Aggregates, exposition: Exposition, now: dt.datetime) -> int:
-    return len(exposition.update(families(agg, now)).body)
+    """As the exporter rebuilds: the families, then the tail of its own error counters."""
+    size = len(exposition.update(families(agg, now)).body)
+    errors = Family.of("llm_exporter_errors_total")
+    errors.set(("bad_ledger_row",), 0)
+    errors.set(("rebuild",), 0)
+    exposition.set_tail([errors])
+    return size
 
 
 # Scrapes until SIGTERM (or for argv[2] seconds), then prints the latencies. It pauses 50 ms
@@ -241,6 +255,7 @@ def cpu() -> float:
 
 
 def child_scratch(path: Path) -> dict[str, float]:
+    tune_runtime()  # as the exporter does when it starts
     ledger = Ledger(path)
     agg = Aggregates(context(), ledger)
     wall0, cpu0 = time.monotonic(), cpu()
@@ -258,13 +273,17 @@ def child_scratch(path: Path) -> dict[str, float]:
 
 
 def child_steady(path: Path, polls: int) -> dict[str, float]:
+    tune_runtime()  # as the exporter does when it starts
     began = time.monotonic()
-    ledger = Ledger(path)
+    ledger = Ledger(path)  # checks the file (PRAGMA quick_check: reads all of it)
+    opened = time.monotonic()
     agg = Aggregates(context(), ledger)
     refolded = agg.open(NOW, PriceBook(providers=pricing_traits()).fingerprint())
+    loaded = time.monotonic()
     exposition = Exposition()
     size = render(agg, exposition, NOW)
     ready = time.monotonic() - began
+    phases = {"ready_check": opened - began, "ready_load": loaded - opened}
     start_peak = peak_mib()
     server = ServingProcess(("127.0.0.1", 0))  # as the exporter serves: its own process
     server.publish(exposition.current, {}, True)
@@ -291,6 +310,9 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
             buckets.append(b)
         wall0, cpu0 = time.monotonic(), cpu()
         ledger.replace("openai", "main", "completions", buckets, None, agg)
+        # The poller's fetched rows are gone once written (they are local to the endpoint's
+        # poll); the rebuild that follows runs without them.
+        del buckets, b
         agg.roll(NOW)
         render(agg, exposition, NOW)
         server.publish(exposition.current, {}, True)
@@ -309,12 +331,14 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         "scrape_poll_p99": p99(during),
         "scrapes": len(during),
         "ready": ready,
+        **phases,
         "refolded": float(refolded),
         "wall": statistics.median(walls),
         "cpu": statistics.median(cpus),
         "peak": poll_peak + server_rss,
         "start_peak": start_peak,
         "steady": steady,
+        "server_rss": server_rss,
         "bytes": size,
     }
 
@@ -343,10 +367,11 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     print(
         "| ledger rows | days | steady poll wall / CPU s | steady RSS / poll peak MiB | start to ready s (peak MiB)"
+        " | start: file check / load sums / render s"
         " | from-scratch fold wall / CPU s | scratch peak MiB | scratch/steady | state file MiB"
         " | scrape p99 idle / during polls ms | render ours / prometheus_client ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.sizes.split(",")):
         base = cache / f"ledger-{n}.db"
         if not base.exists():
@@ -367,6 +392,8 @@ def main() -> None:
             f"| {rows:,} | {days:.1f} | {steady['wall']:.2f} / {steady['cpu']:.2f}"
             f" | {steady['steady']:.0f} / {steady['peak']:.0f}"
             f" | {steady['ready']:.2f} ({steady['start_peak']:.0f})"
+            f" | {steady['ready_check']:.2f} / {steady['ready_load']:.2f}"
+            f" / {steady['ready'] - steady['ready_check'] - steady['ready_load']:.2f}"
             f" | {scratch['wall']:.1f} / {scratch['cpu']:.1f} | {scratch['peak']:.0f}"
             f" | {scratch['wall'] / steady['wall']:.1f}x | {size / 2**20:.0f}"
             f" | {steady['scrape_idle_p99'] * 1e3:.1f} / {steady['scrape_poll_p99'] * 1e3:.1f}"

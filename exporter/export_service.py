@@ -6,6 +6,7 @@ so neither imports the other back; the HTTP server process and the CLI call this
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -72,6 +73,22 @@ class ExportSource:
     state_file: str
     history_start: int  # UTC seconds: the counters count buckets from here
     prices: PricesSettings
+
+    def to_json(self) -> str:
+        """As text, to hand to the server process on its command line."""
+        return json.dumps(
+            {
+                "state_file": self.state_file,
+                "history_start": self.history_start,
+                "prices": self.prices.model_dump(mode="json"),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportSource:
+        data = json.loads(text)
+        prices = PricesSettings.model_validate(data["prices"])
+        return cls(str(data["state_file"]), int(data["history_start"]), prices)
 
 
 class Exports:

@@ -8,10 +8,15 @@ costs the same whatever the number of series.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import gzip
+import io
+import itertools
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -36,7 +41,11 @@ class Family:
         return Family(spec, tuple(labels) if labels is not None else spec.labels)
 
     def add(self, key: tuple[str, ...], value: Value) -> None:
-        self.samples[key] = self.samples.get(key, 0) + value  # type: ignore[operator]
+        found = self.samples.get(key)
+        if found is not None:
+            self.samples[key] = found + value  # type: ignore[operator]
+        else:  # 0 + value: a Decimal is rounded to the context's precision, as it always was
+            self.samples[key] = value if type(value) is int else 0 + value
 
     def set(self, key: tuple[str, ...], value: Value) -> None:
         self.samples[key] = value
@@ -74,35 +83,86 @@ def _labelset(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") 
     return "{" + ",".join(parts) + "}" if parts else ""
 
 
-def render(families: Iterable[Family]) -> bytes:
-    out: list[str] = []
+def _needs_escape(values: tuple[str, ...]) -> bool:
+    """Whether any label value needs escaping (rare: then the slow, escaping path)."""
+    joined = "".join(values)
+    return "\\" in joined or "\n" in joined or '"' in joined
+
+
+def _sample_lines(fam: Family) -> Iterator[str]:
+    """One line per sample, sorted by labels. The label names are formatted once per family
+    into a %-template: at 130k samples a poll, per-label formatting was most of a render."""
+    name, names = fam.spec.name, fam.labels
+    template = name.replace("%", "%%")
+    if names:
+        template += "{" + ",".join(n.replace("%", "%%") + '="%s"' for n in names) + "}"
+    template += " "
+    samples = fam.samples
+    for key in sorted(samples):
+        v = samples[key]
+        text = str(v) if type(v) is int else format_value(v)
+        if len(key) != len(names) or _needs_escape(key):
+            yield f"{name}{_labelset(names, key)} {text}"
+        else:
+            yield template % key + text
+
+
+def _histogram_lines(fam: Family) -> Iterator[str]:
+    """A histogram family's lines (few: the exporter's own request durations)."""
+    name = fam.spec.name
+    for key in sorted(fam.histograms):
+        h = fam.histograms[key]
+        for le, c in zip(DURATION_BUCKETS, h.counts, strict=True):
+            bound = 'le="' + str(le) + '"'
+            yield f"{name}_bucket{_labelset(fam.labels, key, bound)} {c}"
+        inf = 'le="+Inf"'
+        yield f"{name}_bucket{_labelset(fam.labels, key, inf)} {h.n}"
+        yield f"{name}_sum{_labelset(fam.labels, key)} {format_value(h.total)}"
+        yield f"{name}_count{_labelset(fam.labels, key)} {h.n}"
+
+
+def render(families: Iterable[Family], extra: bytes = b"") -> bytes:
+    """The text exposition, families sorted by name, then `extra` (already rendered text).
+    Lines are encoded a few thousand at a time into one growing buffer, so the peak is
+    about the body once, not two or three times over (lines, joined text, bytes, chunks
+    joined, body + extra): at 130k series that is 40 MB less."""
+    out = io.BytesIO()
     for fam in sorted(families, key=lambda f: f.spec.name):
         if not fam.samples and not fam.histograms:
             continue
         name = fam.spec.name
-        out.append(f"# HELP {name} {_escape_help(fam.spec.help)}")
-        out.append(f"# TYPE {name} {fam.spec.type}")
-        if fam.spec.type == HISTOGRAM:
-            for key in sorted(fam.histograms):
-                h = fam.histograms[key]
-                for le, c in zip(DURATION_BUCKETS, h.counts, strict=True):
-                    bound = 'le="' + str(le) + '"'
-                    out.append(f"{name}_bucket{_labelset(fam.labels, key, bound)} {c}")
-                inf = 'le="+Inf"'
-                out.append(f"{name}_bucket{_labelset(fam.labels, key, inf)} {h.n}")
-                out.append(f"{name}_sum{_labelset(fam.labels, key)} {format_value(h.total)}")
-                out.append(f"{name}_count{_labelset(fam.labels, key)} {h.n}")
-            continue
-        for key in sorted(fam.samples):
-            out.append(f"{name}{_labelset(fam.labels, key)} {format_value(fam.samples[key])}")
-    out.append("")
-    return "\n".join(out).encode("utf-8")
+        head = f"# HELP {name} {_escape_help(fam.spec.help)}\n# TYPE {name} {fam.spec.type}\n"
+        out.write(head.encode("utf-8"))
+        lines = _histogram_lines(fam) if fam.spec.type == HISTOGRAM else _sample_lines(fam)
+        while batch := list(itertools.islice(lines, _LINES_PER_WRITE)):
+            batch.append("")
+            out.write("\n".join(batch).encode("utf-8"))
+    out.write(extra)
+    return out.getvalue()
 
 
-@dataclass(frozen=True)
+_LINES_PER_WRITE = 4096
+
+
 class Rendered:
-    body: bytes
-    gzipped: bytes
+    """A body and its gzip. The gzip is made on first use: a rebuild replaces the body
+    twice (the main part, then the tail of error counters), and only the last is served.
+    Level 3: on an exposition it takes half the time of level 6 for a 16% larger gzip
+    (20 MB body: about 40 ms instead of 80, once per poll)."""
+
+    __slots__ = ("_gzipped", "_lock", "body")
+
+    def __init__(self, body: bytes, gzipped: bytes | None = None) -> None:
+        self.body = body
+        self._gzipped = gzipped
+        self._lock = threading.Lock()
+
+    @property
+    def gzipped(self) -> bytes:
+        with self._lock:
+            if self._gzipped is None:
+                self._gzipped = gzip.compress(self.body, compresslevel=3)
+            return self._gzipped
 
 
 class Exposition:
@@ -110,34 +170,45 @@ class Exposition:
 
     The body is the main part (rendered after a successful rebuild) plus a small tail of the
     exporter's own error counters, which `set_tail` replaces even when a rebuild failed: the
-    last good data keeps being served, and the failure is counted in the same scrape.
+    last good data keeps being served, and the failure is counted in the same scrape. Only
+    the whole body is kept (with where its main part ends), not the main part apart: at
+    130k series that is 20 MB less.
     """
 
     def __init__(self) -> None:
-        self._main = b""
+        self._main_len = 0
         self._tail = b""
-        self._current = Rendered(b"", gzip.compress(b""))
+        self._current = Rendered(b"")
         self._lock = threading.Lock()
 
     def update(self, families: Iterable[Family], extra: bytes = b"") -> Rendered:
         """Render `families` (plus already-rendered `extra` text) and swap it in."""
-        body = render(families) + extra
         with self._lock:
-            self._main = body
-            return self._swap()
+            tail = self._tail
+        with gc_paused():
+            body = render(families, extra + tail)  # the tail written with the rest: no copy
+        with self._lock:
+            self._main_len = len(body) - len(tail)
+            # No main part yet: nothing is served (a 503), never a body of error counters.
+            self._current = Rendered(body if self._main_len else b"")
+            if self._tail is not tail:  # replaced meanwhile: the body takes the newest
+                self._swap_tail()
+            return self._current
 
     def set_tail(self, families: Iterable[Family]) -> Rendered:
         """Replace the tail (families no main part may hold) and swap the body in."""
         tail = render(families)
         with self._lock:
             self._tail = tail if tail.strip() else b""
-            return self._swap()
+            self._swap_tail()
+            return self._current
 
-    def _swap(self) -> Rendered:
-        # No main part yet: nothing is served (a 503), never a body of error counters alone.
-        body = self._main + self._tail if self._main else b""
-        self._current = Rendered(body, gzip.compress(body, compresslevel=6))
-        return self._current
+    def _swap_tail(self) -> None:
+        """The current main part with the current tail (called with the lock held)."""
+        if self._main_len:
+            main = memoryview(self._current.body)[: self._main_len]
+            self._current = Rendered(b"".join([main, self._tail]))
+            main.release()
 
     def swap(self, rendered: Rendered) -> None:
         """Serve an exposition rendered elsewhere (the server process's side of a publish)."""
@@ -147,3 +218,31 @@ class Exposition:
     @property
     def current(self) -> Rendered:
         return self._current
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def release_large_blocks() -> None:
+    """Make freed large blocks (a rendered body, its lines, a poll's tables) go back to the
+    system. glibc's malloc raises its mmap threshold to the size of each large block freed
+    (up to 32 MB), so after the first poll a 20 MB body comes from the heap and its memory
+    stays with the process when freed: RSS grows by the largest burst and does not come
+    down. A fixed threshold keeps such blocks in mmap. Other C libraries: left as they are."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection for the duration. A poll's write and its render allocate
+    a few hundred thousand short-lived containers (rows, keys, samples), freed by reference
+    counting; the collector would walk them again and again (about 0.15 s a poll at 5M
+    rows) to find no cycle. Collection resumes after (if it was on)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -168,6 +168,7 @@ class FoldContext:
         selectors = [(b.name, compile_selector(b.selector)) for b in self.budgets]
         object.__setattr__(self, "_selectors", selectors)
         object.__setattr__(self, "_label_names", {})
+        object.__setattr__(self, "_groups", {})
 
     @property
     def selectors(self) -> list[tuple[str, Selector]]:
@@ -180,53 +181,106 @@ class FoldContext:
             found = names[family] = resolve_labels(BY_NAME[family].labels, self.opt_labels)
         return found
 
+    def group(self, sr: StoredRow) -> _Group:
+        """The row's group, with the keys already built for it during this fold."""
+        groups: dict[tuple[object, ...], _Group] = self.__dict__["_groups"]
+        gk = (sr.provider, sr.account, sr.row.operation, sr.row.dims)
+        found = groups.get(gk)
+        if found is None:
+            if len(groups) >= _MAX_GROUPS:
+                groups.clear()
+            found = groups[gk] = _Group(self, sr)
+        return found
+
+    def forget_groups(self) -> None:
+        """Drop the keys built during a fold: between polls they would only hold memory."""
+        self.__dict__["_groups"].clear()
+
+
+# Groups whose keys are kept during one fold (about 3 KB each: at most ~12 MB); past it
+# they start again. A poll's changed rows are a few thousand groups at most.
+_MAX_GROUPS = 4096
+
+Cell = tuple[str, Key]  # (kind, key): one sum
+
 
 def add(out: Delta, kind: str, key: Key, value: Number, sign: int) -> None:
     """out[kind, key] += sign * value, counting the addition."""
-    cell = out.get((kind, key))
+    add_cell(out, (kind, key), value, sign)
+
+
+def add_cell(out: Delta, cell_key: Cell, value: Number, sign: int) -> None:
+    """out[cell_key] += sign * value, counting the addition."""
+    cell = out.get(cell_key)
     v = -value if sign < 0 else value
     if cell is None:
-        out[(kind, key)] = [v, sign]
+        out[cell_key] = [v, sign]
     else:
         cell[0] = SUM_CONTEXT.add(cell[0], v) if isinstance(v, Decimal) else cell[0] + v
         cell[1] += sign
 
 
-class _Row:
-    """One row being folded: its labels and the sinks it adds to."""
+class _Group:
+    """One group (provider, account, operation, dimensions): its labels, the budgets whose
+    scope it is in, and the cells it adds to, each built once per fold. A group recurs in
+    every bucket of a from-scratch fold, and an incremental update folds its old and its
+    new content with the same keys: building them once halves that work."""
 
-    __slots__ = ("ctx", "labels", "out", "sign", "sr")
+    __slots__ = ("budgets", "cells", "day", "day_cells", "labels")
 
-    def __init__(self, ctx: FoldContext, sr: StoredRow, out: Delta, sign: int) -> None:
-        self.ctx, self.sr, self.out, self.sign = ctx, sr, out, sign
+    def __init__(self, ctx: FoldContext, sr: StoredRow) -> None:
         labels = dict(sr.row.dims)
         labels["provider"] = sr.provider
         labels["account"] = sr.account
         labels["operation"] = sr.row.operation
         self.labels = labels
+        self.budgets = [name for name, sel in ctx.selectors if sel.matches(labels)]
+        self.cells: dict[object, Cell] = {}
+        self.day = -1  # the day of `day_cells` (rows of one group come mostly day by day)
+        self.day_cells: dict[tuple[object, ...], Cell] = {}
 
-    def counter(self, family: str, value: Number, **extra: str) -> None:
+    def label_key(self, ctx: FoldContext, family: str, extra: Mapping[str, str]) -> Key:
+        """The family's label values for this group (`extra` overrides some, e.g. token_type)."""
         get = self.labels.get
         if extra:
-            key = tuple(
-                [extra[n] if n in extra else get(n, "") for n in self.ctx.labels_of(family)]
-            )
-        else:
-            key = tuple([get(n, "") for n in self.ctx.labels_of(family)])
-        add(self.out, "t:" + family, key, value, self.sign)
+            return tuple([extra[n] if n in extra else get(n, "") for n in ctx.labels_of(family)])
+        return tuple([get(n, "") for n in ctx.labels_of(family)])
+
+
+class _Row:
+    """One row being folded: its group's labels and keys, and the sink it adds to."""
+
+    __slots__ = ("ctx", "group", "labels", "out", "sign", "sr")
+
+    def __init__(self, ctx: FoldContext, sr: StoredRow, out: Delta, sign: int) -> None:
+        self.ctx, self.sr, self.out, self.sign = ctx, sr, out, sign
+        self.group = ctx.group(sr)
+        self.labels = self.group.labels
+
+    def counter(self, family: str, value: Number, **extra: str) -> None:
+        g = self.group
+        ck = (family, *extra.items()) if extra else family
+        cell = g.cells.get(ck)
+        if cell is None:
+            cell = g.cells[ck] = ("t:" + family, g.label_key(self.ctx, family, extra))
+        add_cell(self.out, cell, value, self.sign)
 
     def by_day(self, family: str, day: int, value: Number, kind: str = "d:", **extra: str) -> None:
         """A period gauge's day sum (kind "d:"), or an exact-day gauge's (kind "y:")."""
-        get = self.labels.get
-        key = (day, *[extra[n] if n in extra else get(n, "") for n in self.ctx.labels_of(family)])
-        add(self.out, kind + family, key, value, self.sign)
+        g = self.group
+        if g.day != day:
+            g.day, g.day_cells = day, {}
+        ck = (kind, family, *extra.items())
+        cell = g.day_cells.get(ck)
+        if cell is None:
+            cell = (kind + family, (day, *g.label_key(self.ctx, family, extra)))
+            g.day_cells[ck] = cell
+        add_cell(self.out, cell, value, self.sign)
 
     def budget(self, day: int, reported: Decimal = Decimal(0), estimated: Decimal = Decimal(0),
                unpriced: int = 0) -> None:  # fmt: skip
         sr = self.sr
-        for name, sel in self.ctx.selectors:
-            if not sel.matches(self.labels):
-                continue
+        for name in self.group.budgets:
             key = (name, sr.provider, sr.account, day)
             if reported:
                 add(self.out, "b.rep", key, reported, self.sign)
@@ -243,10 +297,13 @@ def fold_row(ctx: FoldContext, sr: StoredRow, revised: bool, out: Delta, sign: i
     m = row.measures
     if not revised:
         add(out, "t:_account", (sr.provider, sr.account), 0, sign)
+        size = None  # the same for each folded label: computed once
         for lab in FOLDED:
             v = r.labels.get(lab)
             if v and lab in ctx.opt_labels:
-                add(out, "f", (lab, v, sr.start - sr.start % 86400), _size(m), sign)
+                if size is None:
+                    size = _size(m)
+                add(out, "f", (lab, v, sr.start - sr.start % 86400), size, sign)
     if row.operation == CLAUDE_CODE:
         _claude_code(r, m)  # its own metrics: never added to llm_tokens_total
         return

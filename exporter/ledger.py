@@ -25,6 +25,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from exporter.exposition import gc_paused
 from exporter.rows import LEVEL_MEASURES, Bucket, Number, Row
 
 log = logging.getLogger(__name__)
@@ -99,16 +100,50 @@ class ChangeObserver(Protocol):
         ...
 
 
-def _dump_measures(measures: Mapping[str, Number]) -> str:
-    """Compact JSON, keys sorted: ints stay JSON ints (exact at any size), Decimals become
-    strings. Written by hand (the same text json.dumps gives) because every re-fetched row
-    is encoded to compare it with what is stored."""
+def _measure_name(k: str) -> str:
+    """A measure name as a JSON string (escaped only when it must be: names are plain)."""
+    return json.dumps(k) if '"' in k or "\\" in k else f'"{k}"'
+
+
+def _dump_measures_slow(measures: Mapping[str, Number]) -> str:
+    """`_dump_measures` for any values (Decimals as strings, bools as ints)."""
     parts = []
     for k in sorted(measures):
         v = measures[k]
-        name = json.dumps(k) if '"' in k or "\\" in k else f'"{k}"'
+        name = _measure_name(k)
         parts.append(f'{name}:"{v}"' if isinstance(v, Decimal) else f"{name}:{int(v)}")
     return "{" + ",".join(parts) + "}"
+
+
+# Measure names as a row lists them -> (the names sorted, a %-template of the JSON text for
+# int values). Rows of one endpoint share a handful of name sets, so encoding a row is one
+# lookup and one `%`; a mix of types (a Decimal, a bool) takes the slow path.
+_TEMPLATES: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}
+
+
+def _template(names: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """Build (and keep) the sorted names and the int template for a set of measure names."""
+    order = tuple(sorted(names))
+    parts = [_measure_name(k).replace("%", "%%") + ":%d" for k in order]
+    if len(_TEMPLATES) > 10_000:
+        _TEMPLATES.clear()
+    found = _TEMPLATES[names] = (order, "{" + ",".join(parts) + "}")
+    return found
+
+
+def _dump_measures(measures: Mapping[str, Number]) -> str:
+    """Compact JSON, keys sorted: ints stay JSON ints (exact at any size), Decimals become
+    strings. Written by hand (the same text json.dumps gives), with a template per set of
+    measure names, because every re-fetched row is encoded to compare it with what is
+    stored: at 115k rows a poll, this is a good part of a poll's cost."""
+    names = tuple(measures)
+    found = _TEMPLATES.get(names)
+    order, template = _template(names) if found is None else found
+    values = tuple([measures[k] for k in order])
+    for v in values:
+        if type(v) is not int:
+            return _dump_measures_slow(measures)
+    return template % values
 
 
 class BadRowError(ValueError):
@@ -436,22 +471,25 @@ class Ledger:
         changes: list[Change] = []
         rows_delta = 0
         dims_text: dict[tuple[tuple[str, str], ...], str] = {}  # a group recurs every bucket
-        with self._lock:
+        with self._lock, gc_paused():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 for bucket in buckets:
                     where = (provider, account, endpoint, bucket.start)
-                    new: dict[tuple[str, str], dict[str, Number]] = {}
+                    # The row's own measures unless a group recurs (then a merged copy).
+                    new: dict[tuple[str, str], Mapping[str, Number]] = {}
                     for row in bucket.rows:
                         text = dims_text.get(row.dims)
                         if text is None:
                             text = dims_text[row.dims] = _dump_dims(row.dims)
                         into = new.get((row.operation, text))
                         if into is None:  # a group's first row in the bucket (the usual case)
-                            new[(row.operation, text)] = dict(row.measures)
+                            new[(row.operation, text)] = row.measures
                         else:
-                            _merge(into, row.measures.items())
+                            merged = dict(into)
+                            _merge(merged, row.measures.items())
+                            new[(row.operation, text)] = merged
                     texts = {key: _dump_measures(m) for key, m in new.items()}
                     stored: list[tuple[str, str, str, int]] = db.execute(
                         "SELECT operation, dims, measures, bucket_end FROM rows WHERE provider=?"
@@ -735,8 +773,8 @@ def _by_group(amounts: dict[tuple[str, str, str], Number]) -> _Groups:
 def _diff(
     changes: list[Change],
     head: tuple[str, str, str, int, int],
-    old: _Groups,
-    new: _Groups,
+    old: Mapping[tuple[str, str], Mapping[str, Number]],
+    new: Mapping[tuple[str, str], Mapping[str, Number]],
     revised: bool,
 ) -> None:
     """The groups of one bucket whose measures differ between `old` and `new`."""

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 from exporter import __version__
 from exporter.aggregates import Aggregates, period_starts
 from exporter.budgets import ScopePart, evaluate, period_bounds
-from exporter.exposition import Family, format_value
+from exporter.exposition import Family, format_value, gc_paused
 from exporter.fold import (
     FOLD_AS,
     FOLDED,
@@ -218,7 +218,7 @@ class _Out:
 def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
     """Every family, from the current sums. Holds the aggregates' lock while it reads."""
     out = _Out(inp.opt_labels)
-    with agg.lock:
+    with agg.lock, gc_paused():
         keep = fold_sets(agg, inp.opt_labels, inp.max_values)
         _counters(out, agg, keep)
         _periods(out, agg, keep, inp)
@@ -284,7 +284,10 @@ def _folder(
 
 
 def _folded(key: Key, positions: list[tuple[int, set[str]]]) -> tuple[str, ...]:
-    if not positions:
+    for i, kept in positions:
+        if key[i] and key[i] not in kept:
+            break
+    else:  # nothing to fold (the usual case): the key itself, no new tuple
         return key  # type: ignore[return-value]
     out = list(key)
     for i, kept in positions:
@@ -300,8 +303,12 @@ def _counters(out: _Out, agg: Aggregates, keep: Mapping[str, set[str]]) -> None:
             continue
         fam = out.fam(kind[2:])
         positions = _folder(fam.labels, keep, kind[2:])
-        for key, (value, _) in sums.items():
-            fam.add(_folded(key, positions), value)
+        if positions or fam.samples:
+            for key, (value, _) in sums.items():
+                fam.add(_folded(key, positions), value)
+        else:  # distinct keys, nothing folded: each sample is new (as `Family.add` sets it)
+            new = [(key, v if type(v) is int else 0 + v) for key, (v, _) in sums.items()]
+            fam.samples.update(new)  # type: ignore[arg-type]
     for p, model in agg.sums("t:_unpriced_model"):
         out.fam("llm_unpriced_model_info").set((str(p), str(model)), 1)
 

@@ -8,26 +8,44 @@ rebuild the exporter publishes (exposition, landing-page status, readiness); the
 acknowledges once it serves them, so what a caller published is what the next scrape sees.
 
 `/api/v1/export` is answered in the server process too, from the state file opened read-only
-there (an `ExportSource`: its path, history start and price settings): a large export then
-streams without passing through the pipe and without taking the poller's interpreter.
+there (an `ExportSource`: its path, history start and price settings, handed over as JSON):
+a large export then streams without passing through the pipe and without taking the
+poller's interpreter. The export code is imported at the first export request, so a server
+that never exports stays small.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import json
 import multiprocessing.connection
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from exporter.export_service import ExportSource
-from exporter.exposition import Exposition, Rendered
-from exporter.server import ExportFn, MetricsServer
+from exporter.exposition import Exposition, Rendered, release_large_blocks
+from exporter.server import MetricsServer
 from exporter.webconfig import WebConfigError, load_web_config
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from exporter.export_service import Exports, ExportSource
 
 _READY_TIMEOUT = 30.0  # seconds for the server process to start listening
 _ACK_TIMEOUT = 10.0
+
+# The server process's entry: only this module and what it imports. multiprocessing's spawn
+# would import the parent's main module again (the console script imports the whole
+# exporter: prices, HTTP clients, pydantic), about 20 MB more in a process that only
+# serves bytes.
+_ENTRY = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from exporter.serving import _main; _main(sys.argv[2:])"
+)
 
 
 class ServingProcess:
@@ -39,32 +57,44 @@ class ServingProcess:
         web_config: str | None = None,
         export: ExportSource | None = None,
     ) -> None:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_serve,
-            args=(address, child, web_config, export),
-            name="llm-cost-exporter-http",
-            daemon=True,
+        ours, theirs = socket.socketpair()
+        args = [
+            json.dumps(sys.path),
+            str(theirs.fileno()),
+            address[0],
+            str(address[1]),
+            export.to_json() if export is not None else "",
+            *([web_config] if web_config else []),
+        ]
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _ENTRY, *args],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
         )
-        self.process.start()
-        child.close()
+        theirs.close()  # the server's end lives in the server only: its exit is our EOF
+        self._conn = multiprocessing.connection.Connection(ours.detach())
         self._lock = threading.Lock()
         if not self._conn.poll(_READY_TIMEOUT):
             self.process.kill()
             raise OSError(f"the HTTP server did not start listening on {address[0]}:{address[1]}")
-        kind, detail = self._conn.recv()
+        try:
+            kind, detail = self._conn.recv()
+        except EOFError:
+            raise OSError(f"the HTTP server process exited ({self.process.wait()})") from None
         if kind != "listening":
-            self.process.join(2)
+            self._join(2)
             raise OSError(detail)
         self.server_address: tuple[str, int] = detail
 
     def publish(self, rendered: Rendered, status: dict[str, Any], ready: bool) -> None:
-        """Hand the server what to serve next; returns once it serves it."""
+        """Hand the server what to serve next; returns once it serves it. The body and its
+        gzip go as raw bytes: pickled, they would be copied once more on each side."""
         with self._lock:
-            if not self.process.is_alive():
+            if self.process.poll() is not None:
                 raise OSError("the HTTP server process has exited")
-            self._conn.send((rendered, status, ready))
+            self._conn.send((status, ready))
+            self._conn.send_bytes(rendered.body)
+            self._conn.send_bytes(rendered.gzipped)
             if not self._conn.poll(_ACK_TIMEOUT):
                 raise OSError("the HTTP server process did not answer")
             self._conn.recv()
@@ -72,18 +102,33 @@ class ServingProcess:
     def shutdown(self) -> None:
         with self._lock, contextlib.suppress(OSError):  # already gone
             self._conn.send(None)
-        self.process.join(2)
-        if self.process.is_alive():
+        if not self._join(2):
             self.process.kill()
-            self.process.join(1)
+            self._join(1)
         self._conn.close()
+
+    def _join(self, timeout: float) -> bool:
+        """Wait for the server process to exit; whether it did."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
+def _main(argv: list[str]) -> None:
+    """The server process's entry point (see `_ENTRY`)."""
+    release_large_blocks()  # each publish replaces a body of up to tens of MB
+    fd, host, port, export, *web_config = argv
+    conn = multiprocessing.connection.Connection(int(fd))
+    _serve((host, int(port)), conn, web_config[0] if web_config else None, export or None)
 
 
 def _serve(
     address: tuple[str, int],
     conn: multiprocessing.connection.Connection,
     web_config: str | None = None,
-    export: ExportSource | None = None,
+    export: str | None = None,
 ) -> None:
     """The server process: serve what was published last until told to stop (or orphaned).
     `web_config` (TLS, basic auth) is read here: an SSL context does not cross processes."""
@@ -101,7 +146,7 @@ def _serve(
             lambda: state["status"],
             lambda: state["ready"],
             web,
-            _exports(export),
+            None if export is None else _LazyExports(export),
         )
     except OSError as exc:
         conn.send(("error", f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}"))
@@ -113,8 +158,10 @@ def _serve(
             msg = conn.recv()
             if msg is None:
                 break
-            rendered, status, ready = msg
-            exposition.swap(rendered)
+            status, ready = msg
+            body = conn.recv_bytes()
+            exposition.swap(Rendered(body, conn.recv_bytes()))
+            del body
             state["status"], state["ready"] = status, ready
             conn.send(True)
     except (EOFError, OSError, KeyboardInterrupt):
@@ -124,9 +171,18 @@ def _serve(
         server.server_close()
 
 
-def _exports(source: ExportSource | None) -> ExportFn | None:
-    if source is None:
-        return None
-    from exporter.export_service import Exports
+class _LazyExports:
+    """The export handler, built (and its code imported) at the first export request."""
 
-    return Exports(source)
+    def __init__(self, source_json: str) -> None:
+        self._source_json = source_json
+        self._handler: Exports | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, query: Mapping[str, str]) -> tuple[str, str, Iterator[bytes]]:
+        with self._lock:
+            if self._handler is None:
+                from exporter.export_service import Exports, ExportSource
+
+                self._handler = Exports(ExportSource.from_json(self._source_json))
+        return self._handler(query)
