@@ -572,6 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="localhost,127.0.0.1,simulator",
         help="comma-separated names and addresses the certificate is valid for",
     )
+    p.add_argument(
+        "--gateway-log",
+        default=None,
+        type=Path,
+        help="write a gateway's JSON-lines request log here (3/4 of the OpenAI and Anthropic "
+        "chat traffic, for a proxy_log account); off unless set",
+    )
+    p.add_argument(
+        "--gateway-days",
+        type=int,
+        default=7,
+        help="days of gateway log written at start (default %(default)s)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
     return p
 
@@ -640,10 +653,21 @@ def main(argv: list[str] | None = None) -> int:
             sim.login_url,
             tls[0],
         )
+    gateway = None
+    if args.gateway_log is not None:
+        from simulator.gateway import GatewayLog
+
+        try:
+            gateway = GatewayLog(args.gateway_log, sim.dataset, sim.now, args.gateway_days).start()
+        except OSError as exc:
+            print(f"--gateway-log: cannot write {args.gateway_log}: {exc.strerror or exc}")
+            return 1
     try:
         sim.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if gateway is not None:
+            gateway.stop()
         sim._httpd.server_close()
     return 0

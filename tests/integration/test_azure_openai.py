@@ -316,9 +316,10 @@ def test_the_demo_config_polls_the_simulators_azure(
         "LLM_EXPORTER_STATE_DIR": str(tmp_path),
     }
     settings = load(ROOT / "config.demo.yml", env)
-    # Vertex AI and Bedrock need no key variable (their demo credentials are files), so they
-    # are polled too; they have their own demo tests: here they are switched off.
-    for keyless in ("vertex_ai", "bedrock"):
+    # Vertex AI, Bedrock and the gateway log need no key variable (their demo credentials
+    # are files, or none), so they are polled too; they have their own demo tests: here they
+    # are switched off.
+    for keyless in ("vertex_ai", "bedrock", "proxy_log"):
         for acc in settings.providers.by_provider()[keyless]:
             acc.enabled = False
     polled = [(p, a.account) for p, a in settings.providers.accounts()]

@@ -531,7 +531,7 @@ def test_compose_fresh_clone_runs_the_demo(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stderr
     assert (
         "configuration ok: anthropic/demo, azure_openai/demo, bedrock/demo, groq/demo, "
-        "openai/demo, vertex_ai/demo" in check.stdout
+        "openai/demo, proxy_log/gateway, vertex_ai/demo" in check.stdout
     )
 
 

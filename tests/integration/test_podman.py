@@ -439,8 +439,9 @@ def test_demo_stack_under_podman(stack: dict[str, str], images: dict[str, str]) 
 
     # Every demo provider, the clouds included, is polled through its SDK inside the container:
     # azure-identity against the simulator's TLS login, boto3 with the mounted demo profile,
-    # google-auth with the mounted demo credential.
-    demo = {"openai", "anthropic", "groq", "azure_openai", "bedrock", "vertex_ai"}
+    # google-auth with the mounted demo credential; the gateway log the simulator writes on
+    # the shared volume is read.
+    demo = {"openai", "anthropic", "groq", "azure_openai", "bedrock", "vertex_ai", "proxy_log"}
 
     def every_source_up() -> dict[tuple[str, str], float] | None:
         got = parse(http_get("http://127.0.0.1:9877/metrics"))
