@@ -15,7 +15,8 @@ its reported cost. Like the counters, which keep the highest value a bucket ever
 bucket revised down appears at that peak as usage plus a `correction` line with the
 revised-away amount negated: usage lines sum to the counters, all lines sum to what the
 provider reports now. Claude Code report rows are left out (their tokens are the messages
-report's again, counted apart) and so are storage levels (bytes stored, not consumed).
+report's again, counted apart), and so are a gateway's request log rows (the providers'
+own reports bill the same requests) and storage levels (bytes stored, not consumed).
 
 Lines are summed per period (`grain`: UTC day or hour; a daily bucket cannot be split and
 stays one line at its first hour) and key, in bucket order: memory holds one period.
@@ -44,6 +45,7 @@ from exporter.rows import (
     CHARACTERS,
     COST,
     IMAGES,
+    PROXY,
     REQUESTS,
     SESSIONS,
     TOKENS,
@@ -60,6 +62,9 @@ FORMATS = ("csv", "jsonl", "focus")
 GRAINS = {"day": 86400, "hour": 3600}
 USAGE, CORRECTION = "usage", "correction"
 CLAUDE_CODE = "claude_code"  # fold.CLAUDE_CODE: its own report, never summed with usage
+# A gateway's request log (rows.PROXY): the same requests the providers' own reports bill,
+# seen from the gateway; exported, they would be summed with them and counted twice.
+NOT_EXPORTED = frozenset({CLAUDE_CODE, PROXY})
 
 # Units besides tokens, in column order, and the `PriceBook.estimate_units` unit of each.
 UNIT_MEASURES = (REQUESTS, IMAGES, CHARACTERS, AUDIO_SECONDS, SESSIONS, TOOL_CALLS)
@@ -304,7 +309,7 @@ def period(sr: StoredRow, grain: str) -> tuple[int, int]:
 def lines_of(sr: StoredRow, revised: bool, pricer: RowPricer, grain: str) -> list[Line]:
     """The lines one stored row (or revised-away amount) adds, as `fold_row` counts it."""
     row = sr.row
-    if row.operation == CLAUDE_CODE:
+    if row.operation in NOT_EXPORTED:
         return []
     m = row.measures
     labels = dict(row.dims)

@@ -132,6 +132,18 @@ def test_claude_code_rows_are_left_out() -> None:
     )
 
 
+def test_gateway_log_rows_are_left_out() -> None:
+    """The providers' own reports bill the same requests: exported too, they would count
+    twice in a spreadsheet's sum (and the usage counters do not hold them either)."""
+    row = Row.make(
+        "proxy",
+        {"upstream": "openai", "model": "gpt-4o"},
+        {"tokens.input": 5, "tokens.output": 2, "requests": 1, "cost": "0.01"},
+    )
+    stored = StoredRow("proxy_log", "gateway", "requests", D0, D0 + 3600, row)
+    assert lines_of(stored, False, Pricer(), "day") == []
+
+
 def test_hourly_buckets_sum_into_days_and_stay_apart_by_hour() -> None:
     rows = [(usage_row(D0 + h * 3600, D0 + (h + 1) * 3600), False) for h in range(3)]
     day = [ln for ln in lines(rows, Pricer(), "day") if ln.token_type == "input"]
