@@ -57,7 +57,8 @@ SPECS: tuple[Spec, ...] = (
         (*_USAGE, "reason"),
         "Model requests the provider reports as throttled or failed (reason: throttled, "
         "client_error, server_error), from its own metrics (Bedrock InvocationThrottles, "
-        "InvocationClientErrors, InvocationServerErrors): the callers' failures, not the "
+        "InvocationClientErrors, InvocationServerErrors; Azure OpenAI requests by StatusCode): "
+        "the callers' failures, not the "
         f"exporter's (see llm_source_api_request_failures_total), {_SINCE}.",
     ),
     Spec(

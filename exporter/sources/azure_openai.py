@@ -46,8 +46,10 @@ carved out of them (``audio_in_text_metrics: false`` says they are separate). Az
 do not split cached prompt tokens out: they are counted as ``input`` (the estimate is then an
 upper bound; the invoice, ``llm_cost_reported_usd_total``, is exact).
 
-Requests count every status; throttled (429) and failed (5xx) requests in the fetched window
-are logged as a warning (the self-health of the deployments, not of the exporter).
+Requests count every status; throttled (429), client-error (other 4xx) and server-error (5xx)
+requests are also counted apart (``failed_requests.<reason>`` ->
+``llm_model_request_failures_total``: the callers' failures, not the exporter's) and logged
+as a warning per poll.
 
 Cost rows: ``line_item`` = the meter, ``model`` and ``token_type`` read from the meter text
 where it names them (``gpt-4o-mini-0718 Input Global Tokens`` -> ``gpt-4o-mini``, ``input``),
@@ -427,7 +429,12 @@ class AzureOpenAISource:
                     group = sums[(bucket, model if self.by_model else "")]
                     group[key] = group.get(key, Decimal(0)) + value
                     if statuses is not None:
-                        statuses[labels.get(status_dim, "")] += value
+                        code = labels.get(status_dim, "")
+                        statuses[code] += value
+                        reason = _failure_reason(code)
+                        if reason:
+                            failed = rows.FAILED_REQUESTS + reason
+                            group[failed] = group.get(failed, Decimal(0)) + value
 
     def _usage_row(self, model: str, sums: Mapping[str, Decimal]) -> Row:
         """Counts of one model in one bucket, the token types partitioned."""
@@ -450,6 +457,8 @@ class AzureOpenAISource:
             out[rows.token_measure("output_audio")] = audio_out
         if "requests" in self.metrics:
             out[rows.REQUESTS] = counts.get("requests", 0)
+            # The callers' failed requests (also in `requests`, which counts every status).
+            out.update((k, v) for k, v in counts.items() if k.startswith(rows.FAILED_REQUESTS))
         operation = "embeddings" if "embedding" in model.lower() else "completions"
         return Row.make(operation, {"model": model}, out)
 
@@ -681,6 +690,18 @@ def _time(value: Any) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp())
+
+
+def _failure_reason(status_code: str) -> str:
+    """The failure reason of a StatusCode dimension value ("" for a success): 429 is
+    throttled, other 4xx a client error, 5xx a server error."""
+    if status_code == "429":
+        return "throttled"
+    if status_code.startswith("4"):
+        return "client_error"
+    if status_code.startswith("5"):
+        return "server_error"
+    return ""
 
 
 def _count(value: Decimal) -> int:

@@ -124,6 +124,13 @@ def assert_exact(got: Samples, sim: SimulatorServer, now: int) -> None:
         assert total(got, "llm_tokens_total", token_type=tt, **SEL) == value, tt
     assert total(got, "llm_tokens_total", **SEL) == sum(tokens.values())
     assert total(got, "llm_model_requests_total", **SEL) == truth[REQUESTS]
+    # The callers' failed requests, by reason, from the StatusCode split of the requests.
+    by_status = sim.dataset.truth("azure", start, now, group=("status_code",))
+    failed = {"throttled": by_status.get(("429",), {}), "server_error": by_status.get(("500",), {})}
+    assert all(failed.values())  # the fake throttles and fails some requests
+    for reason, measures in failed.items():
+        got_failed = total(got, "llm_model_request_failures_total", reason=reason, **SEL)
+        assert got_failed == measures[REQUESTS], reason
     assert (
         total(got, "llm_tokens_total", operation="embeddings", **SEL)
         == (sim.dataset.totals("azure", start, now, "embeddings")["tokens.input"])

@@ -111,11 +111,13 @@ def test_metrics_become_hourly_rows_per_model_with_audio_carved_out(
     ]
     first, second, third = (by_model(b.rows) for b in buckets)
     # Two deployments of gpt-4o are one model; a bad point ("lots") is skipped and counted.
+    # The 429s are requests too, and counted apart as the callers' failures.
     assert first["gpt-4o"] == {
         "op": "completions",
         "tokens.input": 183000,
         "tokens.output": 5000,
         "requests": 43,
+        "failed_requests.throttled": 3,
     }
     # The audio metrics are part of the prompt/generated ones: carved out, so types partition.
     assert first["gpt-realtime"] == {
@@ -128,7 +130,13 @@ def test_metrics_become_hourly_rows_per_model_with_audio_carved_out(
     }
     # A point without `total` is no data; the 500 still counts as a request.
     assert second == {
-        "gpt-4o": {"op": "completions", "tokens.input": 0, "tokens.output": 0, "requests": 1}
+        "gpt-4o": {
+            "op": "completions",
+            "tokens.input": 0,
+            "tokens.output": 0,
+            "requests": 1,
+            "failed_requests.server_error": 1,
+        }
     }
     # A series without modelname whose deployment made no request is named by it.
     assert third["legacy"]["tokens.input"] == 10
