@@ -1715,6 +1715,24 @@ def usage() -> Json:
             "audio ...), per day of arrival (increase over 1 day; there is no exact-day "
             "figure per operation): exact days by model are in Daily model requests.",
         ),
+        timeseries(
+            "Throttled and failed model requests (hourly)",
+            "Requests the provider itself reports as throttled or failed, by reason, per hour "
+            "(llm_model_request_failures_total: Bedrock InvocationThrottles and errors, Azure "
+            "OpenAI requests by status code). These are your callers' failures, not the "
+            "exporter's (those are on the Exporter health dashboard); providers without such "
+            "metrics show nothing here.",
+            [
+                target(
+                    f"sum by (provider, reason) ({inc('llm_model_request_failures_total', '1h')})",
+                    "{{provider}} {{reason}}",
+                    interval="1h",
+                )
+            ],
+            "short",
+            bars=True,
+            stack=True,
+        ),
         row("Other billed measures"),
         daily(
             "llm_images_total",

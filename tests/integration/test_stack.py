@@ -59,6 +59,13 @@ KEYS = {
     "E2E_OPENAI_KEY": "test-openai-admin-key",
     "E2E_ANTHROPIC_KEY": "test-anthropic-admin-key",
     "E2E_GROQ_KEY": "test-groq-key",
+    # boto3's credentials for the Bedrock account (the simulator's fake, its fake key), and
+    # nothing of this machine's own AWS setup.
+    "AWS_ACCESS_KEY_ID": "test-aws-access-key",
+    "AWS_SECRET_ACCESS_KEY": "test-aws-secret",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
 }
 
 
@@ -137,6 +144,16 @@ def exporter_config(path: Path, sim: str, state: Path, limit: float) -> None:
             ],
             "proxy_log": [
                 {"account": "gateway", "options": {"path": str(path.parent / "gateway.jsonl*")}}
+            ],
+            # Its callers' throttles and errors feed the failed-requests panel.
+            "bedrock": [
+                {
+                    "account": "e2e",
+                    "options": {
+                        "regions": ["us-east-1", "eu-west-1"],
+                        "endpoint_url": f"{sim}/aws",
+                    },
+                }
             ],
         },
         "budgets": [
