@@ -57,7 +57,8 @@ SPECS: tuple[Spec, ...] = (
         (*_USAGE, "reason"),
         "Model requests the provider reports as throttled or failed (reason: throttled, "
         "client_error, server_error), from its own metrics (Bedrock InvocationThrottles, "
-        "InvocationClientErrors, InvocationServerErrors; Azure OpenAI requests by StatusCode): "
+        "InvocationClientErrors, InvocationServerErrors; Azure OpenAI and Vertex AI requests by "
+        "status code): "
         "the callers' failures, not the "
         f"exporter's (see llm_source_api_request_failures_total), {_SINCE}.",
     ),

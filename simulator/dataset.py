@@ -395,7 +395,14 @@ def _vertex_streams() -> list[Stream]:
         per = {_t("input"): inp, _t("output"): out}
         return _stream("vertex_ai", "completions", name, dims, profile, rate, per)
 
+    def refused(name: str, model: str, location: str, code: str, rate: float) -> Stream:
+        """Requests the model answered with an error status: requests, no tokens."""
+        dims = {"model": model, "location": location, "response_code": code}
+        return _stream("vertex_ai", "completions", name, dims, "business", rate)
+
     return [
+        refused("vx-flash-429", "gemini-2.5-flash", "us-central1", "429", 1.5),
+        refused("vx-claude-500", "claude-haiku-4-5@20251001", "us-east5", "500", 0.2),
         chat("vx-flash", "gemini-2.5-flash", "us-central1", "business", 30, 1200, 300),
         chat("vx-lite", "gemini-2.5-flash-lite", "europe-west4", "steady", 5, 3000, 800),
         chat("vx-flash2", "gemini-2.0-flash-001", "europe-west4", "business", 8, 700, 200),

@@ -307,7 +307,8 @@ def _series_labels(stream: ds.Stream, kind: str | None) -> tuple[dict[str, str],
         "model_user_id": stream.model or "",
         "model_version_id": "",
     }
-    metric = {"type": kind} if kind else {"response_code": "200", "request_type": "shared"}
+    code = stream.dim("response_code") or "200"
+    metric = {"type": kind} if kind else {"response_code": code, "request_type": "shared"}
     return metric, resource
 
 

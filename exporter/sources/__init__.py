@@ -175,6 +175,20 @@ def parse_options(model: type[M], raw: Mapping[str, Any]) -> M:
         raise ValueError("\n".join(lines)) from None
 
 
+def failure_reason(status_code: str) -> str:
+    """The reason a provider's own request metric with this HTTP status code counts as a
+    caller's failure (`rows.FAILED_REQUESTS`), or "" for a success: 429 is throttled, other
+    4xx a client error, 5xx a server error."""
+    code = status_code.strip()
+    if code == "429":
+        return "throttled"
+    if code.startswith("4"):
+        return "client_error"
+    if code.startswith("5"):
+        return "server_error"
+    return ""
+
+
 def horizon_option(seconds: float | None, name: str, default: int, width: int) -> int:
     """A revision horizon from option `name` (seconds, None = `default`), at least one
     bucket wide."""
@@ -240,6 +254,7 @@ __all__ = [
     "adapters",
     "bearer",
     "check_metric_names",
+    "failure_reason",
     "horizon_option",
     "parse_options",
     "parse_rfc3339",

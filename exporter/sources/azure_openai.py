@@ -93,6 +93,7 @@ from exporter.sources import (
     Adapter,
     Endpoint,
     check_metric_names,
+    failure_reason,
     horizon_option,
     parse_options,
 )
@@ -431,7 +432,7 @@ class AzureOpenAISource:
                     if statuses is not None:
                         code = labels.get(status_dim, "")
                         statuses[code] += value
-                        reason = _failure_reason(code)
+                        reason = failure_reason(code)
                         if reason:
                             failed = rows.FAILED_REQUESTS + reason
                             group[failed] = group.get(failed, Decimal(0)) + value
@@ -690,18 +691,6 @@ def _time(value: Any) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp())
-
-
-def _failure_reason(status_code: str) -> str:
-    """The failure reason of a StatusCode dimension value ("" for a success): 429 is
-    throttled, other 4xx a client error, 5xx a server error."""
-    if status_code == "429":
-        return "throttled"
-    if status_code.startswith("4"):
-        return "client_error"
-    if status_code.startswith("5"):
-        return "server_error"
-    return ""
 
 
 def _count(value: Decimal) -> int:

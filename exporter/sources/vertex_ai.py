@@ -31,8 +31,10 @@ Two endpoints, keyed by aligned UTC bucket start:
   should name a model the same way. A ``type`` other than input/output is skipped and counted in
   ``llm_source_payload_errors_total`` (token types must partition; an unknown one has no
   meaning to map). Throttles and errors: ``model_invocation_count`` carries a response-code
-  label [U: name not verified], but the exporter's row vocabulary has no measure for the
-  provider's own error traffic yet, so they are summed into requests, as Groq's are.
+  label (``response_code_label``, default ``response_code`` [U: name not verified]): every
+  code is a request, and 429, other 4xx and 5xx are also counted apart as the callers'
+  failures (``failed_requests.<reason>`` -> ``llm_model_request_failures_total``), as
+  Bedrock's and Azure's are.
 
 - ``costs`` (1d): the Cloud Billing export to BigQuery, through the REST ``jobs.query``
   (``POST {bigquery}/bigquery/v2/projects/{project}/queries``, a parameterised standard-SQL
@@ -102,6 +104,7 @@ from exporter.sources import (
     Adapter,
     Endpoint,
     check_metric_names,
+    failure_reason,
     horizon_option,
     parse_options,
     parse_rfc3339,
@@ -198,6 +201,9 @@ class VertexOptions(Strict):
     # reduced to the base model, as billing names them, so usage and invoice line up.
     keep_model_versions: StrictBool = False
     token_type_label: str = "type"  # metric label
+    # metric label of the invocation count's HTTP status [U: name not verified]: throttled and
+    # failed requests are counted apart (llm_model_request_failures_total); "" sums them away
+    response_code_label: str = "response_code"
     model_label: str = "model_user_id"  # resource label
     location_label: str = "location"  # resource label
     usage_horizon: Duration | None = None
@@ -242,6 +248,11 @@ class VertexOptions(Strict):
         if not _NAME.match(value):
             raise ValueError(f"{value!r} is not a label name")
         return value
+
+    @field_validator("response_code_label")
+    @classmethod
+    def _optional_label(cls, value: str) -> str:
+        return cls._label(value) if value else value
 
     @field_validator("metrics")
     @classmethod
@@ -549,6 +560,8 @@ class VertexSource:
                 group.append(f"resource.labels.{self.opts.model_label}")
             if key == "token_count":
                 group.append(f"metric.labels.{self.opts.token_type_label}")
+            elif self.opts.response_code_label:
+                group.append(f"metric.labels.{self.opts.response_code_label}")
             params: list[tuple[str, str | int]] = [
                 ("filter", self.monitoring_filter(metric)),
                 ("interval.startTime", rfc3339(start)),
@@ -615,6 +628,11 @@ class VertexSource:
             measure = rows.token_measure(_TOKEN_TYPES[kind])
         else:
             measure = rows.REQUESTS
+        failed = ""
+        if key != "token_count" and self.opts.response_code_label:
+            code = (metric.get("labels") or {}).get(self.opts.response_code_label) or ""
+            reason = failure_reason(str(code))
+            failed = rows.FAILED_REQUESTS + reason if reason else ""
         points = series.get("points")
         if not isinstance(points, list):
             raise _Malformed("time series has no points list")
@@ -637,6 +655,8 @@ class VertexSource:
                 continue
             group = sums[bucket].setdefault(model, {})
             group[measure] = group.get(measure, 0) + n
+            if failed:  # also counted apart: the callers' throttled or failed requests
+                group[failed] = group.get(failed, 0) + n
 
     # --- invoiced cost: the billing export in BigQuery -------------------------------------
 

@@ -110,6 +110,11 @@ def assert_exact(got: Samples, sim: SimulatorServer, start: int) -> None:
             total(got, "llm_tokens_total", token_type="output", **sel) == measures["tokens.output"]
         )
         assert total(got, "llm_model_requests_total", **sel) == measures[REQUESTS]
+    # The callers' failed requests, by the invocation count's response code.
+    codes = sim.dataset.truth("vertex_ai", start, now, group=("response_code",))
+    for code, reason in (("429", "throttled"), ("500", "server_error")):
+        want = codes[(code,)][REQUESTS]
+        assert want > 0 and total(got, "llm_model_request_failures_total", reason=reason) == want
     cost = sim.dataset.totals("vertex_ai", start, now - sim.settings.cost_lag)[COST]
     assert total(got, "llm_cost_reported_usd_total", **SEL) == pytest.approx(float(cost), rel=1e-9)
 
@@ -151,7 +156,9 @@ def test_pages_and_a_pending_query_are_followed(
     app.poll_once()
     got = exposed(app)
     log = sim.stats.snapshot(5000)["log"]
-    assert sum(1 for e in log if e["endpoint"] == "vertex_ai/timeseries") == 5
+    # 2 series a page: 6 token series (3 models x input/output) and 5 invocation series
+    # (3 models' successes, plus gemini-2.5-flash's 429s and claude-haiku-4-5's 500s): 3 + 3
+    assert sum(1 for e in log if e["endpoint"] == "vertex_ai/timeseries") == 6
     assert sum(1 for e in log if e["endpoint"] == "vertex_ai/results") >= 3
     # Only the two locations were read: gemini-2.5-flash-lite runs in europe-west4 alone.
     assert total(got, "llm_tokens_total", model="gemini-2.5-flash-lite", **SEL) == 0
