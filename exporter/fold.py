@@ -26,6 +26,7 @@ Keys of the sums (`Delta`), by kind:
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal
@@ -262,7 +263,10 @@ class _Row:
         ck = (family, *extra.items()) if extra else family
         cell = g.cells.get(ck)
         if cell is None:
-            cell = g.cells[ck] = ("t:" + family, g.label_key(self.ctx, family, extra))
+            # The kind is interned: one string per family, not one per group and family
+            # (a poll's changed groups hold some 35 cells each until the fold ends).
+            kind = sys.intern("t:" + family)
+            cell = g.cells[ck] = (kind, g.label_key(self.ctx, family, extra))
         add_cell(self.out, cell, value, self.sign)
 
     def by_day(self, family: str, day: int, value: Number, kind: str = "d:", **extra: str) -> None:
@@ -273,7 +277,7 @@ class _Row:
         ck = (kind, family, *extra.items())
         cell = g.day_cells.get(ck)
         if cell is None:
-            cell = (kind + family, (day, *g.label_key(self.ctx, family, extra)))
+            cell = (sys.intern(kind + family), (day, *g.label_key(self.ctx, family, extra)))
             g.day_cells[ck] = cell
         add_cell(self.out, cell, value, self.sign)
 

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -168,6 +168,13 @@ def _load_measures(text: str) -> dict[str, Number]:
 
 def _dump_dims(dims: tuple[tuple[str, str], ...]) -> str:
     return json.dumps([list(p) for p in dims], separators=(",", ":"))
+
+
+def _well_formed(dims: object) -> bool:
+    """Whether `dims` is a tuple of (str, str) pairs: what `_load_dims` gives back."""
+    return type(dims) is tuple and all(
+        type(p) is tuple and len(p) == 2 and type(p[0]) is str and type(p[1]) is str for p in dims
+    )
 
 
 def _load_dims(text: str) -> tuple[tuple[str, str], ...]:
@@ -563,6 +570,9 @@ class Ledger:
         changes: list[Change] = []
         rows_delta = 0
         dims_text: dict[tuple[tuple[str, str], ...], str] = {}  # a group recurs every bucket
+        # ... and back: the text of well-formed dims -> the rows' own tuple, so a changed
+        # row's dims are neither decoded again nor held twice (what `_load_dims` would give).
+        dims_of: dict[str, tuple[tuple[str, str], ...]] = {}
         with self._lock, gc_paused():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -575,6 +585,8 @@ class Ledger:
                         text = dims_text.get(row.dims)
                         if text is None:
                             text = dims_text[row.dims] = _dump_dims(row.dims)
+                            if _well_formed(row.dims):
+                                dims_of[text] = row.dims
                         into = new.get((row.operation, text))
                         if into is None:  # a group's first row in the bucket (the usual case)
                             new[(row.operation, text)] = row.measures
@@ -594,7 +606,7 @@ class Ledger:
                     ):
                         written += len(new)  # unchanged (a closed bucket fetched again)
                         continue
-                    old, old_rev, unreadable = _stored_bucket(db, where, stored)
+                    old, old_rev, unreadable = _stored_bucket(db, where, stored, dims_of)
                     if unreadable:
                         # What the sums hold for the unreadable part is unknown: it is
                         # replaced here, and the sums are folded again after this poll.
@@ -662,15 +674,17 @@ class Ledger:
                     if observer is not None:
                         rows_delta += len(new) - len(old)
                         head = (provider, account, endpoint, bucket.start, bucket.end)
-                        _diff(changes, head, old, new, False)
-                        _diff(changes, head, _by_group(old_rev), _by_group(new_rev), True)
+                        _diff(changes, head, old, new, False, dims_of)
+                        _diff(changes, head, _by_group(old_rev), _by_group(new_rev), True, dims_of)
                 if closed_before is not None:
                     db.execute(
                         "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT (provider, account, endpoint)"
                         " DO UPDATE SET closed_before = max(closed_before, excluded.closed_before)",
                         (provider, account, endpoint, closed_before),
                     )
-                staged = None if observer is None else observer.stage(db, changes, rows_delta)
+                staged = (
+                    None if observer is None else observer.stage(db, _drained(changes), rows_delta)
+                )
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -862,12 +876,22 @@ def _by_group(amounts: dict[tuple[str, str, str], Number]) -> _Groups:
     return out
 
 
+def _drained(changes: list[Change]) -> Iterator[Change]:
+    """The changes in order, each let go once handed out: the old content of a poll's
+    changed rows is freed while they are folded, not held to the poll's memory peak."""
+    queue = deque(changes)
+    changes.clear()
+    while queue:
+        yield queue.popleft()
+
+
 def _diff(
     changes: list[Change],
     head: tuple[str, str, str, int, int],
     old: Mapping[tuple[str, str], Mapping[str, Number]],
     new: Mapping[tuple[str, str], Mapping[str, Number]],
     revised: bool,
+    dims_of: Mapping[str, tuple[tuple[str, str], ...]],
 ) -> None:
     """The groups of one bucket whose measures differ between `old` and `new`."""
     for key in old.keys() | new.keys():
@@ -875,7 +899,9 @@ def _diff(
         if before == after:
             continue
         op, text = key
-        dims = _load_dims(text)
+        dims = dims_of.get(text)
+        if dims is None:
+            dims = _load_dims(text)
         for sign, measures in ((-1, before), (1, after)):
             if measures is not None:
                 changes.append(Change(sign, revised, StoredRow(*head, Row(op, dims, measures))))
@@ -939,14 +965,17 @@ def _stored_bucket(
     db: sqlite3.Connection,
     where: tuple[str, str, str, int],
     stored: list[tuple[str, str, str, int]],
+    known: Mapping[str, object],
 ) -> tuple[_Groups, dict[tuple[str, str, str], Number], str]:
     """The stored rows and revised amounts of one bucket, leaving out what cannot be read;
-    the third value says what was left out ("" if nothing)."""
+    the third value says what was left out ("" if nothing). Dims texts in `known` were
+    just encoded from well-formed dims: they read back (not decoded again to check)."""
     problems: list[str] = []
     old: _Groups = {}
     for op, dims, text, _ in stored:
         try:
-            _load_dims(dims)
+            if dims not in known:
+                _load_dims(dims)
             old[(op, dims)] = _load_measures(text)
         except BadRowError as exc:
             problems.append(f"unreadable row ({exc})")
@@ -957,7 +986,8 @@ def _stored_bucket(
         where,
     ):
         try:
-            _load_dims(dims)
+            if dims not in known:
+                _load_dims(dims)
             old_rev[(op, dims, m)] = _parse_number(amount)
         except BadRowError as exc:
             problems.append(f"unreadable revision ({exc})")
