@@ -331,7 +331,8 @@ class Aggregates:
         def read(db: sqlite3.Connection) -> tuple[Cells, dict[str, int]]:
             cells: Cells = {}
             # Label values (and day numbers) recur across thousands of sums: one object each.
-            one = {}.setdefault
+            shared: dict[object, object] = {}
+            one = shared.setdefault
             cur = db.execute("SELECT kind, key, value, n FROM aggregates")
             while chunk := cur.fetchmany(20_000):
                 # One JSON document per chunk, not one per key: the per-call overhead of
