@@ -260,7 +260,9 @@ class _Row:
 
     def counter(self, family: str, value: Number, **extra: str) -> None:
         g = self.group
-        ck = (family, *extra.items()) if extra else family
+        # Values only, not (name, value) pairs: a family is always given the same extra
+        # names (its labels), and the pairs were most of the memory a group's keys hold.
+        ck = (family, *extra.values()) if extra else family
         cell = g.cells.get(ck)
         if cell is None:
             # The kind is interned: one string per family, not one per group and family
@@ -274,7 +276,7 @@ class _Row:
         g = self.group
         if g.day != day:
             g.day, g.day_cells = day, {}
-        ck = (kind, family, *extra.items())
+        ck = (kind, family, *extra.values())  # as in `counter`
         cell = g.day_cells.get(ck)
         if cell is None:
             cell = (sys.intern(kind + family), (day, *g.label_key(self.ctx, family, extra)))
