@@ -587,13 +587,14 @@ class Ledger:
                             text = dims_text[row.dims] = _dump_dims(row.dims)
                             if _well_formed(row.dims):
                                 dims_of[text] = row.dims
-                        into = new.get((row.operation, text))
+                        key = (row.operation, text)
+                        into = new.get(key)
                         if into is None:  # a group's first row in the bucket (the usual case)
-                            new[(row.operation, text)] = row.measures
+                            new[key] = row.measures
                         else:
                             merged = dict(into)
                             _merge(merged, row.measures.items())
-                            new[(row.operation, text)] = merged
+                            new[key] = merged
                     texts = {key: _dump_measures(m) for key, m in new.items()}
                     stored: list[tuple[str, str, str, int]] = db.execute(
                         "SELECT operation, dims, measures, bucket_end FROM rows WHERE provider=?"
