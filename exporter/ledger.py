@@ -677,6 +677,8 @@ class Ledger:
                         head = (provider, account, endpoint, bucket.start, bucket.end)
                         _diff(changes, head, old, new, False, dims_of)
                         _diff(changes, head, _by_group(old_rev), _by_group(new_rev), True, dims_of)
+                    # The old content now lives on only in `changes`, let go as it is folded.
+                    del old, old_rev, new_rev, measures_of, stored, texts
                 if closed_before is not None:
                     db.execute(
                         "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT (provider, account, endpoint)"
