@@ -385,7 +385,7 @@ class Ledger:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             if self.check_skipped:
                 log.info(
-                    "state file %s: closed cleanly and unchanged since: integrity check skipped",
+                    "state file %s: unchanged since a clean stop: integrity check skipped",
                     self.path,
                 )
             else:
