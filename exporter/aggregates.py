@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import logging
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -66,6 +65,8 @@ def period_starts(now: dt.datetime, tz: ZoneInfo) -> dict[str, dt.date]:
 
 
 def _number(text: str) -> Number:
+    if "." in text or "E" in text:  # int() would refuse it: skip the exception
+        return Decimal(text)
     try:
         return int(text)
     except ValueError:
@@ -329,11 +330,16 @@ class Aggregates:
 
         def read(db: sqlite3.Connection) -> tuple[Cells, dict[str, int]]:
             cells: Cells = {}
+            # Label values (and day numbers) recur across thousands of sums: one object each.
+            shared: dict[object, object] = {}
+            one = shared.setdefault
             cur = db.execute("SELECT kind, key, value, n FROM aggregates")
             while chunk := cur.fetchmany(20_000):
-                for kind, key, value, n in chunk:
-                    # Label values recur across thousands of sums: one string object each.
-                    k = tuple([sys.intern(x) if type(x) is str else x for x in json.loads(key)])
+                # One JSON document per chunk, not one per key: the per-call overhead of
+                # json.loads was most of loading 200k+ sums.
+                keys = json.loads("[" + ",".join([r[1] for r in chunk]) + "]")
+                for (kind, _, value, n), key in zip(chunk, keys, strict=True):
+                    k = tuple(map(one, key, key))
                     cells.setdefault(kind, {})[k] = (_number(value), n)
             starts = {
                 k[len(_META_PERIOD) :]: int(v)
@@ -376,19 +382,19 @@ _KEY_PARTS: dict[str, str] = {}
 
 
 def _write(db: sqlite3.Connection, pending: _Pending) -> None:
-    gone = [(kind, _key_text(key)) for (kind, key), cell in pending.items() if cell is None]
-    kept = [
+    # Generators, not lists: the 20k+ changed sums of a poll are encoded one at a time as
+    # SQLite takes them, instead of all held at once at the poll's memory peak.
+    gone = ((kind, _key_text(key)) for (kind, key), cell in pending.items() if cell is None)
+    kept = (
         (kind, _key_text(key), str(cell[0]), int(cell[1]))
         for (kind, key), cell in pending.items()
         if cell is not None
-    ]
-    if gone:
-        db.executemany("DELETE FROM aggregates WHERE kind = ? AND key = ?", gone)
-    if kept:
-        # An upsert updates the row in place; REPLACE deletes and re-inserts it (in the table
-        # and its key index): measured, twice the time for the 20k sums of a poll.
-        db.executemany(
-            "INSERT INTO aggregates VALUES (?, ?, ?, ?) ON CONFLICT (kind, key)"
-            " DO UPDATE SET value = excluded.value, n = excluded.n",
-            kept,
-        )
+    )
+    db.executemany("DELETE FROM aggregates WHERE kind = ? AND key = ?", gone)
+    # An upsert updates the row in place; REPLACE deletes and re-inserts it (in the table
+    # and its key index): measured, twice the time for the 20k sums of a poll.
+    db.executemany(
+        "INSERT INTO aggregates VALUES (?, ?, ?, ?) ON CONFLICT (kind, key)"
+        " DO UPDATE SET value = excluded.value, n = excluded.n",
+        kept,
+    )

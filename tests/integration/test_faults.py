@@ -356,6 +356,24 @@ def test_a_damaged_state_file_is_named_then_moved_aside_on_request(
     assert stable(parse(recovered.stdout)) == good  # rebuilt from the provider, equal
 
 
+def test_a_clean_restart_skips_the_state_file_check_a_crash_does_not(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    cfg = config(tmp_path, sim)
+    first = run_once(cfg, sim)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "integrity checked (quick_check)" in first.stderr
+    assert (tmp_path / "state.db.clean").exists()
+    again = run_once(cfg, sim)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "integrity check skipped" in again.stderr
+    assert stable(parse(again.stdout)) == stable(parse(first.stdout))
+    (tmp_path / "state.db.clean").unlink()  # as a kill -9 leaves it: no clean record
+    crashed = run_once(cfg, sim)
+    assert crashed.returncode == 0, crashed.stderr[-2000:]
+    assert "integrity checked (quick_check)" in crashed.stderr
+
+
 @pytest.mark.parametrize("fault", ["slow", "429"])
 def test_sigterm_mid_poll_exits_within_2s_cleanly(
     tmp_path: Path, sim: SimulatorServer, fault: str

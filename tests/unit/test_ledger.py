@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from decimal import Decimal
 from pathlib import Path
 
-from exporter.ledger import Ledger
+import pytest
+
+from exporter.ledger import (
+    Ledger,
+    StateFileError,
+    clean_record_path,
+    closed_cleanly,
+    state_file_problem,
+)
 from exporter.rows import COST, STORAGE_BYTES, Bucket, Row
 
 DAY = 86400
@@ -238,3 +249,81 @@ def test_a_replace_over_an_unreadable_row_rewrites_the_bucket(tmp_path: Path) ->
     led.replace("openai", "main", "completions", [Bucket("completions", 0, DAY, [_tokens(7)])])
     assert _totals(led) == {"tokens.input": 7, "requests": 1}
     assert led.get_meta("refold_wanted") == "1" and led.bad_rows.snapshot()[0] == 1
+
+
+# --- the clean-shutdown record: the full integrity check only off a clean stop ---------------
+
+
+def _closed_ledger(path: Path) -> None:
+    led = Ledger(path)
+    for day in range(40):  # enough rows for several pages
+        rows = [_tokens(n, project=f"p{n}") for n in range(1, 60)]
+        led.replace(
+            "openai",
+            "main",
+            "completions",
+            [Bucket("completions", day * DAY, (day + 1) * DAY, rows)],
+        )
+    led.close()
+
+
+def test_a_clean_restart_skips_the_integrity_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.db"
+    _closed_ledger(path)
+    assert clean_record_path(path).exists()
+    caplog.set_level(logging.INFO, logger="exporter.ledger")
+    led = Ledger(path)
+    assert led.check_skipped
+    assert "integrity check skipped" in caplog.text
+    assert not clean_record_path(path).exists()  # gone while the file is open
+    assert led.count() == 40 * 59
+    led.close()
+
+
+def test_a_start_after_a_crash_runs_the_integrity_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.db"
+    _closed_ledger(path)
+    led = Ledger(path)  # opened, written, never closed: as after kill -9
+    led.set_meta("x", "1")
+    caplog.set_level(logging.INFO, logger="exporter.ledger")
+    again = Ledger(path)
+    assert not again.check_skipped
+    assert "integrity checked (quick_check)" in caplog.text
+    again.close()
+    led.close()
+
+
+@pytest.mark.parametrize("how", ["cut in half", "garbage at an offset, same size"])
+def test_a_file_damaged_after_a_clean_stop_is_still_detected(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "s.db"
+    _closed_ledger(path)
+    record = clean_record_path(path).read_text()
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    if how == "cut in half":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        at = len(data) // 3
+        data[at : at + 8192] = os.urandom(8192)
+        path.write_bytes(bytes(data))
+        # The size is the same; the write moved mtime and ctime (set mtime a step on too, so
+        # the test does not hang on the clock's granularity).
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    assert clean_record_path(path).read_text() == record  # the record itself is untouched
+    assert not closed_cleanly(path)
+    assert state_file_problem(path) is not None
+    with pytest.raises(StateFileError):
+        Ledger(path)
+
+
+def test_a_file_replaced_after_a_clean_stop_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _closed_ledger(path)
+    copy = tmp_path / "copy.db"
+    shutil.copy2(path, copy)  # same bytes, same size and mtime: another inode and ctime
+    os.replace(copy, path)
+    assert not closed_cleanly(path)
