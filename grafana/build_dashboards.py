@@ -1799,7 +1799,7 @@ def usage() -> Json:
     )
 
 
-# Gateway coverage (recording rules, group llm-cost.gateway): the share of the organisation's
+# Gateway coverage (recording rules, group llm-cost.rules): the share of the organisation's
 # tokens that went through its gateway (a proxy_log account), per exact day.
 COVERAGE = "llm_proxy_tokens_per_daily_tokens:ratio"
 
