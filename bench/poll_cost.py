@@ -1,6 +1,6 @@
 """Poll cost against history length: a steady-state poll vs a from-scratch fold of the ledger.
 
-Run: python bench/poll_cost.py [--sizes 10000,100000,1000000,5000000] [--polls 5] [--reuse]
+Run: python bench/poll_cost.py [--sizes 10000,100000,1000000,5000000] [--polls 10] [--reuse]
 
 `--reuse` (for iterating, not for the README's table): keep each size's work ledger from the
 last run, with its persisted aggregates, and skip the from-scratch fold (columns shown "-").
@@ -31,10 +31,13 @@ written (in the exporter they are local to the endpoint's poll, and the rebuild 
 without them); the rebuild renders the families, then the tail of the exporter's own error
 counters (as `App.rebuild` does), and publishes to the HTTP server process.
 
-Figures: wall and CPU seconds (median of the polls), steady RSS (between polls) and the
-peak while polling (the exporter's process, fetched rows included, plus its HTTP server
-process), state-file size, and the ratio scratch/steady. Ledgers are cached in $BENCH_DIR
-(default /tmp/llm-bench).
+Figures: wall and CPU seconds (median of the polls), steady memory (between polls) and the
+peak while polling, state-file size, and the ratio scratch/steady. Memory is the exporter's
+process (fetched rows included) plus its HTTP server process plus the exposition's file: it
+is in memory but mapped by neither (written by one, sent with sendfile by the other), so RSS
+does not show it. The peak is the larger of the write's (the exporter's peak while writing,
+the published file alive) and the render's (its peak while rendering, the published file
+and the new one alive). Ledgers are cached in $BENCH_DIR (default /tmp/llm-bench).
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ def families(agg: Aggregates, now: dt.datetime) -> list[Family]:
 
 def render(agg: Aggregates, exposition: Exposition, now: dt.datetime) -> int:
     """As the exporter rebuilds: the families, then the tail of its own error counters."""
-    size = len(exposition.update(families(agg, now)).body)
+    size = exposition.update(families(agg, now)).size
     errors = Family.of("llm_exporter_errors_total")
     errors.set(("bad_ledger_row",), 0)
     errors.set(("rebuild",), 0)
@@ -252,6 +255,13 @@ def reset_peak() -> None:
         f.write("5")
 
 
+def file_mib(exposition: Exposition) -> float:
+    """The exposition's file (main part and its gzip): in memory, but in neither process's
+    RSS (it is written and sent, never mapped), so counted apart."""
+    f = exposition.current.file
+    return 0.0 if f is None else os.fstat(f.fileno()).st_size / 2**20
+
+
 def cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -299,7 +309,7 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         lambda db: int(db.execute("SELECT min(bucket_start) FROM rows").fetchone()[0])
     )
     window = min(WINDOW, (END - first) // HOUR + 1)  # never past the ledger's history start
-    walls, cpus = [], []
+    walls, cpus, peaks = [], [], []
     for k in range(1, polls + 1):
         buckets = []  # what the adapter would hand over (built outside the timed part)
         for start in range(END - (window - 1) * HOUR, END + HOUR, HOUR):
@@ -311,19 +321,25 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
                 for i, (m, p, u) in enumerate(gs)
             ]
             buckets.append(b)
+        reset_peak()
         wall0, cpu0 = time.monotonic(), cpu()
         ledger.replace("openai", "main", "completions", buckets, None, agg)
+        write_peak = peak_mib() + file_mib(exposition)  # the published file is alive
         # The poller's fetched rows are gone once written (they are local to the endpoint's
         # poll); the rebuild that follows runs without them.
         del buckets, b
+        reset_peak()
+        held = file_mib(exposition)  # the server serves it until the new one is published
         agg.roll(NOW)
         render(agg, exposition, NOW)
         server.publish(exposition.current, {}, True)
         walls.append(time.monotonic() - wall0)
         cpus.append(cpu() - cpu0)
-    poll_peak = peak_mib()
-    server_rss = rss_mib(server.process.pid)  # the HTTP process holds the rendered bytes
-    steady = rss_mib() + server_rss
+        render_peak = peak_mib() + held + file_mib(exposition)
+        peaks.append((write_peak, render_peak))
+    poll_peak = max(max(p) for p in peaks)
+    server_rss = rss_mib(server.process.pid)
+    steady = rss_mib() + server_rss + file_mib(exposition)
     during = latencies(busy, stop=True)
     server.shutdown()
     renderers = compare_renderers(families(agg, NOW))
@@ -343,6 +359,9 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         "start_peak": start_peak,
         "steady": steady,
         "server_rss": server_rss,
+        "write_peak": max(p[0] for p in peaks),
+        "render_peak": max(p[1] for p in peaks),
+        "file": file_mib(exposition),
         "bytes": size,
     }
 
@@ -357,7 +376,7 @@ def run_child(args: list[str]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000,5000000")
-    ap.add_argument("--polls", type=int, default=5)
+    ap.add_argument("--polls", type=int, default=10)
     ap.add_argument("--child", choices=("scratch", "steady"))
     ap.add_argument("--path")
     ap.add_argument(

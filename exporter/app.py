@@ -309,12 +309,12 @@ class App:
                 daily_days=self.settings.cardinality.daily_days,
             ),
         )
-        # Process metrics are rendered with the rest, so a scrape stays a memory copy.
+        # Process metrics are rendered with the rest, so a scrape only sends what is written.
         rendered = self.exposition.update(families, generate_latest(self._process))
         log.debug(
             "rebuilt exposition: %d families, %d bytes, %.3fs",
             len(families),
-            len(rendered.body),
+            rendered.size,
             time.monotonic() - began,
         )
 
@@ -419,7 +419,7 @@ class App:
     def ready(self) -> bool:
         """Ready once an exposition exists that shows data: the state file's history, or
         (for a fresh state file) the first poll's."""
-        if not self.exposition.current.body:
+        if not self.exposition.current.served:
             return False
         return self._has_history or self.poller.cycles > 0
 

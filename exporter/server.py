@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from exporter.exposition import CONTENT_TYPE, Exposition
+from exporter.exposition import CONTENT_TYPE, Exposition, Rendered
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,26 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _metrics(self, cur: Rendered) -> None:
+        """The exposition, sent from its file (`Rendered.send`): no copy in this process."""
+        if not cur.served:  # never a 200 with no series: Prometheus would see "up", empty
+            self._send(
+                503,
+                b"no metrics yet: loading the state file or polling for the first time\n",
+                "text/plain; charset=utf-8",
+            )
+            return
+        gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(cur.gz_size if gzipped else cur.size))
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Vary", "Accept-Encoding")
+        self.end_headers()
+        if self.command != "HEAD":
+            cur.send(self.connection, gzipped)
+
     def _export(self, export: ExportFn) -> None:
         """Check the request, then stream the body in chunks; a failure after the headers
         went out ends the connection without the last chunk, so a client sees a broken
@@ -168,22 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         if path == "/metrics":
-            cur = srv.exposition.current
-            if not cur.body:  # never a 200 with no series: Prometheus would see "up", empty
-                self._send(
-                    503,
-                    b"no metrics yet: loading the state file or polling for the first time\n",
-                    "text/plain; charset=utf-8",
-                )
-            elif "gzip" in self.headers.get("Accept-Encoding", ""):
-                self._send(
-                    200,
-                    cur.gzipped,
-                    CONTENT_TYPE,
-                    {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
-                )
-            else:
-                self._send(200, cur.body, CONTENT_TYPE, {"Vary": "Accept-Encoding"})
+            self._metrics(srv.exposition.current)
         elif path == EXPORT_PATH and srv.export is not None:
             self._export(srv.export)
         elif path == "/":
@@ -225,7 +230,7 @@ class MetricsServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.exposition = exposition
         self.status = status
-        self.ready = ready or (lambda: bool(exposition.current.body))
+        self.ready = ready or (lambda: exposition.current.served)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """With TLS, the handshake runs here, on the connection's own thread (a slow or

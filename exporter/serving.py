@@ -1,11 +1,13 @@
-"""The HTTP server in a process of its own, fed the rendered exposition through a pipe.
+"""The HTTP server in a process of its own, handed each rendered exposition's file.
 
 Why a process: a poll is CPU-bound Python (encoding re-fetched rows, folding, rendering), and
 in one process every scrape would wait for the interpreter lock at each step; measured, a
 scrape's p99 grew about tenfold while a poll ran (bench/poll_cost.py). In its own process
-the server only copies bytes it already holds, whatever the poller does. After each
-rebuild the exporter publishes (exposition, landing-page status, readiness); the server
+the server only sends bytes that are already written, whatever the poller does. After each
+rebuild the exporter publishes (landing-page status, readiness, the exposition); the server
 acknowledges once it serves them, so what a caller published is what the next scrape sees.
+The exposition's main part is not sent through the pipe: its anonymous file's descriptor is
+(`exposition.Rendered`), once per render; only the small tail goes as bytes.
 
 `/api/v1/export` is answered in the server process too, from the state file opened read-only
 there (an `ExportSource`: its path, history start and price settings, handed over as JSON):
@@ -17,8 +19,10 @@ that never exports stays small.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import multiprocessing.connection
+import multiprocessing.reduction
 import socket
 import subprocess
 import sys
@@ -74,6 +78,7 @@ class ServingProcess:
         theirs.close()  # the server's end lives in the server only: its exit is our EOF
         self._conn = multiprocessing.connection.Connection(ours.detach())
         self._lock = threading.Lock()
+        self._sent: io.FileIO | None = None  # the exposition file the server holds
         if not self._conn.poll(_READY_TIMEOUT):
             self.process.kill()
             raise OSError(f"the HTTP server did not start listening on {address[0]}:{address[1]}")
@@ -87,14 +92,20 @@ class ServingProcess:
         self.server_address: tuple[str, int] = detail
 
     def publish(self, rendered: Rendered, status: dict[str, Any], ready: bool) -> None:
-        """Hand the server what to serve next; returns once it serves it. The body and its
-        gzip go as raw bytes: pickled, they would be copied once more on each side."""
+        """Hand the server what to serve next; returns once it serves it. A new exposition
+        file goes as its descriptor; the tail and its gzip as raw bytes."""
         with self._lock:
             if self.process.poll() is not None:
                 raise OSError("the HTTP server process has exited")
-            self._conn.send((status, ready))
-            self._conn.send_bytes(rendered.body)
-            self._conn.send_bytes(rendered.gzipped)
+            new_file = rendered.file is not None and rendered.file is not self._sent
+            self._conn.send((status, ready, rendered.main_len, rendered.gz_len, new_file))
+            if new_file:
+                assert rendered.file is not None
+                fd = rendered.file.fileno()
+                multiprocessing.reduction.send_handle(self._conn, fd, self.process.pid)
+                self._sent = rendered.file
+            self._conn.send_bytes(rendered.tail)
+            self._conn.send_bytes(rendered.gz_tail)
             if not self._conn.poll(_ACK_TIMEOUT):
                 raise OSError("the HTTP server process did not answer")
             self._conn.recv()
@@ -158,10 +169,12 @@ def _serve(
             msg = conn.recv()
             if msg is None:
                 break
-            status, ready = msg
-            body = conn.recv_bytes()
-            exposition.swap(Rendered(body, conn.recv_bytes()))
-            del body
+            status, ready, main_len, gz_len, new_file = msg
+            file = exposition.current.file
+            if new_file:  # closed when the last scrape sending from the old one is done
+                file = io.FileIO(multiprocessing.reduction.recv_handle(conn), "r")
+            tail, gz_tail = conn.recv_bytes(), conn.recv_bytes()
+            exposition.swap(Rendered(file, main_len, gz_len, tail, gz_tail))
             state["status"], state["ready"] = status, ready
             conn.send(True)
     except (EOFError, OSError, KeyboardInterrupt):

@@ -133,3 +133,25 @@ def series(body: bytes, name: str) -> dict[str, str]:
             out[labels] = value
     assert out, f"no {name} series"
     return out
+
+
+def test_a_failed_rebuild_is_counted_in_what_the_server_process_serves(
+    app: tuple[App, SimulatorServer, int],
+) -> None:
+    """After a failed rebuild only the tail (error counters) is handed over: the server
+    keeps the main part it has and serves it with the new tail, plain and gzip alike."""
+    application, _, port = app
+    application.poll_once()
+    before = get(port, "/metrics").read()
+
+    def broken() -> None:
+        raise RuntimeError("injected rebuild failure")
+
+    application._rebuild = broken  # type: ignore[method-assign]
+    application.rebuild()
+    after = get(port, "/metrics").read()
+    assert b'llm_exporter_errors_total{kind="rebuild"} 1' in after
+    assert b'llm_exporter_errors_total{kind="rebuild"} 0' in before
+    assert series(after, "llm_tokens_total") == series(before, "llm_tokens_total")
+    zipped = get(port, "/metrics", {"Accept-Encoding": "gzip"}).read()
+    assert gzip.decompress(zipped) == after
