@@ -324,7 +324,7 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         reset_peak()
         wall0, cpu0 = time.monotonic(), cpu()
         ledger.replace("openai", "main", "completions", buckets, None, agg)
-        write_peak = peak_mib() + file_mib(exposition)  # the published file is alive
+        write_rss, write_files = peak_mib(), file_mib(exposition)  # the published file
         # The poller's fetched rows are gone once written (they are local to the endpoint's
         # poll); the rebuild that follows runs without them.
         del buckets, b
@@ -335,9 +335,9 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         server.publish(exposition.current, {}, True)
         walls.append(time.monotonic() - wall0)
         cpus.append(cpu() - cpu0)
-        render_peak = peak_mib() + held + file_mib(exposition)
-        peaks.append((write_peak, render_peak))
-    poll_peak = max(max(p) for p in peaks)
+        render_rss, render_files = peak_mib(), held + file_mib(exposition)
+        peaks.append((write_rss + write_files, render_rss + render_files, write_rss, render_rss))
+    poll_peak = max(max(p[:2]) for p in peaks)
     server_rss = rss_mib(server.process.pid)
     steady = rss_mib() + server_rss + file_mib(exposition)
     during = latencies(busy, stop=True)
@@ -359,8 +359,8 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         "start_peak": start_peak,
         "steady": steady,
         "server_rss": server_rss,
-        "write_peak": max(p[0] for p in peaks),
-        "render_peak": max(p[1] for p in peaks),
+        "write_rss": max(p[2] for p in peaks),
+        "render_rss": max(p[3] for p in peaks),
         "file": file_mib(exposition),
         "bytes": size,
     }
@@ -400,6 +400,7 @@ def main() -> None:
         " | scrape p99 idle / during polls ms | render ours / prometheus_client ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    memory = []
     for n in (int(x) for x in args.sizes.split(",")):
         base = cache / f"ledger-{n}.db"
         if not base.exists():
@@ -432,6 +433,18 @@ def main() -> None:
             f" | {steady['render_ours'] * 1e3:.0f} / {steady['render_client'] * 1e3:.0f} |",
             flush=True,
         )
+        memory.append(
+            f"| {rows:,} | {steady['write_rss']:.0f}"
+            f" | {steady['render_rss']:.0f} | {steady['server_rss']:.0f}"
+            f" | {steady['file']:.1f} | {steady['peak']:.0f} ({steady['peak'] * 2**20 / 1e6:.0f} MB) |"
+        )
+    print(
+        "\nThe poll peak's parts, MiB: the exporter's process while writing and while rendering,"
+        " the HTTP server process, one exposition file (alive: one while writing, two while"
+        " rendering)\n\n| ledger rows | exporter writing | exporter rendering | HTTP process"
+        " | exposition file | poll peak |\n|---|---|---|---|---|---|"
+    )
+    print("\n".join(memory))
 
 
 if __name__ == "__main__":
