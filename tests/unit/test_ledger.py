@@ -327,3 +327,73 @@ def test_a_file_replaced_after_a_clean_stop_is_checked(tmp_path: Path) -> None:
     shutil.copy2(path, copy)  # same bytes, same size and mtime: another inode and ctime
     os.replace(copy, path)
     assert not closed_cleanly(path)
+
+
+def _digests(path: Path) -> list[int]:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return [r[0] for r in db.execute("SELECT bucket_start FROM digests ORDER BY 1")]
+    finally:
+        db.close()
+
+
+def test_a_bucket_fetched_again_unchanged_is_known_by_its_digest(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    led = Ledger(path)
+    days = [Bucket("completions", d * DAY, (d + 1) * DAY, [_tokens(10 + d)]) for d in range(3)]
+    empty = Bucket("completions", 3 * DAY, 4 * DAY, [])
+    led.replace("openai", "main", "completions", [*days, empty])
+    led.close()
+    assert _digests(path) == [0, DAY, 2 * DAY]  # an empty bucket gets none
+    led = Ledger(path)
+    n, drops = led.replace("openai", "main", "completions", [*days, empty])
+    assert (n, drops) == (3, [])
+    assert _totals(led) == {"tokens.input": 33, "requests": 3}
+    led.close()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        'UPDATE rows SET measures = \'{"requests":1,"tokens.input":99}\' WHERE bucket_start = 0',
+        "DELETE FROM rows WHERE bucket_start = 0",
+    ],
+    ids=["changed", "deleted"],
+)
+def test_a_row_changed_behind_the_ledger_is_rewritten_by_the_next_fetch(
+    tmp_path: Path, edit: str
+) -> None:
+    """Whatever changes a bucket's rows (a hand edit, removing unreadable rows, an older
+    version of the exporter) drops its digest, so the provider's content is written back
+    rather than taken as unchanged."""
+    path = tmp_path / "s.db"
+    led = Ledger(path)
+    buckets = [Bucket("completions", 0, DAY, [_tokens(10)])]
+    led.replace("openai", "main", "completions", buckets)
+    led.close()
+    _poison(path, edit)
+    assert _digests(path) == []
+    led = Ledger(path)
+    led.replace("openai", "main", "completions", buckets)
+    assert _totals(led) == {"tokens.input": 10, "requests": 1}
+    led.close()
+    assert _digests(path) == [0]
+
+
+def test_a_state_file_without_digests_gets_them(tmp_path: Path) -> None:
+    """A state file written before digests existed: its buckets are compared row by row
+    once, and have a digest from then on."""
+    path = tmp_path / "s.db"
+    led = Ledger(path)
+    buckets = [Bucket("completions", 0, DAY, [_tokens(10)])]
+    led.replace("openai", "main", "completions", buckets)
+    led.close()
+    for sql in ("DROP TRIGGER rows_deleted", "DROP TRIGGER rows_updated", "DROP TABLE digests"):
+        _poison(path, sql)
+    led = Ledger(path)
+    assert _totals(led) == {"tokens.input": 10, "requests": 1}
+    led.replace("openai", "main", "completions", buckets)
+    led.close()
+    assert _digests(path) == [0]
