@@ -19,8 +19,9 @@ For each size, in fresh child processes (so peak memory is each one's own):
   polls. A poll re-fetches the trailing two days of hourly buckets (the usage revision
   horizon: 48 buckets x 2,400 groups), of which only the newest hour has grown, writes them
   to the ledger, updates the aggregates, and renders the exposition. A separate process
-  scrapes /metrics (gzip, as Prometheus asks) from the exporter's HTTP server without pause,
-  first while it is idle, then while the polls run: p99 of each.
+  scrapes /metrics (gzip, as Prometheus asks) from the exporter's HTTP server 20 times a
+  second throughout; each poll follows a second of idleness, and the p99 of the scrapes in
+  those idle gaps is compared with the p99 of the scrapes that overlap a poll.
 - **render**: the same families rendered by our renderer and by prometheus_client's
   `generate_latest` (families pre-built, so only the formatting is timed; both outputs are
   parsed and checked to hold the same samples): the cost of each, once per poll.
@@ -174,7 +175,8 @@ def render(agg: Aggregates, exposition: Exposition, now: dt.datetime) -> int:
     return size
 
 
-# Scrapes until SIGTERM (or for argv[2] seconds), then prints the latencies. It pauses 50 ms
+# Scrapes until SIGTERM (or for argv[2] seconds), then prints each scrape's start (the
+# system-wide monotonic clock, the same in every process) and latency. It pauses 50 ms
 # between scrapes: in a tight loop it would take a core of the two, and the figure would
 # measure the machine's scheduler, not the exporter (Prometheus scrapes every 15-60 s).
 SCRAPER = """
@@ -190,15 +192,17 @@ while time.monotonic() < end:
     c.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
     c.getresponse().read()
     c.close()
-    out.append(time.monotonic() - t0)
+    out.append((t0, time.monotonic() - t0))
     time.sleep(0.05)  # 20 scrapes a second: busy, but not a third process hogging a core
 done()
 """
 
 
-# Enough scrapes that a p99 is not the second-largest sample (one slow scrape decides the
-# p99 of 100): about 190 idle, and with 20 polls 200-450 during them.
-IDLE_SECONDS = 10.0
+# Before each poll the exporter is left idle this long. Scrapes are classed by when they ran:
+# wholly inside such a gap (idle) or overlapping a poll (during), so both p99s come from the
+# same minutes of the machine's life, and each from enough scrapes (with 20 polls, about 380
+# idle and 200-450 during) that it is not decided by one slow scrape.
+IDLE_GAP = 1.0
 
 
 def scraper(port: int, seconds: float) -> subprocess.Popen[str]:
@@ -207,10 +211,21 @@ def scraper(port: int, seconds: float) -> subprocess.Popen[str]:
     )
 
 
-def latencies(proc: subprocess.Popen[str], stop: bool) -> list[float]:
-    if stop:
-        proc.terminate()
-    return json.loads(proc.communicate()[0])  # type: ignore[no-any-return]
+def latencies(proc: subprocess.Popen[str]) -> list[tuple[float, float]]:
+    """Stop the scraper: (start, latency) of each scrape."""
+    proc.terminate()
+    return [(t0, lat) for t0, lat in json.loads(proc.communicate()[0])]
+
+
+def split_scrapes(
+    scrapes: list[tuple[float, float]],
+    gaps: list[tuple[float, float]],
+    polls: list[tuple[float, float]],
+) -> tuple[list[float], list[float]]:
+    """Latencies of the scrapes wholly inside an idle gap, and of those overlapping a poll."""
+    idle = [lat for t0, lat in scrapes if any(a <= t0 and t0 + lat <= b for a, b in gaps)]
+    during = [lat for t0, lat in scrapes if any(t0 < b and t0 + lat > a for a, b in polls)]
+    return idle, during
 
 
 def p99(values: list[float]) -> float:
@@ -307,8 +322,8 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
     server.publish(exposition.current, {}, True)
     port = server.server_address[1]
     reset_peak()  # from here: the steady state, polls included
-    idle = latencies(scraper(port, IDLE_SECONDS), stop=False)
-    busy = scraper(port, 3600.0)
+    scraping = scraper(port, 3600.0)
+    gaps, spans = [], []
     gs = groups()
     first = ledger.read(
         lambda db: int(db.execute("SELECT min(bucket_start) FROM rows").fetchone()[0])
@@ -316,6 +331,10 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
     window = min(WINDOW, (END - first) // HOUR + 1)  # never past the ledger's history start
     walls, cpus, peaks = [], [], []
     for k in range(1, polls + 1):
+        gap = time.monotonic()
+        time.sleep(IDLE_GAP)
+        poll_began = time.monotonic()
+        gaps.append((gap, poll_began))
         buckets = []  # what the adapter would hand over (built outside the timed part)
         for start in range(END - (window - 1) * HOUR, END + HOUR, HOUR):
             hour = start // HOUR
@@ -340,12 +359,13 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
         server.publish(exposition.current, {}, True)
         walls.append(time.monotonic() - wall0)
         cpus.append(cpu() - cpu0)
+        spans.append((poll_began, time.monotonic()))  # building the fetched rows included
         render_rss, render_files = peak_mib(), held + file_mib(exposition)
         peaks.append((write_rss + write_files, render_rss + render_files, write_rss, render_rss))
     poll_peak = max(max(p[:2]) for p in peaks)
     server_rss = rss_mib(server.process.pid)
     steady = rss_mib() + server_rss + file_mib(exposition)
-    during = latencies(busy, stop=True)
+    idle, during = split_scrapes(latencies(scraping), gaps, spans)
     server.shutdown()
     renderers = compare_renderers(families(agg, NOW))
     ledger.close()
