@@ -161,8 +161,9 @@ _READ_CHUNK = 256 * 1024
 
 
 def _anonymous_file() -> io.FileIO:
-    """A file with no name, in memory: Linux's memfd (not bound by /dev/shm's size), or
-    elsewhere an unlinked temporary file. Its descriptor can be handed to another process."""
+    """A file with no name, in memory: Linux's memfd (not bound by /dev/shm's size).
+    Elsewhere (or if memfd is refused) an unlinked file in the temporary directory, which
+    must then be writable. Its descriptor can be handed to another process."""
     memfd_create = getattr(os, "memfd_create", None)
     if memfd_create is not None:
         with contextlib.suppress(OSError):
@@ -173,7 +174,10 @@ def _anonymous_file() -> io.FileIO:
 def _write_all(file: io.FileIO, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[file.write(view) or 0 :]
+        n = file.write(view)
+        if not n:
+            raise OSError("cannot write the exposition file")
+        view = view[n:]
 
 
 def send_range(sock: socket.socket, fd: int, offset: int, count: int) -> None:
@@ -193,7 +197,7 @@ def send_range(sock: socket.socket, fd: int, offset: int, count: int) -> None:
     while count > 0:
         sent = os.sendfile(sock.fileno(), fd, offset, count)
         if sent == 0:
-            raise BrokenPipeError("the client stopped reading")
+            raise OSError(f"the exposition file ended {count} bytes early")
         offset += sent
         count -= sent
 

@@ -66,14 +66,21 @@ END;
 CREATE TRIGGER IF NOT EXISTS rows_updated AFTER UPDATE ON rows BEGIN
     DELETE FROM digests WHERE provider = OLD.provider AND account = OLD.account
         AND endpoint = OLD.endpoint AND bucket_start = OLD.bucket_start;
+    DELETE FROM digests WHERE provider = NEW.provider AND account = NEW.account
+        AND endpoint = NEW.endpoint AND bucket_start = NEW.bucket_start;
+END;
+CREATE TRIGGER IF NOT EXISTS rows_inserted AFTER INSERT ON rows BEGIN
+    DELETE FROM digests WHERE provider = NEW.provider AND account = NEW.account
+        AND endpoint = NEW.endpoint AND bucket_start = NEW.bucket_start;
 END;
 """
 # `digests`: per stored bucket, a digest of the content last written (see `_digest`), so a
 # bucket fetched again unchanged is recognised without reading its rows back. The triggers
-# drop a bucket's digest whenever any of its rows is deleted or changed, by whatever path
-# (removing unreadable rows, forgetting an account, an older version of the exporter, a
-# hand edit), so a digest only ever describes the rows as they are. A bucket gets one only
-# when it has rows: rows are added only after the bucket's old rows were deleted.
+# drop a bucket's digest whenever any of its rows is inserted, deleted or changed, by
+# whatever path (removing unreadable rows, forgetting an account, an older version of the
+# exporter, a hand edit), so a digest only ever describes the rows as they are: `replace`
+# writes it after the rows. (A row an INSERT OR REPLACE removes belongs to the bucket the
+# inserted row names, whose digest the insert trigger drops.)
 
 T = TypeVar("T")
 
@@ -171,11 +178,20 @@ def _digest(end: int, texts: Mapping[tuple[str, str], str]) -> bytes:
     """A bucket's content as written (its end, each row's operation, dims and measures text,
     in the order fetched), digested: joined in C, hashed with BLAKE2b (128 bits), so a
     poll's 48 unchanged buckets cost a lookup each rather than reading 115k rows back and
-    comparing them. A provider that lists rows in another order only misses the shortcut."""
-    h = hashlib.blake2b(b"%d\x02" % end, digest_size=16)
-    h.update("\n".join(map("\x00".join, texts)).encode("utf-8", "surrogatepass"))
-    h.update(b"\x01")
-    h.update("\n".join(texts.values()).encode("utf-8", "surrogatepass"))
+    comparing them. A provider that lists rows in another order only misses the shortcut.
+
+    The joined form must say one content only. Dims and measures are JSON (no raw control
+    character), but an operation is the provider's text: when the separators do not occur
+    exactly as often as the joins put them, a text holds one of them, and the content is
+    digested through `repr` (quoted and escaped; four times slower)."""
+    n = len(texts)
+    keys = "\n".join(map("\x00".join, texts))
+    values = "\n".join(texts.values())
+    if keys.count("\x00") != n or keys.count("\n") != n - 1 or values.count("\n") != n - 1:
+        keys, values = repr(list(texts)), repr(list(texts.values()))
+    h = hashlib.blake2b(b"%d %d %d %d\n" % (end, n, len(keys), len(values)), digest_size=16)
+    h.update(keys.encode("utf-8", "surrogatepass"))
+    h.update(values.encode("utf-8", "surrogatepass"))
     return h.digest()
 
 

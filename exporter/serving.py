@@ -23,6 +23,7 @@ import io
 import json
 import multiprocessing.connection
 import multiprocessing.reduction
+import os
 import socket
 import subprocess
 import sys
@@ -97,18 +98,21 @@ class ServingProcess:
         with self._lock:
             if self.process.poll() is not None:
                 raise OSError("the HTTP server process has exited")
-            new_file = rendered.file is not None and rendered.file is not self._sent
-            self._conn.send((status, ready, rendered.main_len, rendered.gz_len, new_file))
-            if new_file:
-                assert rendered.file is not None
-                fd = rendered.file.fileno()
-                multiprocessing.reduction.send_handle(self._conn, fd, self.process.pid)
-                self._sent = rendered.file
-            self._conn.send_bytes(rendered.tail)
-            self._conn.send_bytes(rendered.gz_tail)
-            if not self._conn.poll(_ACK_TIMEOUT):
-                raise OSError("the HTTP server process did not answer")
-            self._conn.recv()
+            fd = None
+            if rendered.file is not None and rendered.file is not self._sent:
+                fd = rendered.file.fileno()  # before anything is sent: a failure sends nothing
+            try:
+                self._conn.send((status, ready, rendered.main_len, rendered.gz_len, fd is not None))
+                if fd is not None:
+                    multiprocessing.reduction.send_handle(self._conn, fd, self.process.pid)
+                    self._sent = rendered.file
+                self._conn.send_bytes(rendered.tail)
+                self._conn.send_bytes(rendered.gz_tail)
+                if not self._conn.poll(_ACK_TIMEOUT):
+                    raise OSError("the HTTP server process did not answer")
+                self._conn.recv()
+            except EOFError:  # it exited meanwhile: what callers handle as a gone server
+                raise OSError("the HTTP server process has exited") from None
 
     def shutdown(self) -> None:
         with self._lock, contextlib.suppress(OSError):  # already gone
@@ -172,13 +176,19 @@ def _serve(
             status, ready, main_len, gz_len, new_file = msg
             file = exposition.current.file
             if new_file:  # closed when the last scrape sending from the old one is done
-                file = io.FileIO(multiprocessing.reduction.recv_handle(conn), "r")
+                fd = multiprocessing.reduction.recv_handle(conn)
+                os.set_inheritable(fd, False)
+                file = io.FileIO(fd, "r")
             tail, gz_tail = conn.recv_bytes(), conn.recv_bytes()
             exposition.swap(Rendered(file, main_len, gz_len, tail, gz_tail))
             state["status"], state["ready"] = status, ready
             conn.send(True)
     except (EOFError, OSError, KeyboardInterrupt):
         pass  # the exporter is gone: so is its server
+    except (RuntimeError, ValueError, TypeError) as exc:  # a message out of step: no way on
+        print(
+            f"llm-cost-exporter HTTP server: bad message from the exporter: {exc}", file=sys.stderr
+        )
     finally:
         server.shutdown()
         server.server_close()

@@ -51,6 +51,13 @@ def test_a_new_tail_keeps_the_main_part_and_ends_the_same_gzip_stream() -> None:
     assert gzip.decompress(third.gzipped) == third.body
 
 
+def test_with_no_tail_the_gzip_still_ends_its_stream() -> None:
+    exp = Exposition()
+    cur = exp.update(counters(50))
+    assert cur.tail == b"" and cur.body == render(counters(50))
+    assert gzip.decompress(cur.gzipped) == cur.body
+
+
 def test_nothing_is_served_before_a_main_part() -> None:
     exp = Exposition()
     cur = exp.set_tail(errors(1))  # the error counters alone are never served

@@ -348,10 +348,30 @@ def test_a_bucket_fetched_again_unchanged_is_known_by_its_digest(tmp_path: Path)
     led.close()
     assert _digests(path) == [0, DAY, 2 * DAY]  # an empty bucket gets none
     led = Ledger(path)
+    reads: list[str] = []
+    led._db.set_trace_callback(reads.append)
     n, drops = led.replace("openai", "main", "completions", [*days, empty])
+    led._db.set_trace_callback(None)
     assert (n, drops) == (3, [])
+    # The three buckets with rows were recognised by their digest, not read back; the
+    # empty one (no digest) was compared as before.
+    row_reads = [q for q in reads if "FROM rows WHERE" in q]
+    assert len(row_reads) == 1 and f"bucket_start={3 * DAY}" in row_reads[0].replace(" ", "")
     assert _totals(led) == {"tokens.input": 33, "requests": 3}
     led.close()
+
+
+def test_different_bucket_contents_never_share_a_digest() -> None:
+    """Operations are the provider's text: separators inside them must not make two
+    contents join to the same text."""
+    from exporter.ledger import _digest
+
+    d, v = '[["model","m"]]', '{"requests":1}'
+    a = {("a\x00" + d + "\nb", d): v, ("c", d): v}
+    b = {("a", d): v, ("b\x00" + d + "\nc", d): v}
+    assert _digest(DAY, a) != _digest(DAY, b)
+    assert _digest(DAY, {("op", d): v}) != _digest(2 * DAY, {("op", d): v})
+    assert _digest(DAY, {("op", d): v}) == _digest(DAY, {("op", d): v})
 
 
 @pytest.mark.parametrize(
@@ -359,8 +379,12 @@ def test_a_bucket_fetched_again_unchanged_is_known_by_its_digest(tmp_path: Path)
     [
         'UPDATE rows SET measures = \'{"requests":1,"tokens.input":99}\' WHERE bucket_start = 0',
         "DELETE FROM rows WHERE bucket_start = 0",
+        "INSERT INTO rows VALUES ('openai', 'main', 'completions', 0, 86400, 'completions',"
+        ' \'[["model","m9"],["project","p1"]]\', \'{"requests":5}\')',
+        "INSERT OR REPLACE INTO rows SELECT provider, account, endpoint, bucket_start,"
+        " bucket_end, operation, dims, '{\"requests\":7}' FROM rows WHERE bucket_start = 0",
     ],
-    ids=["changed", "deleted"],
+    ids=["changed", "deleted", "inserted", "inserted-or-replaced"],
 )
 def test_a_row_changed_behind_the_ledger_is_rewritten_by_the_next_fetch(
     tmp_path: Path, edit: str
