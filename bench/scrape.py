@@ -1,7 +1,8 @@
 """Scrape benchmark: what `/metrics` costs at 1k, 10k and 100k series, and what a poll costs.
 
-Why: the exporter renders the exposition once per poll and serves cached bytes, so a scrape
-should cost a memory copy plus the loopback transfer, whatever the number of series. This
+Why: the exporter renders the exposition once per poll and serves bytes already written (from
+their file, with sendfile), so a scrape should cost the loopback transfer, whatever the
+number of series. This
 measures that claim against the obvious alternative (a prometheus_client custom collector,
 whose `generate_latest` formats every sample on every scrape), and measures what moved the
 work: the per-poll model rebuild (ledger read, `exporter.model.build`, render + gzip) and the
