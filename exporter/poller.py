@@ -311,20 +311,31 @@ class Poller:
         return not any(t.is_alive() for t in self._threads)
 
 
+def default_history_start(now: dt.datetime, tz: dt.tzinfo) -> dt.date:
+    """The UTC date whose midnight starts the history: the first day of the month before
+    `now`'s month in `tz`, or the day before it where that local month starts before the
+    UTC midnight (zones east of UTC), so the whole previous local month is held."""
+    this_month = now.astimezone(tz).date().replace(day=1)
+    first = (this_month - dt.timedelta(days=1)).replace(day=1)
+    local_start = dt.datetime.combine(first, dt.time(), tzinfo=tz).astimezone(dt.UTC)
+    return min(first, local_start.date())
+
+
 def history_start_ts(
     configured: dt.date | None, stored: str | None, now: dt.datetime, tz: dt.tzinfo
 ) -> tuple[dt.date, int]:
     """History start as a date and as the UTC midnight that starts it.
 
-    Config wins; else the value kept in the state file; else the first day of the current
-    month (in the configured time zone) at first start. Buckets are UTC-aligned, so the start
-    is the UTC midnight of that date.
+    Config wins; else the value kept in the state file; else, at first start, the first day of
+    the previous month (in the configured time zone): month over month and week over week are
+    then whole on the day of install, whatever day of the month that is. Buckets are
+    UTC-aligned, so the start is the UTC midnight of that date.
     """
     if configured is not None:
         day = configured
     elif stored:
         day = dt.date.fromisoformat(stored)
     else:
-        day = now.astimezone(tz).date().replace(day=1)
+        day = default_history_start(now, tz)
     ts = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())
     return day, ts

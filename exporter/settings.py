@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     )
 
     poll_interval: float = 300.0
-    history_start: dt.date | None = None  # default: 1st of the current month at first start
+    history_start: dt.date | None = None  # default: 1st of the previous month at first start
     timezone: str = "UTC"
     bucket_width: Literal["1d", "1h"] = "1d"
     group_by: list[str] = Field(default_factory=lambda: list(DEFAULT_GROUP_BY))

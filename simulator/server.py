@@ -81,6 +81,17 @@ log = logging.getLogger("simulator")
 # --- the server -----------------------------------------------------------------------------
 
 
+def default_start(now: float) -> dt.date:
+    """60 days before `now`, or earlier where that is needed to hold all of last month (UTC).
+
+    The exporter's default history starts on the 1st of the previous month, up to 61 days
+    back (on 31 August), so the demo and the tests always find that month whole.
+    """
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    return min(today - dt.timedelta(days=60), last_month)
+
+
 class SimulatorServer:
     """The simulator on a background thread (port 0 picks a free port).
 
@@ -110,9 +121,7 @@ class SimulatorServer:
             setattr(self.settings, k, v)
         self._initial = (now, replace(self.settings))
         if start is None:
-            start = dt.datetime.fromtimestamp(self.clock.now(), dt.UTC).date() - dt.timedelta(
-                days=60
-            )
+            start = default_start(self.clock.now())
         self.dataset = ds.Dataset(seed=seed, start=start, tier_pricing=tier_pricing)
         self.faults = Faults()
         self.stats = Stats()
@@ -542,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--start",
         type=dt.date.fromisoformat,
         default=None,
-        help="first day with data, YYYY-MM-DD (default: 60 days before now)",
+        help="first day with data, YYYY-MM-DD (default: 60 days before now, or the 1st of "
+        "last month if earlier)",
     )
     p.add_argument("--now", type=float, default=None, help="freeze the clock at this Unix time")
     p.add_argument("--openai-key", default=d.openai_key)

@@ -31,6 +31,7 @@ from exporter.names import COUNTER, SPECS
 from exporter.settings import load
 from exporter.sources._http import RetryPolicy
 from simulator.server import SimulatorServer
+from tests.clock import real_now
 from tests.helpers import (
     binary,
     free_port,
@@ -71,7 +72,7 @@ def ledger_days(state: Path, since: int) -> tuple[Totals, Totals, Totals]:
             for name, v in sr.row.measures.items():
                 if name == "cost":
                     into[("cost", sr.provider, day)] += Decimal(v)
-                    if sr.end > time.time():
+                    if sr.end > real_now():
                         into[("cost", sr.provider, "open")] += Decimal(v)
                 elif name.startswith("tokens.") and sr.row.operation != "claude_code":
                     into[("tokens", sr.provider, day)] += Decimal(v)
@@ -86,7 +87,7 @@ def by_provider(result: list[dict[str, Any]]) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("backfill")
-    today = dt.datetime.now(dt.UTC).date()
+    today = dt.datetime.fromtimestamp(real_now(), dt.UTC).date()
     start = today - dt.timedelta(days=DAYS)
     sim = SimulatorServer(port=0, seed=7, start=start - dt.timedelta(days=30)).start()
     cfg = {
@@ -111,7 +112,7 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Any:
     port = free_port()
     app.serve(f"127.0.0.1:{port}")
 
-    until = int(time.time())
+    until = int(real_now())
     began = time.monotonic()
     assert (
         backfill(
@@ -152,7 +153,7 @@ def test_each_past_day_equals_the_ledger(backfilled: Any) -> None:
     (live) both give the ledger's exact day total, per provider."""
     prom, (rows, revised, _) = backfilled["prom"], backfilled["truth"]
     assert any(v > 0 for v in revised.values())  # the revision reached the ledger
-    today = dt.datetime.now(dt.UTC).date()
+    today = dt.datetime.fromtimestamp(real_now(), dt.UTC).date()
     day = backfilled["start"]
     checked = 0
     gauges = {

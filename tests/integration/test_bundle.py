@@ -11,6 +11,7 @@ real Prometheus.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import os
@@ -27,6 +28,7 @@ import yaml
 
 from exporter.names import BY_NAME
 from exporter.settings import GROUPABLE, Settings
+from tests.clock import real_now
 
 ROOT = Path(__file__).resolve().parents[2]
 DASH_DIR = ROOT / "grafana" / "dashboards"
@@ -717,6 +719,15 @@ def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
     state, data = tmp_path / "state", tmp_path / "prometheus"
     state.mkdir()
     data.mkdir()
+    # The demo config with three days of history: the one-shots' behaviour does not depend on
+    # how long the history is, and the default (from the 1st of last month) would make the
+    # run's length depend on the day of the month. The exporter runs as its own process, on
+    # the real clock.
+    demo = yaml.safe_load((ROOT / "config.demo.yml").read_text())
+    since = dt.datetime.fromtimestamp(real_now(), dt.UTC).date() - dt.timedelta(days=3)
+    demo["history_start"] = since.isoformat()
+    config = tmp_path / "config.demo.yml"
+    config.write_text(yaml.safe_dump(demo))
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -728,7 +739,7 @@ def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
         "LLM_EXPORTER_STATE_DIR": str(state),
         "HISTORY_DIR": str(state / "backfill"),
         "LLM_EXPORTER_CMD": f"{sys.executable} -m exporter",
-        "CONFIG": str(ROOT / "config.demo.yml"),
+        "CONFIG": str(config),
         "PROMETHEUS_DATA": str(data),
         "BACKFILL_DIR": str(state / "backfill"),
     }

@@ -21,7 +21,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -32,6 +31,7 @@ import yaml
 
 from exporter.export import EXACT
 from simulator.server import SimulatorServer
+from tests.clock import real_now
 from tests.helpers import ROOT, exporter_cmd, free_port, parse, process, wait_for
 from tests.integration.test_webconfig import PASSWORD, client_ctx, make_pki, web_config
 
@@ -54,7 +54,7 @@ def get(
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("export")
-    now = int(time.time())
+    now = int(real_now())
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     # A fixed clock: polls return the same data, so /metrics and the export can be compared.
     sim = SimulatorServer(port=0, seed=11, start=today - dt.timedelta(days=30), now=now).start()
@@ -184,7 +184,7 @@ def test_hourly_export_has_the_same_totals_as_daily(stack: Any) -> None:
 def test_the_cli_writes_the_same_bytes_while_the_exporter_runs(stack: Any) -> None:
     out = stack["tmp"] / "cli.csv"
     start = stack["from"].isoformat()
-    end = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
+    end = (dt.datetime.fromtimestamp(real_now(), dt.UTC).date() + dt.timedelta(days=1)).isoformat()
     query = f"format=csv&from={start}&to={end}"
 
     def same() -> bool:

@@ -23,6 +23,7 @@ from exporter.backfill import main as backfill
 from exporter.settings import load
 from exporter.sources._http import RetryPolicy
 from simulator.server import SimulatorServer
+from tests.clock import real_now
 from tests.helpers import (
     binary,
     free_port,
@@ -50,12 +51,12 @@ pytestmark = [
 
 def noon_zone() -> str:
     """An IANA fixed-offset zone where it is between 11:00 and 13:00 now."""
-    offset = 12 - dt.datetime.now(dt.UTC).hour  # -11 .. +12
+    offset = 12 - dt.datetime.fromtimestamp(real_now(), dt.UTC).hour  # -11 .. +12
     return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT-5 is UTC+5
 
 
 def write_config(path: Path, sim: SimulatorServer, state: Path, zone: str, limit: float) -> None:
-    today = dt.datetime.now(dt.UTC).date()
+    today = dt.datetime.fromtimestamp(real_now(), dt.UTC).date()
     path.write_text(
         yaml.safe_dump(
             {

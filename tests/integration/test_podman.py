@@ -22,7 +22,8 @@ network: `up{job="llm-cost-exporter"} == 1`.
 Sandbox facts it encodes: runtime runc (crun refuses the mixed cgroup layout), cgroupfs and a
 file events logger (no systemd), default ulimits within the sandbox's own (nofile 20000,
 nproc 32768), `--format docker` so HEALTHCHECK survives the build. Storage lives in a fresh
-directory under /var/tmp, removed at the end (LLM_EXPORTER_PODMAN_KEEP=1 keeps it).
+directory under /var/tmp, removed at the end (LLM_EXPORTER_PODMAN_KEEP=1 keeps it, the images
+and the stack).
 Takes about 2 minutes from empty storage on the 2-core CI machine.
 """
 
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clock import real_now
 from tests.helpers import ROOT, http_get, parse, wait_for
 
 pytestmark = [
@@ -130,14 +132,16 @@ def podman_env() -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
-        subprocess.run(
-            ["podman", "system", "reset", "--force"],
-            env=env,
-            check=False,
-            capture_output=True,
-            timeout=300,
-        )
+        # LLM_EXPORTER_PODMAN_KEEP=1 keeps the images, the containers and the work directory
+        # for a look afterwards; only without it is podman's own storage reset.
         if os.environ.get("LLM_EXPORTER_PODMAN_KEEP") != "1":
+            subprocess.run(
+                ["podman", "system", "reset", "--force"],
+                env=env,
+                check=False,
+                capture_output=True,
+                timeout=300,
+            )
             shutil.rmtree(work, ignore_errors=True)
 
 
@@ -473,7 +477,7 @@ def test_demo_stack_under_podman(stack: dict[str, str], images: dict[str, str]) 
 
     # The one-shots backfilled the ledger's history before Prometheus started: it holds the
     # exporter's series days back, long before its first scrape, under the live labels.
-    days_ago = time.time() - 3 * 86400
+    days_ago = real_now() - 3 * 86400
     past = urllib.parse.urlencode(
         {"query": "count(llm_cost_reported_usd_total)", "time": str(days_ago)}
     )

@@ -8,12 +8,12 @@ import gzip
 import json
 import subprocess
 import sys
-import time
 from decimal import Decimal
 from pathlib import Path
 
 from exporter.app import App
 from exporter.settings import load
+from tests.clock import real_now
 from tests.helpers import ROOT, exporter_cmd, free_port, http_get, process, wait_for
 from tests.unit.test_source_proxy_log import DAY, Gateway, S
 
@@ -42,7 +42,7 @@ def _line(i: int, ts: float) -> str:
 
 
 def test_exporter_serves_exact_gateway_counters(tmp_path: Path) -> None:
-    now = time.time()
+    now = real_now()
     logs = tmp_path / "logs"
     logs.mkdir()
     lines = [_line(i, now - 40 * HOUR + i * 600) for i in range(200)]

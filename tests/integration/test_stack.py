@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.clock import real_now
 from tests.helpers import (
     ROOT,
     binary,
@@ -79,7 +79,7 @@ class Webhook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                hook.received.append({"at": time.time(), **json.loads(body)})
+                hook.received.append({"at": real_now(), **json.loads(body)})
                 self.send_response(200)
                 self.end_headers()
 
@@ -184,7 +184,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("stack")
     ports = {k: free_port() for k in ("sim", "exporter", "prom", "am")}
     sim = f"http://127.0.0.1:{ports['sim']}"
-    now = int(time.time())
+    now = int(real_now())
     hook = Webhook()
 
     # Alertmanager: the shipped config, pointed at this test's webhook and with short waits.
@@ -251,7 +251,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ),
     ):
         wait_for(lambda: http_get(f"{sim}/_sim/stats"))
-        started = time.time()
+        started = real_now()
         ctx: dict[str, Any] = {
             "tmp": tmp,
             "ports": ports,
@@ -337,7 +337,7 @@ def test_budget_alert_reaches_the_webhook_and_resolves(stack: dict[str, Any]) ->
     # Raising the limit (a config change and restart, same state file) resolves it.
     stack["exporter_proc"].__exit__(None, None, None)
     exporter_config(stack["cfg"], stack["sim"], stack["tmp"] / "state.db", limit=1e9)
-    raised = time.time()
+    raised = real_now()
     proc = process(
         exporter_cmd(stack["cfg"], f"127.0.0.1:{stack['ports']['exporter']}"),
         stack["tmp"] / "exporter2.log",
@@ -625,7 +625,7 @@ def test_daily_panels_equal_the_exporters_exact_days(stack: dict[str, Any]) -> N
     # The 7-day trend (a range query, as Grafana runs it): one point a day, the last 7
     # complete days oldest to newest, exact, although Prometheus holds minutes of data.
     def trend_differs() -> list[Any]:
-        now = time.time()
+        now = real_now()
         res = _prom_range(prom, _query(table["E"]["expr"]), now - 7 * 86400, now, 86400)
         samples = parse(http_get(stack["exporter"] + "/metrics"))
         wrong: list[Any] = [] if res else ["no series"]
@@ -848,7 +848,7 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     prom = stack["prom"]
-    now = time.time()
+    now = real_now()
     start = stack["started"]
     step = max(1.0, (now - start) / 200)
 
@@ -1107,7 +1107,7 @@ def test_no_alert_is_pending_on_healthy_data_but_the_true_ones(stack: dict[str, 
     # The simulator's unknown model has no price: that one is true and must show.
     assert wait_for(lambda: "LLMModelUnpriced" in alerting(), timeout=60)
     # Let every rule group evaluate twice more, then nothing else may be pending or firing.
-    after = time.time() + 2
+    after = real_now() + 2
 
     def evaluated() -> bool:
         groups = json.loads(http_get(stack["prom"] + "/api/v1/rules"))["data"]["groups"]
@@ -1123,7 +1123,7 @@ def test_no_alert_is_pending_on_healthy_data_but_the_true_ones(stack: dict[str, 
     start = total(got, "llm_period_start_timestamp_seconds", period="month")
     first = dt.datetime.fromtimestamp(start + 86400, dt.UTC)
     days = calendar.monthrange(first.year, first.month)[1]
-    elapsed = (time.time() - start) / (days * 86400)
+    elapsed = (real_now() - start) / (days * 86400)
     accounts = {
         (dict(labels)["provider"], dict(labels)["account"])
         for (name, labels) in got
@@ -1134,6 +1134,6 @@ def test_no_alert_is_pending_on_healthy_data_but_the_true_ones(stack: dict[str, 
         / elapsed
         for p, a in accounts
     }
-    if time.time() - start >= 2 * 86400 and max(run_rates.values()) > 10000:
+    if real_now() - start >= 2 * 86400 and max(run_rates.values()) > 10000:
         expected.add("LLMSpendForecastAboveExpectation")
     assert alerting() == expected, run_rates

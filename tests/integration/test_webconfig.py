@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from exporter.webconfig import WebConfigError, load_web_config
 from simulator.server import SimulatorServer
+from tests.clock import real_now
 from tests.helpers import ROOT, binary, free_port, http_get, process, prom_query, wait_for
 
 PASSWORD = "test-scrape-password"
@@ -46,7 +47,7 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) 
 
 def make_pki(tmp: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.fromtimestamp(real_now(), dt.UTC)
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     ca = (

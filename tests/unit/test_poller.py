@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 from exporter.health import Health
 from exporter.ledger import Ledger
@@ -134,3 +137,36 @@ def test_without_min_interval_every_poll_fetches(tmp_path: Path) -> None:
     p.poll_once()
     p.poll_once()
     assert len(src.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("now", "tz", "expected"),
+    [
+        # the 1st at 00:30: the whole previous month
+        (dt.datetime(2027, 3, 1, 0, 30, tzinfo=dt.UTC), "UTC", dt.date(2027, 2, 1)),
+        # January: December of the year before
+        (dt.datetime(2027, 1, 15, tzinfo=dt.UTC), "UTC", dt.date(2026, 12, 1)),
+        # 29 February: January
+        (dt.datetime(2028, 2, 29, 12, tzinfo=dt.UTC), "UTC", dt.date(2028, 1, 1)),
+        # Berlin's 1 January 00:30 is still 31 December in UTC; its December starts on
+        # 30 November 23:00 UTC, so the UTC day before holds it
+        (dt.datetime(2026, 12, 31, 23, 30, tzinfo=dt.UTC), "Europe/Berlin", dt.date(2026, 11, 30)),
+        # New York's month starts after the UTC midnight of its date
+        (dt.datetime(2027, 3, 14, 16, tzinfo=dt.UTC), "America/New_York", dt.date(2027, 2, 1)),
+    ],
+)
+def test_default_history_start_holds_the_previous_local_month(
+    now: dt.datetime, tz: str, expected: dt.date
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    from exporter.poller import history_start_ts
+
+    day, ts = history_start_ts(None, None, now, ZoneInfo(tz))
+    assert day == expected
+    assert ts == int(dt.datetime.combine(expected, dt.time(), tzinfo=dt.UTC).timestamp())
+    # A stored start wins over the default, and a configured one over both.
+    assert history_start_ts(None, "2026-01-01", now, ZoneInfo(tz))[0] == dt.date(2026, 1, 1)
+    assert history_start_ts(dt.date(2025, 5, 5), "2026-01-01", now, ZoneInfo(tz))[0] == dt.date(
+        2025, 5, 5
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -13,6 +12,7 @@ import pytest
 from simulator import azure
 from simulator.server import SimulatorServer
 from simulator.wire import Request
+from tests.clock import real_now
 
 NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())
 
@@ -23,7 +23,7 @@ def sim() -> SimulatorServer:
 
 
 def arm(sim: SimulatorServer, path: str, query: list[tuple[str, str]], body: Any = None) -> Any:
-    token = azure.issue_token(sim.settings, int(time.time()) + 600)
+    token = azure.issue_token(sim.settings, int(real_now()) + 600)
     s = sim.settings
     base = f"/azure/subscriptions/{s.azure_subscription_id}/resourceGroups/{s.azure_resource_group}"
     req = Request(

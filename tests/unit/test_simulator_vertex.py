@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ from google.auth import crypt, jwt
 
 from simulator.server import SimulatorServer
 from simulator.vertex import GOOGLE_AUDIENCE, JWT_BEARER, new_service_account
+from tests.clock import real_now
 
 NOW = int(dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC).timestamp())
 
@@ -29,7 +29,7 @@ def sim() -> Iterator[tuple[SimulatorServer, dict[str, Any], dict[str, Any]]]:
 
 
 def assertion(info: dict[str, Any], **claims: Any) -> str:
-    now = int(time.time())
+    now = int(real_now())
     payload = {
         "iss": info["client_email"],
         "aud": GOOGLE_AUDIENCE,
@@ -69,7 +69,7 @@ def test_the_token_endpoint_checks_the_assertion(
 
     refused = {
         "signature": {"assertion": assertion(stranger, iss=known["client_email"])},
-        "expired": {"assertion": assertion(known, exp=int(time.time()) - 10)},
+        "expired": {"assertion": assertion(known, exp=int(real_now()) - 10)},
         "scope": {"assertion": assertion(known, scope=None)},
         "audience": {"assertion": assertion(known, aud="https://example.test/token")},
     }
