@@ -670,8 +670,9 @@ def spend(reported: str, estimated: str) -> str:
     """Per series of the two (same labels): the larger of reported and estimated cost.
     Reported lags by up to a day; estimated misses line items only reported cost has
     (images, web search, code interpreter, storage); Groq reports nothing. Same rule as the
-    `blended` budget basis on days not yet reported."""
-    return f"(({reported}) >= ({estimated})) or ({estimated}) or ({reported})"
+    `blended` budget basis on days not yet reported. Parenthesised whole: `and` binds tighter
+    than `or`, so a guard after an unparenthesised chain would filter its last operand only."""
+    return f"((({reported}) >= ({estimated})) or ({estimated}) or ({reported}))"
 
 
 def month_start(at_end: bool = False) -> str:
