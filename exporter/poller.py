@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from exporter.health import Health
 from exporter.ledger import ChangeObserver, Ledger
+from exporter.rows import Bucket, out_of_bounds
 from exporter.sources import Endpoint, Source
 from exporter.sources._http import (
     DECODE,
@@ -86,6 +87,8 @@ class Poller:
         # (provider, account, endpoint) -> time of the last successful fetch, for endpoints
         # with a min_interval; read from the state file on first use.
         self._fetched: dict[tuple[str, str, str], float] = {}
+        # (account name, endpoint) -> rows dropped for a measure out of bounds, since start.
+        self._dropped: dict[tuple[str, str], int] = {}
         for acc in self.accounts:
             for ep in acc.source.endpoints():
                 health.register(
@@ -165,6 +168,7 @@ class Poller:
         if self.stop.is_set():
             log.info("stopping: %s %s fetched but not written", acc.name, ep.name)
             return "cancelled"
+        self._drop_out_of_bounds(acc, ep, buckets)
         closed = max(start, align_down(now - ep.horizon, ep.width))
         try:
             written, drops = self.ledger.replace(
@@ -200,6 +204,29 @@ class Poller:
         )
         return None
 
+    def _drop_out_of_bounds(self, acc: Account, ep: Endpoint, buckets: list[Bucket]) -> None:
+        """Skip, count (as payload errors) and log each row with a measure no real bill has:
+        one such row must never stop its endpoint, nor poison a counter with +Inf."""
+        for b in buckets:
+            kept = []
+            for r in b.rows:
+                bad = out_of_bounds(r.measures)
+                if bad is None:
+                    kept.append(r)
+                    continue
+                key = (acc.name, ep.name)
+                self._dropped[key] = self._dropped.get(key, 0) + 1
+                log.warning(
+                    "skipped a row of %s %s at %d: %s is out of bounds (counted in "
+                    "llm_source_payload_errors_total)",
+                    acc.name,
+                    ep.name,
+                    b.start,
+                    bad,
+                )
+            if len(kept) != len(b.rows):
+                b.rows = kept
+
     def poll_account(self, acc: Account) -> None:
         """Poll every endpoint of one account. A rate limit stops the round: the account's
         other endpoints are not asked until its backoff is over (other accounts go on)."""
@@ -225,6 +252,9 @@ class Poller:
                 )
                 break
         errors = dict(getattr(acc.source, "payload_errors", {}) or {})
+        for (name, ep_name), n in self._dropped.items():
+            if name == acc.name:
+                errors[ep_name] = errors.get(ep_name, 0) + n
         self.health.poll_done(
             acc.source.provider,
             acc.source.account,

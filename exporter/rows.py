@@ -87,6 +87,38 @@ DIMENSIONS = (
 
 Number = int | Decimal
 
+# Bounds every measure must keep where it enters (see `out_of_bounds`): a count fits SQLite's
+# signed 64-bit INTEGER, and an amount is finite and far above any real bill (10^12 USD in one
+# row of one bucket), so its float at exposition can never be +Inf.
+MAX_COUNT = 2**63 - 1
+MAX_AMOUNT = Decimal(10) ** 12
+
+
+def bounded_count(value: Decimal) -> int | None:
+    """An integral, finite Decimal as an int within +-MAX_COUNT, else None. Checked before
+    `int()`, which refuses numbers of more than 4,300 digits with a ValueError."""
+    if not value.is_finite() or value.adjusted() > 19:
+        return None
+    if value != value.to_integral_value() or abs(value) > MAX_COUNT:
+        return None
+    return int(value)
+
+
+def out_of_bounds(measures: Mapping[str, Number]) -> str | None:
+    """The first measure outside the bounds above, as `name=value` (shortened), or None."""
+    for name, v in measures.items():
+        if isinstance(v, int):
+            ok = -MAX_COUNT <= v <= MAX_COUNT
+        else:
+            ok = v.is_finite() and abs(v) <= MAX_AMOUNT
+        if not ok:
+            if isinstance(v, int) and v.bit_length() > 1000:  # str() refuses 4,300+ digits
+                text = f"an integer of {v.bit_length()} bits"
+            else:
+                text = str(v)
+            return f"{name}={text[:24]}{'...' if len(text) > 24 else ''}"
+    return None
+
 
 def token_measure(token_type: str) -> str:
     return TOKENS + token_type

@@ -48,6 +48,7 @@ from exporter.rows import (
     Bucket,
     Number,
     Row,
+    bounded_count,
     token_measure,
 )
 from exporter.schema import GROUPABLE, AccountSettings, Duration, Strict
@@ -115,9 +116,10 @@ def _to_count(value: Any, name: str) -> int:
             d = Decimal(value.strip())
         except InvalidOperation:
             raise _Malformed(f"{name} is not a number") from None
-        if not d.is_finite() or d != d.to_integral_value():
-            raise _Malformed(f"{name} is not an integer")
-        n = int(d)
+        bounded = bounded_count(d)
+        if bounded is None:
+            raise _Malformed(f"{name} is not an integer within 64 bits")
+        n = bounded
     else:
         raise _Malformed(f"{name} has type {type(value).__name__}")
     if n < 0:

@@ -208,18 +208,20 @@ def _text(value: object) -> str | None:
 
 
 def _count(value: object) -> int | None:
-    """A token count: a non-negative integer (an integral JSON number is accepted)."""
+    """A token count: a non-negative integer (an integral JSON number is accepted) that fits
+    the ledger's 64-bit integers; anything else makes the line a bad line."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
-        return int(value) if value >= 0 else None
+        return value if 0 <= value <= rows.MAX_COUNT else None
+    if isinstance(value, Decimal):
+        n = rows.bounded_count(value)
+        return n if n is not None and n >= 0 else None
     return None
 
 
 def _money(value: object) -> Decimal | None:
-    """A cost: a finite, non-negative number (or numeric string), exact."""
+    """A cost: a finite, non-negative number (or numeric string) up to rows.MAX_AMOUNT, exact."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | Decimal):
@@ -231,7 +233,7 @@ def _money(value: object) -> Decimal | None:
             return None
     else:
         return None
-    return d if d.is_finite() and d >= 0 else None
+    return d if d.is_finite() and 0 <= d <= rows.MAX_AMOUNT else None
 
 
 def _timestamp(value: object) -> int | None:

@@ -131,6 +131,19 @@ def _exposed_totals(app: App) -> tuple[int, int, int, Decimal]:
     return int(got["req"]), int(got["in"]), int(got["out"]), got["cost"]
 
 
+def _gateway_app(tmp: Path, gw: Gateway, clock: list[float], horizon: str = "1d") -> App:
+    """The app with one proxy_log account over `gw`'s files, on the clock `clock[0]`."""
+    cfg = tmp / "config.yml"
+    cfg.write_text(
+        f"history_start: {dt.datetime.fromtimestamp(S, dt.UTC).date()}\n"
+        "bucket_width: 1h\n"
+        f"state_file: {tmp / 'state.db'}\n"
+        "providers:\n  proxy_log:\n    - account: gateway\n"
+        f"      options: {{path: '{gw.dir}/cost-tracking.jsonl*', horizon: {horizon}}}\n"
+    )
+    return App(load(cfg, {}), clock=lambda: clock[0])
+
+
 def test_the_app_counts_each_line_once_across_polls_restarts_and_a_refetch(
     tmp_path: Path,
 ) -> None:
@@ -141,15 +154,7 @@ def test_the_app_counts_each_line_once_across_polls_restarts_and_a_refetch(
     clock = [float(S + 6 * HOUR)]
 
     def app(horizon: str = "1d") -> App:
-        cfg = tmp_path / "config.yml"
-        cfg.write_text(
-            f"history_start: {dt.datetime.fromtimestamp(S, dt.UTC).date()}\n"
-            "bucket_width: 1h\n"
-            f"state_file: {tmp_path / 'state.db'}\n"
-            "providers:\n  proxy_log:\n    - account: gateway\n"
-            f"      options: {{path: '{gw.dir}/cost-tracking.jsonl*', horizon: {horizon}}}\n"
-        )
-        return App(load(cfg, {}), clock=lambda: clock[0])
+        return _gateway_app(tmp_path, gw, clock, horizon)
 
     def truth() -> tuple[int, int, int, Decimal]:
         t = gw.truth
@@ -181,3 +186,35 @@ def test_the_app_counts_each_line_once_across_polls_restarts_and_a_refetch(
     c.poll_once()
     assert _exposed_totals(c) == truth()
     c.stop()
+
+
+def test_a_line_with_numbers_no_bill_has_is_skipped_and_the_rest_counted(tmp_path: Path) -> None:
+    """2^70 and 2^63 tokens, a cost of 1e100000 and "1e5000" tokens: each such line is a bad
+    line (skipped, counted as a payload error); the source stays up, every good line before
+    and after it is counted exactly, on this poll and every later one, with no +Inf."""
+    from tests.unit.test_source_proxy_log import record, text
+
+    gw = Gateway(tmp_path)
+    clock = [float(S + 6 * HOUR)]
+    app = _gateway_app(tmp_path, gw, clock)
+    gw.write(10, S, step=300)
+    hostile = [
+        record(900, S + 3000, input_tokens=2**70),
+        record(901, S + 3000, output_tokens=2**63),
+        record(902, S + 3000, total_cost="1e100000"),
+        record(903, S + 3000, total_cost=1e308),
+    ]
+    gw.raw(text(hostile) + '{"timestamp": "2026-11-01T00:50:00Z", "input_tokens": 1e5000}\n')
+    gw.write(10, S + HOUR, step=300)
+    for _ in range(2):
+        app.poll_once()
+        t = gw.truth
+        assert _exposed_totals(app) == (t.requests, t.input, t.output, t.cost)
+        body = app.exposition.current.body.decode()
+        assert "+Inf" not in body and "NaN" not in body
+        state = app.health.snapshot()
+        assert all(st.up == 1 for st in state.endpoints.values())
+        errors = sum(state.payload_errors.values())
+        assert errors == 5, state.payload_errors
+        clock[0] += 600
+    app.stop()

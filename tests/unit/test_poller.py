@@ -170,3 +170,41 @@ def test_default_history_start_holds_the_previous_local_month(
     assert history_start_ts(dt.date(2025, 5, 5), "2026-01-01", now, ZoneInfo(tz))[0] == dt.date(
         2025, 5, 5
     )
+
+
+class HostileSource(FakeSource):
+    """One good row, a cost of 1e309 (finite as a Decimal, +Inf as a float) and 2^70 tokens."""
+
+    def fetch(self, endpoint: Endpoint, start: int, end: int) -> list[Bucket]:
+        from decimal import Decimal
+
+        self.calls.append((start, end))
+        return [
+            Bucket(
+                "usage",
+                start,
+                start + DAY,
+                [
+                    Row.make("completions", {"model": "good"}, {"tokens.input": 7}),
+                    Row.make("costs", {"currency": "usd"}, {"cost": Decimal("1e309")}),
+                    Row.make("completions", {"model": "huge"}, {"tokens.input": 2**70}),
+                ],
+            )
+        ]
+
+
+def test_rows_out_of_bounds_are_skipped_counted_and_the_rest_stored(tmp_path: Path) -> None:
+    src = HostileSource()
+    health = Health()
+    ledger = Ledger(tmp_path / "state.db")
+    acc = Account(src, ApiClient("http://unused.test/", {}), interval=300)
+    poller = Poller(ledger, health, [acc], history_start=9 * DAY, rebuild=lambda: None,
+                    clock=lambda: 10 * DAY + 5.0)  # fmt: skip
+    poller.poll_once()
+    poller.poll_once()
+    snap = health.snapshot()
+    assert snap.endpoints[("fake", "a", "usage")].up == 1
+    assert snap.payload_errors[("fake", "a", "usage")] == 4  # 2 rows on each of 2 polls
+    stored = [dict(sr.row.measures) for sr in ledger.iter_rows(0)]
+    assert stored and all(m == {"tokens.input": 7} for m in stored)
+    ledger.close()

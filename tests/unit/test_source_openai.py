@@ -679,3 +679,18 @@ def test_token_cost_lines_name_model_and_token_type(
     from exporter.sources.openai import _token_line
 
     assert _token_line(line_item) == expected
+
+
+def test_a_count_beyond_64_bits_skips_its_row_and_not_the_endpoint() -> None:
+    """Counts of "1e5000" (past Python's 4,300-digit int limit) and 2^64 as strings: each is
+    one skipped, counted row; the other results of the page are kept."""
+    page = json.loads((FIXTURES / "completions_2024_12.json").read_text())
+    results = page["data"][0]["results"]
+    good = len(results)
+    results.append({**results[0], "model": "m-huge", "input_tokens": "1e5000"})
+    results.append({**results[0], "model": "m-wide", "output_tokens": str(2**64)})
+    source, _ = serve("completions", httpx.Response(200, json=page))
+    [day, *_] = fetch(source, "completions")
+    assert {r.dim("model") for r in day.rows}.isdisjoint({"m-huge", "m-wide"})
+    assert len(day.rows) == good
+    assert source.payload_errors["completions"] == 2
