@@ -39,6 +39,7 @@ from exporter.serving import ServingProcess
 from exporter.settings import Settings
 from exporter.sources import Stateful, StateStore, adapters, pricing_traits
 from exporter.sources._http import ApiClient, RetryPolicy
+from exporter.statelock import StateLock
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,22 @@ class App:
         self.settings = settings
         self.clock = clock
         now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+        self.state_lock = StateLock(str(settings.state_file))
+        self.state_lock.acquire()  # StateFileError: another exporter writes this file
+        try:
+            self._open(settings, clock, retry, now)
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _open(
+        self,
+        settings: Settings,
+        clock: Callable[[], float],
+        retry: RetryPolicy | None,
+        now: dt.datetime,
+    ) -> None:
+        """Everything after the state lock; a failure here releases the lock (in __init__)."""
         self.ledger = open_ledger(settings, now)
         self.health = Health()
         self.exposition = Exposition()
@@ -448,4 +465,5 @@ class App:
             log.info("stopping with a provider request still in flight (abandoned)")
         # Waits for a write transaction in progress (milliseconds), never for a request.
         self.ledger.close()
+        self.state_lock.release()
         log.debug("stopped in %.2fs", time.monotonic() - began)

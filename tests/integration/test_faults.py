@@ -328,6 +328,29 @@ def test_once_exits_1_naming_each_failed_source(tmp_path: Path, sim: SimulatorSe
     assert ok.returncode == 0, ok.stderr[-2000:]
 
 
+def test_a_second_exporter_on_one_state_file_is_refused(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """Two writers on one state file gave silently wrong totals (#23): the second is refused
+    with one line naming the file and the holder, in process and from the command line, and
+    the file is free again once the first stops."""
+    from exporter.ledger import StateFileError
+
+    cfg = config(tmp_path, sim)
+    keys = {"OPENAI_ADMIN_KEY": sim.settings.openai_key}
+    first = App(load(cfg, keys), clock=lambda: float(sim.now()))
+    first.poll_once()
+    with pytest.raises(StateFileError, match=r"state\.db is in use by another exporter \(pid "):
+        App(load(cfg, keys), clock=lambda: float(sim.now()))
+    refused = run_once(cfg, sim)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    [line] = refused.stderr.strip().splitlines()
+    assert f"pid {os.getpid()}" in line and "own state_file" in line, line
+    first.stop()
+    again = run_once(cfg, sim)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
 def _damage(path: Path, how: str) -> None:
     data = bytearray(path.read_bytes())
     if how == "cut in half":
