@@ -60,6 +60,8 @@ def make_account(
         adapter.headers(key.get_secret_value()) if key is not None else {},
         recorder=health.recorder(provider, acc.account),
         timeout=acc.timeout,
+        deadline=acc.deadline or 4 * acc.timeout,
+        max_bytes=acc.max_response_bytes,
         retry=retry,
         cancel=cancel,
     )

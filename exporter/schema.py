@@ -76,7 +76,13 @@ class AccountSettings(Strict):
     key_file: Path | None = None  # a file holding the key (Docker/K8s secrets)
     group_by: list[str] | None = None  # overrides the top-level group_by for this account
     poll_interval: float | None = None
-    timeout: float = 30.0
+    timeout: float = 30.0  # per read, connect and write: a silent connection fails then
+    # The whole request, response body included: a response that drips never stalls the
+    # account. Default: 4 x timeout.
+    deadline: float | None = None
+    # The largest response body read; a larger page is a payload error for its endpoint only.
+    # 64 MiB is far above the providers' largest pages (a few MB at their page limits).
+    max_response_bytes: int = Field(default=64 * 2**20, ge=1024)
     # Provider-specific options: each adapter declares their model (`Adapter.options`), and
     # the settings validate this with it, so a wrong option is reported with its path.
     options: dict[str, Any] = Field(default_factory=dict)
@@ -100,7 +106,7 @@ class AccountSettings(Strict):
                 raise ValueError(f"unknown dimension(s) {bad}; choose from {list(GROUPABLE)}")
         return v
 
-    @field_validator("poll_interval", "timeout", mode="before")
+    @field_validator("poll_interval", "timeout", "deadline", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float | None:
         if v is None:

@@ -116,6 +116,18 @@ def _vendor_retry_after(headers: Mapping[str, str]) -> str | None:
     return str(max(hints)) if hints else None
 
 
+class DeadlinePassed(httpx.TimeoutException):
+    """The whole request took longer than the client's deadline (a body that drips)."""
+
+
+class TooLarge(Exception):
+    """A response body past the client's byte cap."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _error_text(response: httpx.Response) -> str:
     """A short message from a provider error body, keys and tokens masked (a provider's
     401 text may quote the key it refused, masked or not)."""
@@ -149,6 +161,8 @@ class ApiClient:
         *,
         recorder: RequestRecorder | None = None,
         timeout: float = 30.0,
+        deadline: float | None = None,
+        max_bytes: int = 64 * 2**20,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -163,6 +177,8 @@ class ApiClient:
             transport=transport,
             follow_redirects=False,
         )
+        self.deadline = deadline if deadline is not None else 4 * timeout
+        self.max_bytes = max_bytes
         self.recorder: RequestRecorder = recorder or NullRecorder()
         self.retry = retry or RetryPolicy()
         self.cancel = cancel or threading.Event()
@@ -233,6 +249,43 @@ class ApiClient:
             self.recorder.failure(endpoint, exc.reason)
             raise
 
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        body: Any,
+        headers: Mapping[str, str] | None,
+        began: float,
+    ) -> httpx.Response:
+        """One attempt, its body read in chunks against the deadline and the byte cap (the
+        client's own timeout bounds each read, not a body that drips a byte at a time)."""
+        request = self._client.build_request(
+            method, path.lstrip("/"), params=list(params), json=body, headers=headers
+        )
+        response = self._client.send(request, stream=True)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise TooLarge(
+                        response.status_code,
+                        f"response larger than max_response_bytes ({self.max_bytes} bytes): "
+                        "skipped (raise the account's max_response_bytes if it is real)",
+                    )
+                if time.monotonic() - began > self.deadline:
+                    raise DeadlinePassed(f"the request's deadline of {self.deadline:g}s passed")
+                if self.cancel.is_set():
+                    raise Cancelled()
+                chunks.append(chunk)
+        finally:
+            response.close()
+        # What response.read() sets: the decoded body, so .json() and .text work as usual.
+        response._content = b"".join(chunks)
+        return response
+
     def request_json(
         self,
         endpoint: str,
@@ -255,12 +308,15 @@ class ApiClient:
             began = time.monotonic()
             self.requests_made += 1
             try:
-                response = self._client.request(
-                    method, path.lstrip("/"), params=list(params), json=body, headers=headers
-                )
+                response = self._send(method, path, params, body, headers, began)
+            except TooLarge as exc:
+                self.recorder.request(endpoint, str(exc.status), time.monotonic() - began)
+                self.recorder.failure(endpoint, DECODE)
+                raise SourceError(DECODE, f"{endpoint}: {exc}") from None  # same page again
             except httpx.TimeoutException as exc:
                 self.recorder.request(endpoint, "timeout", time.monotonic() - began)
-                last = SourceError(TIMEOUT, f"{endpoint}: timed out ({type(exc).__name__})")
+                what = str(exc) if isinstance(exc, DeadlinePassed) else type(exc).__name__
+                last = SourceError(TIMEOUT, f"{endpoint}: timed out ({what})")
             except httpx.TransportError as exc:
                 self.recorder.request(endpoint, "error", time.monotonic() - began)
                 last = SourceError(

@@ -151,3 +151,79 @@ def test_post_sends_json_to_an_absolute_url_with_the_auth_hook_per_attempt() -> 
         ("POST", "http://other.test/q", "Bearer t2"),
     ]
     assert seen[0][3] == b'{"query":"SELECT 1"}'
+
+
+class _Hostile:
+    """A loopback server whose one page either drips (a byte every 0.2 s, for ever) or is
+    `size` bytes of valid JSON."""
+
+    def __init__(self, size: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stop = self.stop = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if size:
+                    body = b'{"data": "' + b"x" * (size - 12) + b'"}'
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.end_headers()
+                self.wfile.write(b'{"data": "')
+                while not stop.wait(0.2):
+                    try:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_dripping_response_ends_at_the_deadline() -> None:
+    """One byte every 0.2 s never trips a 1 s read timeout; the 2 s deadline ends it."""
+    import time
+
+    server = _Hostile()
+    api = ApiClient(server.url, {}, timeout=1.0, deadline=2.0, retry=RetryPolicy(attempts=1))
+    began = time.monotonic()
+    try:
+        with pytest.raises(SourceError) as info:
+            api.get_json("usage", "page")
+    finally:
+        server.close()
+        api.close()
+    took = time.monotonic() - began
+    assert info.value.reason == "timeout" and "deadline" in str(info.value)
+    assert took < 5, took
+
+
+def test_a_page_past_the_byte_cap_is_a_payload_error_not_retried() -> None:
+    server = _Hostile(size=300_000)
+    api = ApiClient(server.url, {}, max_bytes=100_000, retry=RetryPolicy(attempts=3))
+    try:
+        with pytest.raises(SourceError) as info:
+            api.get_json("usage", "page")
+        assert info.value.reason == "decode" and "max_response_bytes" in str(info.value)
+        assert api.requests_made == 1  # the same page again would be as large
+        api.max_bytes = 400_000
+        assert len(api.get_json("usage", "page")["data"]) == 300_000 - 12
+    finally:
+        server.close()
+        api.close()
