@@ -3,12 +3,14 @@ cuts it to a short length.
 
 Provider error bodies are the provider's words: they may quote a (masked or not) key, a
 bearer token, or a signed URL. The exporter never puts a key in a message itself; this is the
-belt to those braces, applied wherever outside text is shown.
+belt to those braces, applied wherever outside text is shown. Every key the settings read is
+also remembered here and masked verbatim, whatever its shape.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 
 MASK = "[redacted]"
 SHORT = 300  # characters kept of one message on `/` and in health
@@ -48,8 +50,32 @@ def _sub(m: re.Match[str]) -> str:
     return MASK
 
 
+# The configured secret values themselves: a provider may echo a key whole, in any shape the
+# patterns above do not know (#23: "hunter2-Plain-Secret" in a 401 body reached `/` and logs).
+_KNOWN: set[str] = set()
+_KNOWN_LOCK = threading.Lock()
+_KNOWN_MIN = 4  # shorter values would mask ordinary words; no real key is that short
+
+
+def remember_secret(value: str) -> None:
+    """Mask `value` wherever `redact` runs from now on (called for every key read)."""
+    if len(value) >= _KNOWN_MIN:
+        with _KNOWN_LOCK:
+            _KNOWN.add(value)
+
+
+def _mask_known(text: str) -> str:
+    with _KNOWN_LOCK:
+        known = sorted(_KNOWN, key=len, reverse=True)  # a key that contains another first
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
 def redact(text: str, limit: int | None = SHORT) -> str:
     """`text` with secrets masked, cut to `limit` characters (None: not cut)."""
+    text = _mask_known(text)
     for pattern in _PATTERNS:
         text = pattern.sub(_sub, text)
     text = _JWT.sub(MASK, text)

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from exporter.checks import startup_problems
+from exporter.redact import remember_secret
 from exporter.schema import (
     DEFAULT_GROUP_BY,
     GROUPABLE,
@@ -259,6 +260,7 @@ def resolve_secrets(settings: Settings, environ: Mapping[str, str] | None = None
             problems.append(str(exc))
             continue
         if key:
+            remember_secret(key)
             acc.api_key = SecretStr(key)
         else:
             acc._not_configured = f"no API key: set {var} or {var}_FILE" + (

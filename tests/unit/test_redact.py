@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx2 as httpx
 import pytest
 
 from exporter.health import Health
-from exporter.redact import redact
+from exporter.redact import MASK, redact
+from exporter.settings import load
 from exporter.sources._http import ApiClient, RetryPolicy, SourceError
 
 # Shapes only: none of these is or was a real key.
@@ -68,3 +71,24 @@ def test_a_provider_401_body_quoting_a_key_never_reaches_health() -> None:
     health.failure("openai", "main", "usage", "auth", f"{err.value} {FAKE}")
     shown = health.snapshot().endpoints[("openai", "main", "usage")].last_error
     assert FAKE[8:] not in shown and "7QxZ" not in shown
+
+
+def test_a_configured_key_echoed_whole_is_masked_everywhere_redact_runs(tmp_path: Path) -> None:
+    """A key of no known shape, quoted back by a provider's 401: masked in the error (which
+    `/`, the log and --once print) because the settings remembered it when they read it."""
+    key = "hunter2-Plain-Secret"
+    assert key in redact(f"Incorrect API key provided: {key}.")  # no pattern knows it
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("providers:\n  openai:\n    - account: main\n")
+    load(cfg, {"OPENAI_ADMIN_KEY": key})
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {"message": f"Incorrect API key: {key}."}})
+
+    api = ApiClient(
+        "http://x.test/", {}, transport=httpx.MockTransport(answer), retry=RetryPolicy(attempts=1)
+    )
+    with pytest.raises(SourceError) as info:
+        api.get_json("usage", "page")
+    assert key not in str(info.value) and MASK in str(info.value)
+    assert key not in redact(f"log line with {key} and {key.upper()}")
