@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -136,6 +137,8 @@ def tune_runtime() -> None:
 
 
 _GC_THRESHOLDS = (20_000, 20, 50)
+_SERVER_DEATHS = 5  # HTTP server exits within _SERVER_DEATH_WINDOW s that stop the exporter
+_SERVER_DEATH_WINDOW = 60.0
 
 
 class App:
@@ -214,6 +217,8 @@ class App:
         PlatformCollector(registry=self._process)
         self._process.register(ConfiguredAccounts(settings))
         self.server: ServingProcess | None = None
+        self._serving: tuple[tuple[str, int], str | None, ExportSource] | None = None
+        self.fatal: str | None = None  # why the exporter stopped by itself (exit 1)
         self._has_history = False
         self._closed = False
 
@@ -409,9 +414,44 @@ class App:
         source = ExportSource(
             str(self.settings.state_file), self.history_start, self.settings.prices
         )
-        self.server = ServingProcess(parse_listen(listen), web_config, source)
+        address = parse_listen(listen)
+        self.server = ServingProcess(address, web_config, source)
+        # A new server process binds the port this one got (port 0 picks one once).
+        self._serving = ((address[0], self.server.server_address[1]), web_config, source)
         self.publish()
         return self.server
+
+    def watch_server(self, every: float = 1.0) -> None:
+        """Start a new HTTP server process whenever the one serving exits (kill -9, a crash),
+        so /metrics comes back in about a second while polling goes on. A server that dies
+        5 times within a minute is not fixed by a new one: the exporter then stops with an
+        error line and exits 1, for its supervisor to restart."""
+        deaths: deque[float] = deque(maxlen=_SERVER_DEATHS)
+        while not self._stop.wait(every):
+            srv = self.server
+            if srv is None or srv.process.poll() is None:
+                continue
+            code = srv.process.returncode
+            deaths.append(time.monotonic())
+            if len(deaths) == _SERVER_DEATHS and deaths[-1] - deaths[0] < _SERVER_DEATH_WINDOW:
+                self.fatal = (
+                    f"the HTTP server process exited {_SERVER_DEATHS} times within "
+                    f"{_SERVER_DEATH_WINDOW:.0f} s (last exit status {code}): stopping"
+                )
+                log.error("%s", self.fatal)
+                self.request_stop()
+                return
+            log.error("the HTTP server process exited (status %s): starting a new one", code)
+            try:
+                with self._rebuild_lock:
+                    if self._closed:
+                        return
+                    srv.shutdown()  # reaps it, closes our end of its pipe
+                    assert self._serving is not None  # set by serve() with the server
+                    self.server = ServingProcess(*self._serving)
+                    self.publish()
+            except OSError as exc:
+                log.error("cannot start a new HTTP server process: %s; trying again", exc)
 
     def publish(self) -> None:
         """Hand the server the current exposition, landing-page status and readiness."""
@@ -423,6 +463,7 @@ class App:
         tune_runtime()
         srv = self.serve(listen, web_config)
         log.info("listening on %s:%d", *srv.server_address[:2])
+        threading.Thread(target=self.watch_server, name="watch-server", daemon=True).start()
         self.run_serving()
 
     def run_serving(self) -> None:

@@ -204,6 +204,9 @@ def _run(args: argparse.Namespace, settings: Settings, web: WebConfig | None) ->
         log.error("cannot serve on %s: %s", args.listen or settings.listen_address, exc.strerror)
         app.stop()
         return 2
+    if app.fatal is not None:
+        print(f"llm-cost-exporter: {app.fatal}", file=sys.stderr)
+        return 1
     log.info("stopped")
     return 0
 

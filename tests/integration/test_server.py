@@ -155,3 +155,44 @@ def test_a_failed_rebuild_is_counted_in_what_the_server_process_serves(
     assert series(after, "llm_tokens_total") == series(before, "llm_tokens_total")
     zipped = get(port, "/metrics", {"Accept-Encoding": "gzip"}).read()
     assert gzip.decompress(zipped) == after
+
+
+def test_a_killed_server_process_is_replaced_on_the_same_port(
+    app: tuple[App, SimulatorServer, int],
+) -> None:
+    """kill -9 of the HTTP server process: a new one serves /metrics on the same port within
+    seconds, while the exporter goes on; five deaths within a minute stop the exporter with
+    a reason (for its supervisor), instead of restarting for ever."""
+    import os
+    import signal
+
+    from tests.helpers import wait_for
+
+    application, _, port = app
+    application.poll_once()
+    watcher = threading.Thread(target=application.watch_server, args=(0.05,), daemon=True)
+    watcher.start()
+    assert application.server is not None
+    first = application.server.process.pid
+    os.kill(first, signal.SIGKILL)
+
+    def serving_again() -> bool:
+        srv = application.server
+        if srv is None or srv.process.pid == first:
+            return False
+        return get(port, "/metrics").status == 200
+
+    wait_for(serving_again, timeout=15)
+    assert application.fatal is None
+    for _ in range(4):
+        assert application.server is not None
+        pid = application.server.process.pid
+        os.kill(pid, signal.SIGKILL)
+
+        def handled(pid: int = pid) -> bool:
+            srv = application.server
+            return application.fatal is not None or (srv is not None and srv.process.pid != pid)
+
+        wait_for(handled, timeout=15)
+    watcher.join(5)
+    assert application.fatal is not None and "5 times within 60 s" in application.fatal
