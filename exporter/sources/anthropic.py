@@ -466,9 +466,15 @@ class AnthropicSource:
         params: Params,
         to_rows: Callable[[Mapping[str, Any]], list[Row]],
     ) -> list[Bucket]:
-        """Page through a bucketed report; keep buckets whose aligned start is in [start, end)."""
+        """Page through a bucketed report; keep buckets whose aligned start is in [start, end).
+
+        A bucket may continue on the next page, so its results are added up across pages. On
+        one page, though, a bucket's identity is its start: the same start twice there is a
+        repeat, never more usage, and is skipped and counted (summing it doubled the bucket
+        for good, since a closed bucket is not fetched again)."""
         acc = _Buckets()
         for page in paginate(self.client, ep.name, _PATHS[ep.name], params):
+            on_page: set[int] = set()
             for bucket in page["data"]:
                 try:
                     if not isinstance(bucket, Mapping):
@@ -483,6 +489,12 @@ class AnthropicSource:
                 aligned = at - at % ep.width  # the provider snaps to UTC; be sure
                 if not start <= aligned < end:
                     continue
+                if aligned in on_page:
+                    self._skip(
+                        ep.name, _Malformed(f"bucket {at} twice on one page: kept the first")
+                    )
+                    continue
+                on_page.add(aligned)
                 acc.touch(aligned)  # an empty bucket is news too: nothing there any more
                 for result in results:
                     try:

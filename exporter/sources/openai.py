@@ -592,23 +592,31 @@ class OpenAISource:
         return buckets
 
     def _rows(self, name: str, spec: _Spec, results: list[Any]) -> tuple[list[Row], int]:
-        """Rows of one bucket: exact repeats dropped, rows with equal labels summed.
+        """Rows of one bucket: repeats dropped, rows with equal labels summed.
 
         The API groups results by the requested fields, so two distinct results never share
-        all of them: an identical result seen twice is a repeat. Two results that map to the
-        same labels (null and "" project, batch true and "true") are distinct usage: summed.
+        all of their grouping fields. A result's identity is therefore the raw values of the
+        fields this adapter knows as dimensions (`_FIELD_DIM`), whatever else it carries: a
+        second result with the same identity is the same result again, dropped (a copy with
+        one extra or changed field must not double the bucket). If its measures differ, the
+        first one stays and the other is counted as a payload error. Two results whose
+        identities differ but map to the same labels (null and "" project, batch true and
+        "true") are distinct usage: summed.
         """
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # identity -> the whole result, as first seen
         by_dims: dict[tuple[tuple[str, str], ...], dict[str, Number]] = {}
         bad = 0
         for result in results:
             try:
                 if not isinstance(result, dict):
                     raise _Malformed("result is not an object")
-                key = json.dumps(result, sort_keys=True, default=str)
+                key = json.dumps([result.get(f) for f in _FIELD_DIM], default=str)
+                whole = json.dumps(result, sort_keys=True, default=str)
                 if key in seen:
+                    if _measures_differ(seen[key], whole):
+                        raise _Malformed(f"a second, different result for {key}: kept the first")
                     continue
-                seen.add(key)
+                seen[key] = whole
                 parsed = spec.parse(result)
                 dims: dict[str, str | None] = {
                     _FIELD_DIM[f]: _dim(result.get(f), f) for f in self._groups[name]
@@ -627,6 +635,13 @@ class OpenAISource:
             for measure, value in parsed.measures.items():
                 acc[measure] = acc.get(measure, 0) + value
         return [Row(name, d, m) for d, m in by_dims.items()], bad
+
+
+def _measures_differ(first: str, second: str) -> bool:
+    """Whether two results (sorted JSON) with one identity disagree on a shared field; extra
+    fields in one of them are not a disagreement."""
+    a, b = json.loads(first), json.loads(second)
+    return any(a[k] != b[k] for k in a.keys() & b.keys())
 
 
 def _bucket(raw: Any) -> tuple[int, list[Any]]:

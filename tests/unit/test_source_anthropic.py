@@ -306,6 +306,19 @@ def test_messages_rows_with_equal_dims_are_summed_and_out_of_range_buckets_dropp
     assert h.source.payload_errors["messages"] == 1  # the unparseable bucket
 
 
+def test_a_bucket_twice_on_one_page_is_counted_once_and_the_repeat_counted() -> None:
+    """A bucket may continue on the next page (its results add up), but the same start twice
+    on one page is a repeat: summing it doubled a closed bucket for good."""
+    result = {"uncached_input_tokens": 10, "output_tokens": 1, "model": "claude-opus-4-6"}
+    bucket = {"starting_at": "2026-11-01T00:00:00Z", "results": [result]}
+    page = {"data": [bucket, {**bucket, "x_extra": 1}], "has_more": False, "next_page": None}
+    h = Harness(lambda r: httpx.Response(200, json=page))
+    [day] = h.source.fetch(h.endpoint("messages"), NOV1, NOV2)
+    [row] = day.rows
+    assert row.measures["tokens.input"] == 10 and row.measures["tokens.output"] == 1
+    assert h.source.payload_errors["messages"] == 1
+
+
 def test_an_empty_bucket_is_returned_so_it_replaces_old_rows() -> None:
     page = {"data": [{"starting_at": "2026-11-01T00:00:00Z", "results": []}], "has_more": False}
     h = Harness(lambda r: httpx.Response(200, json=page))

@@ -694,3 +694,27 @@ def test_a_count_beyond_64_bits_skips_its_row_and_not_the_endpoint() -> None:
     assert {r.dim("model") for r in day.rows}.isdisjoint({"m-huge", "m-wide"})
     assert len(day.rows) == good
     assert source.payload_errors["completions"] == 2
+
+
+def test_a_bucket_repeated_with_an_extra_field_is_counted_once() -> None:
+    """The same bucket twice on one page, each result of the copy with one field more: no
+    row doubles. A copy whose counts differ keeps the first and counts the other."""
+    page = json.loads((FIXTURES / "completions_2024_12.json").read_text())
+    once = json.loads(json.dumps(page))
+    copy = json.loads(json.dumps(page["data"][0]))
+    for r in copy["results"]:
+        r["x_debug"] = "added"
+    page["data"].append(copy)
+    source, _ = serve("completions", httpx.Response(200, json=once))
+    expected = [sorted(map(repr, b.rows)) for b in fetch(source, "completions")]
+    source, _ = serve("completions", httpx.Response(200, json=page))
+    got = [sorted(map(repr, b.rows)) for b in fetch(source, "completions")]
+    assert got == expected and expected[0]
+    assert source.payload_errors["completions"] == 0
+    conflict = json.loads(json.dumps(once))
+    changed = json.loads(json.dumps(once["data"][0]))
+    changed["results"][0]["output_tokens"] += 1
+    conflict["data"].append(changed)
+    source, _ = serve("completions", httpx.Response(200, json=conflict))
+    assert [sorted(map(repr, b.rows)) for b in fetch(source, "completions")] == expected
+    assert source.payload_errors["completions"] == 1
