@@ -90,6 +90,10 @@ def _landing(status: dict[str, Any]) -> bytes:
     return page.encode("utf-8")
 
 
+IDLE_TIMEOUT = 30.0  # seconds a connection may wait between requests, or inside one's head
+MAX_BODY = 64 * 1024  # a request body read and dropped; a larger one is refused
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: MetricsServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
@@ -99,6 +103,41 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http: " + format, *args)
+
+    def handle_one_request(self) -> None:
+        # Waiting for a request (a new or kept-alive connection) times out, so idle and
+        # half-open connections end instead of holding a thread each; once the headers are
+        # in, the socket blocks again (parse_request), so /metrics still goes by sendfile.
+        self.connection.settimeout(IDLE_TIMEOUT)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        self.connection.settimeout(None)
+        return self._discard_body()
+
+    def _discard_body(self) -> bool:
+        """No endpoint takes a body: read a small one and drop it, refuse anything else and
+        close. Left unread, a body would be parsed as the next request on the connection
+        (the shape of request smuggling behind a proxy)."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._send(400, b"request bodies are not accepted\n", "text/plain; charset=utf-8")
+            return False
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return True
+        if not length.strip().isdigit() or int(length) > MAX_BODY:
+            self.close_connection = True
+            self._send(413, b"request body not accepted\n", "text/plain; charset=utf-8")
+            return False
+        self.connection.settimeout(IDLE_TIMEOUT)
+        try:
+            self.rfile.read(int(length))
+        finally:
+            self.connection.settimeout(None)
+        return True
 
     def _send(
         self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None

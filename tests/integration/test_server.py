@@ -196,3 +196,50 @@ def test_a_killed_server_process_is_replaced_on_the_same_port(
         wait_for(handled, timeout=15)
     watcher.join(5)
     assert application.fatal is not None and "5 times within 60 s" in application.fatal
+
+
+@pytest.fixture
+def bare_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The HTTP server alone, in this process, with a 1 s idle timeout."""
+    from exporter import server as server_module
+    from exporter.exposition import Exposition
+
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 1.0)
+    srv = server_module.MetricsServer(("127.0.0.1", 0), Exposition(), lambda: {})
+    srv.start()
+    yield int(srv.server_address[1])
+    srv.shutdown()
+    srv.server_close()
+
+
+def _raw(port: int, data: bytes, wait: float = 3.0) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_a_get_body_is_consumed_not_parsed_as_a_second_request(bare_server: int) -> None:
+    inner = b"GET /api/v1/export HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = f"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {len(inner)}\r\n\r\n"
+    out = _raw(bare_server, head.encode() + inner)
+    assert out.count(b"HTTP/1.1 ") == 1 and out.startswith(b"HTTP/1.1 200"), out
+    chunked = b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    refused = _raw(bare_server, chunked + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert refused.count(b"HTTP/1.1 ") == 1 and refused.startswith(b"HTTP/1.1 400"), refused
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n"
+    assert _raw(bare_server, big).startswith(b"HTTP/1.1 413")
+
+
+def test_an_idle_connection_is_closed(bare_server: int) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", bare_server), timeout=10) as s:
+        began = time.monotonic()
+        assert s.recv(1) == b""  # closed by the server, not by this 10 s timeout
+        assert time.monotonic() - began < 5
