@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
+import secrets
 import ssl
 import threading
 from collections.abc import Mapping
@@ -75,6 +77,7 @@ class WebConfig:
     # and a scrape every few seconds must not pay it each time (exporter-toolkit does so too).
     _good: set[bytes] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _dummy: bytes | None = None  # see _check_dummy
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -94,6 +97,9 @@ class WebConfig:
             return False
         hashed = self.users.get(user)
         if not sep or hashed is None:
+            # As long as a wrong password of a real user (exporter-toolkit does the same):
+            # a quick "no" would tell a caller which user names exist.
+            self._check_dummy(password)
             return False
         digest = hashlib.sha256(f"{user}:{password}".encode()).digest()
         with self._lock:
@@ -109,6 +115,20 @@ class WebConfig:
             with self._lock:
                 self._good.add(digest)
         return ok
+
+    def _check_dummy(self, password: str) -> None:
+        """One bcrypt check as costly as the configured hashes', against a hash no password
+        matches: made once, with the cost of the first user's hash."""
+        import bcrypt
+
+        with self._lock:
+            if self._dummy is None:
+                first = next(iter(self.users.values()))
+                cost = int(first.split(b"$")[2]) if first.count(b"$") >= 3 else 12
+                self._dummy = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(cost))
+            dummy = self._dummy
+        with contextlib.suppress(ValueError):
+            bcrypt.checkpw(password.encode(), dummy)
 
     def guards(self, path: str) -> bool:
         """Whether `path` needs credentials."""

@@ -262,3 +262,39 @@ def test_a_bad_web_config_names_the_key(tmp_path: Path, cfg: dict[str, Any], exp
     with pytest.raises(WebConfigError) as err:
         load_web_config(path)
     assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+def test_an_unknown_user_costs_one_bcrypt_check_like_a_known_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown user used to be refused at once (4 ms against 353 ms for a known one with a
+    wrong password): user names could be told apart by time. Both now run one bcrypt check of
+    the configured cost. Counted, not timed."""
+    import base64
+
+    import bcrypt
+
+    from exporter.webconfig import load_web_config
+
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=5)).decode()
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"alice": hashed}}))
+    web = load_web_config(path)
+    checks: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed_password: bytes) -> bool:
+        checks.append(hashed_password)
+        return real(password, hashed_password)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    assert not web.authorized(basic("mallory", "guess"))
+    assert not web.authorized(basic("alice", "guess"))
+    assert not web.authorized("Basic " + base64.b64encode(b"no-colon").decode())
+    assert len(checks) == 3
+    assert {c.split(b"$")[2] for c in checks} == {b"05"}  # the same cost each time
+    assert web.authorized(basic("alice", "right"))
