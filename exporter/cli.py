@@ -196,8 +196,17 @@ def _run(args: argparse.Namespace, settings: Settings, web: WebConfig | None) ->
         log.info("received signal %d, shutting down", signum)
         app.request_stop()
 
+    def _hangup(signum: int, frame: FrameType | None) -> None:
+        # SIGHUP's default ends the process without a word. The configuration is read once
+        # (keys, accounts, the state file's shape depend on it), so it is not reloaded.
+        log.warning(
+            "received SIGHUP: ignored; the configuration is read at start only, so restart "
+            "the exporter to apply a change (it serves the state file at once)"
+        )
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _hangup)
     try:
         app.run(args.listen or settings.listen_address, args.web_config if web else None)
     except OSError as exc:

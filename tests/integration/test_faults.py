@@ -420,6 +420,31 @@ def test_a_clean_restart_skips_the_state_file_check_a_crash_does_not(
     assert "integrity checked (quick_check)" in crashed.stderr
 
 
+def test_sighup_is_ignored_with_a_line_not_a_silent_death(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    cfg = config(tmp_path, sim)
+    root = Path(__file__).resolve().parents[2]
+    log = tmp_path / "exporter.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", f"--config.file={cfg}",
+             "--web.listen-address=127.0.0.1:0"],
+            stdout=out, stderr=subprocess.STDOUT, env=exporter_env(sim), cwd=root,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: b"listening on" in log.read_bytes(), timeout=30)
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: b"received SIGHUP: ignored" in log.read_bytes(), timeout=10)
+            assert proc.poll() is None  # still running
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.parametrize("fault", ["slow", "429"])
 def test_sigterm_mid_poll_exits_within_2s_cleanly(
     tmp_path: Path, sim: SimulatorServer, fault: str
