@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -96,6 +97,20 @@ class AccountSettings(Strict):
     def not_configured(self) -> str | None:
         """Why this enabled account is skipped (no key anywhere), or None when it is polled."""
         return self._not_configured
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parts = urllib.parse.urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} must be an http:// or https:// URL with a host")
+        return v
 
     @field_validator("group_by")
     @classmethod

@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter import configfile
 from exporter.checks import startup_problems
 from exporter.redact import remember_secret
 from exporter.schema import (
@@ -151,6 +152,16 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 1s")
         return seconds
 
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} must be host:port or :port, the port 1-65535 (e.g. :9877)")
+        if host.startswith("[") != host.endswith("]"):
+            raise ValueError(f"{v!r}: an IPv6 host goes in brackets, as [::1]:9877")
+        return v
+
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
@@ -235,8 +246,18 @@ def _schema_problem(loc: tuple[Any, ...], kind: str, msg: str) -> str:
     return problem_line(_loc(loc), msg)
 
 
+_MAX_KEY_BYTES = 64 * 1024  # far above any key; /dev/zero must not be read for ever
+
+
 def _read_secret_file(path: Path) -> str:
-    return path.read_text(encoding="utf-8").strip()
+    with path.open("rb") as f:
+        data = f.read(_MAX_KEY_BYTES + 1)
+    if len(data) > _MAX_KEY_BYTES:
+        raise OSError(27, f"larger than {_MAX_KEY_BYTES // 1024} KiB, not a key")  # EFBIG
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise OSError(22, "not UTF-8 text") from None
 
 
 def resolve_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -306,8 +327,10 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
     if path is not None:
         try:
             text = expand_env(
-                path.read_text(encoding="utf-8"), os.environ if environ is None else environ
+                configfile.read_text(path), os.environ if environ is None else environ
             )
+        except configfile.FileProblem as exc:
+            raise ConfigError([f"config.file: {exc}"]) from None
         except IsADirectoryError:
             # What Docker leaves when a bind-mounted config file is missing on the host.
             raise ConfigError(
@@ -321,7 +344,7 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
         except OSError as exc:
             raise ConfigError([f"config.file: cannot read {path}: {exc.strerror}"]) from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = configfile.parse(text)
         except yaml.YAMLError as exc:
             raise ConfigError([yaml_error_line(path, exc)]) from None
         if loaded is None:

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from exporter import configfile
+
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -139,11 +141,13 @@ def load_web_config(path: Path) -> WebConfig:
     """Read and check a web config file; raise WebConfigError listing every problem."""
     where = "web.config.file"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = configfile.read_text(path)
+    except configfile.FileProblem as exc:
+        raise WebConfigError([f"{where}: {exc}"]) from None
     except OSError as exc:
         raise WebConfigError([f"{where}: cannot read {path}: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = configfile.parse(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)

@@ -53,6 +53,24 @@ def run(
         ("budgets:\n  - name: b\n    limit_usd: -5\n", "budgets[0].limit_usd"),
         ("group_by: [model, colour]\n", "group_by: unknown dimension(s) ['colour']"),
         ("- not a mapping\n", "must hold a mapping"),
+        # Each of these passed --config.check and then failed at start, or was a traceback
+        # or an unbounded read inside the check (#23 item 11).
+        ("listen_address: ':99999'\n", "listen_address: ':99999' must be host:port"),
+        ("listen_address: abc\n", "listen_address: 'abc' must be host:port"),
+        (
+            "providers:\n  openai:\n    - account: a\n      base_url: 'http://[::1/v1'\n",
+            "providers.openai[0].base_url: 'http://[::1/v1' is not a URL",
+        ),
+        (
+            "prices:\n  overrides:\n    - {provider: openai, model: m, effective_from: 2026-13-01}\n",
+            "prices.overrides[0].effective_from: Input should be a valid date",
+        ),
+        ('a: &x ["lol", "lol"]\nb: [*x, *x]\n', "aliases (*name) are not accepted"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels deep"),
+        (
+            "providers:\n  openai:\n    - account: a\n      key_file: /dev/zero\n",
+            "key_file: cannot read the key file /dev/zero (larger than 64 KiB, not a key)",
+        ),
     ],
 )
 def test_bad_config_names_the_key_and_exits_2(tmp_path: Path, config: str, expected: str) -> None:
@@ -250,3 +268,19 @@ def test_running_exporter_skips_an_account_without_key(tmp_path: Path) -> None:
     text = log.read_text()
     assert "anthropic/main: not configured, skipped: no API key" in text
     assert "test-openai-admin-key" not in text
+
+
+def test_a_config_that_is_not_utf8_or_too_large_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    for data, expected in (
+        (b'poll_interval: 5m\nx: "\xff"\n', "byte 22 is not UTF-8"),
+        (b"# " + b"x" * (2 * 1024 * 1024) + b"\n", "is larger than 1024 KiB"),
+    ):
+        path.write_bytes(data)
+        out = subprocess.run(
+            [sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
+            capture_output=True, text=True, check=False, cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert out.returncode == 2 and expected in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
