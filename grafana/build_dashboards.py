@@ -680,6 +680,14 @@ def month_start(at_end: bool = False) -> str:
     return f'max(llm_period_start_timestamp_seconds{{period="month"}}{suffix})'
 
 
+def data_age() -> str:
+    """Per endpoint, seconds since its newest data: the end of its newest non-empty bucket,
+    or its last successful poll when that bucket has not ended (it is as fresh as the poll)."""
+    latest = dd(sel("llm_source_latest_bucket_timestamp_seconds"))
+    polled = dd(sel("llm_source_last_success_timestamp_seconds"))
+    return f"time() - (({latest} < {polled}) or {polled})"
+
+
 def last_month(expr: str, same_point: bool) -> str:
     """`expr` (a month-to-date gauge expression) in the previous month: its final value, or
     its value at the same elapsed time of the month. Hourly steps over the last 32 days keep
@@ -700,8 +708,6 @@ def overview() -> Json:
     rep_month = sel("llm_period_cost_reported_usd", **MONTH)
     est_month = sel("llm_period_cost_estimated_usd", **MONTH)
     tok_month = sel("llm_period_tokens", **MONTH)
-    # Poll age: 5m polls by default; LLMSourceDataStale fires at two missed intervals.
-    age = thresholds((None, "green"), (1800, "yellow"), (7200, "red"))
 
     panels: list[Json] = [
         row("Month to date"),
@@ -732,11 +738,12 @@ def overview() -> Json:
             extra_defaults={"decimals": 4},
         ),
         stat(
-            "Final data through",
-            "Oldest data watermark across sources: usage and cost up to here are final. Newer "
-            "buckets are shown too but may still be revised (today grows; costs are revised "
-            "for a few days), which is why this trails by the configured revision horizon "
-            "(2 days for usage, 5 for costs by default).",
+            "Costs may still be revised after",
+            "Not how fresh the data is (that is Data freshness by source): providers may still "
+            "revise figures newer than this (today's usage grows; costs are corrected for a few "
+            "days), and everything before it is final. It trails by the revision horizon (2 "
+            "days for usage, 5 for costs by default), so it is always some days ago. Oldest "
+            "watermark across sources.",
             [
                 target(
                     f"1000 * min({dd(sel('llm_source_watermark_timestamp_seconds'))})",
@@ -745,6 +752,7 @@ def overview() -> Json:
             ],
             "dateTimeFromNow",
             w=6,
+            steps=thresholds((None, "blue")),
         ),
         stat(
             "Sources failing",
@@ -1020,19 +1028,16 @@ def overview() -> Json:
         *reported_breakdown(),
         bargauge(
             "Data freshness by source",
-            "Time since each endpoint was last polled successfully: every number here is as of "
-            "that poll. Yellow after 30 minutes, red after 2 hours (default poll: 5 minutes). "
-            "How far final data trails is on the Exporter health dashboard (watermark lag).",
-            [
-                target(
-                    f"time() - {dd(sel('llm_source_last_success_timestamp_seconds'))}",
-                    "{{provider}}/{{account}} {{endpoint}}",
-                    instant=True,
-                )
-            ],
+            "How old the newest data of each endpoint is: the end of the newest bucket with "
+            "data, or the last successful poll where that bucket is still open (today's usage "
+            "is as fresh as the poll that fetched it). Daily costs are published hours after "
+            "their day, so a cost endpoint reads some hours after midnight. Yellow after 6 "
+            "hours, red after 26 (no new data for more than a day). How far back figures may "
+            "still be revised is a different thing: Costs may still be revised after.",
+            [target(data_age(), "{{provider}}/{{account}} {{endpoint}}", instant=True)],
             "s",
             w=12,
-            steps=age,
+            steps=thresholds((None, "green"), (6 * 3600, "yellow"), (26 * 3600, "red")),
         ),
         spend_heatmap(),
         row("Models"),

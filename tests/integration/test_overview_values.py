@@ -1,5 +1,6 @@
-"""The Overview's last-month figures, evaluated by promtool on series with and without a
-previous month: exact values when Prometheus holds last month, nothing when it does not.
+"""Overview panels evaluated by promtool on series made for them, with exact expectations:
+the last-month figures with and without a previous month (exact values when Prometheus holds
+last month, nothing when it does not), and the data freshness of each source.
 
 The expressions are the dashboard's own (variables at All), run as the instant queries the
 panels are, at a chosen evaluation time of promtool's clock (which starts at 1970-01-01:
@@ -124,4 +125,33 @@ def test_last_month_figures_are_exact_with_a_last_month(tmp_path: Path) -> None:
         (table["D"], [{"labels": '{provider="openai"}', "value": 743}]),
     ]
     failed = promtool_eval(tmp_path, two_months(), at, cases)
+    assert not failed, failed
+
+
+def test_freshness_is_the_age_of_the_newest_data_not_of_the_last_poll(tmp_path: Path) -> None:
+    """At t = 10 h: a cost endpoint polled 10 s ago whose newest bucket ended 3 h ago reads
+    3 h (it read 10 s, the time since the poll); a usage endpoint whose newest bucket is still
+    open (it ends after now) reads the 10 s since its poll."""
+    [expr] = overview_targets("Data freshness by source").values()
+    at = 10 * HOUR
+    polled, cost_end, open_end = at - 10, at - 3 * HOUR, at + 50 * 60
+
+    def ep(name: str) -> str:
+        return f'provider="openai",account="a",endpoint="{name}"'
+
+    series = [
+        {"series": f"llm_source_last_success_timestamp_seconds{{{ep('costs')}}}",
+         "values": f"{polled}x10"},
+        {"series": f"llm_source_latest_bucket_timestamp_seconds{{{ep('costs')}}}",
+         "values": f"{cost_end}x10"},
+        {"series": f"llm_source_last_success_timestamp_seconds{{{ep('completions')}}}",
+         "values": f"{polled}x10"},
+        {"series": f"llm_source_latest_bucket_timestamp_seconds{{{ep('completions')}}}",
+         "values": f"{open_end}x10"},
+    ]  # fmt: skip
+    expected = [
+        {"labels": f"{{{ep('costs')}}}", "value": 3 * HOUR},
+        {"labels": f"{{{ep('completions')}}}", "value": 10},
+    ]
+    failed = promtool_eval(tmp_path, series, "10h", [(expr, expected)])
     assert not failed, failed
