@@ -1898,6 +1898,7 @@ def prices() -> Json:
             "percentunit",
             w=10,
             steps=recon_steps,
+            text_mode="value_and_name",
         ),
         stat(
             "Estimated minus reported (month)",
@@ -1915,6 +1916,7 @@ def prices() -> Json:
             ],
             USD,
             w=10,
+            text_mode="value_and_name",
         ),
         daily_bars(
             "Estimated vs reported cost per provider (daily)",
@@ -2119,6 +2121,7 @@ def health() -> Json:
             ],
             "short",
             steps=thresholds((None, "red"), (1, "green")),
+            text_mode="value_and_name",
         ),
         stat(
             "Sources up",
@@ -2128,6 +2131,7 @@ def health() -> Json:
                 target(f"count(min by ({by_src}) ({up}))", "polled", instant=True),
             ],
             "short",
+            text_mode="value_and_name",
         ),
         stat(
             "Last exposition rebuild",
@@ -2141,7 +2145,8 @@ def health() -> Json:
             [
                 target(
                     "count by (version, revision, python_version) (llm_exporter_build_info)",
-                    "{{version}} ({{revision}}, Python {{python_version}})",
+                    # revision is empty outside a git build: no "(, Python" then.
+                    "{{version}} · Python {{python_version}} {{revision}}",
                     instant=True,
                 )
             ],

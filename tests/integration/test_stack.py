@@ -450,6 +450,15 @@ def _advance(stack: dict[str, Any]) -> None:
     stack["advanced"] = True
 
 
+def _names_each_value(panel: dict[str, Any]) -> bool:
+    """Whether a stat shows each value with a name: text mode with the name, and a legend
+    on every target (one that cannot read "(, Python" when a label is empty)."""
+    legends = [t.get("legendFormat") for t in panel.get("targets", [])]
+    return panel["options"].get("textMode") in ("value_and_name", "name") and all(
+        legend not in (None, "", "__auto") and "(," not in legend for legend in legends
+    )
+
+
 def _variable_value(stack: dict[str, Any], dash: dict[str, Any], name: str) -> str | None:
     """The first value Grafana would offer for variable `name` (its label_values query)."""
     for v in dash["templating"]["list"]:
@@ -472,13 +481,16 @@ def test_every_dashboard_panel_query_returns_data(stack: dict[str, Any]) -> None
     empty: list[str] = []
     history: set[str] = set()
     invented: list[str] = []
+    unnamed: list[str] = []
     for name, dash in _dashboards().items():
         for panel in _panels(dash):
+            shown = 0
             for target in panel.get("targets", []):
                 expr = target.get("expr")
                 if not expr:
                     continue
                 res = _run(stack["prom"], _query(expr), f"{name}: {panel.get('title')}")
+                shown += len(res)
                 if res and panel.get("title") in LAST_MONTH and "@ end()" in expr:
                     # This Prometheus holds minutes: a last-month figure can only be this
                     # month's read as last month's (an `or` chain guarded on its last operand).
@@ -489,7 +501,11 @@ def test_every_dashboard_panel_query_returns_data(stack: dict[str, Any]) -> None
                     history.add(panel["title"])
                 else:
                     empty.append(f"{name}: {panel.get('title')}: {expr}")
+            if panel.get("type") == "stat" and shown > 1 and not _names_each_value(panel):
+                unnamed.append(f"{name}: {panel['title']} ({shown} values)")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+    # A stat showing several values ("1  1", five bare dollar figures) names each of them.
+    assert not unnamed, "stats showing several values without names:\n" + "\n".join(unnamed)
     # Only the last-month figures of the Overview's "What changed" row (its weeks are exact
     # days from the exporter and must show at once).
     assert history <= LAST_MONTH, history
