@@ -234,6 +234,12 @@ def stat(
     )
 
 
+def _legend_calc(unit: str) -> str:
+    """A legend's one figure: the sum of amounts, the mean of ratios (a sum of percentages,
+    "openai 349 %", means nothing)."""
+    return "mean" if unit.startswith("percent") else "sum"
+
+
 def timeseries(
     title: str,
     description: str,
@@ -265,7 +271,7 @@ def timeseries(
         h=h,
         custom=custom,
         options={
-            "legend": {"displayMode": "table", "placement": "right", "calcs": ["sum"]}
+            "legend": {"displayMode": "table", "placement": "right", "calcs": [_legend_calc(unit)]}
             if bars
             else {"displayMode": "list", "placement": "bottom", "calcs": []},
             "tooltip": {"mode": "multi", "sort": "desc"},
@@ -355,7 +361,7 @@ def daily_bars(
             "legend": {
                 "displayMode": "table",
                 "placement": "right",
-                "calcs": ["sum"],
+                "calcs": [_legend_calc(unit)],
                 "showLegend": True,
             },
             "tooltip": {"mode": "multi", "sort": "desc"},

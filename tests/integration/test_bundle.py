@@ -216,6 +216,18 @@ def test_dashboard_structure(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(UIDS))
+def test_no_legend_adds_up_ratios(name: str) -> None:
+    """Gateway coverage's legend summed percentages ("openai 349 %")."""
+    summed = [
+        p["title"]
+        for p in all_panels(load(name))
+        if p.get("fieldConfig", {}).get("defaults", {}).get("unit", "").startswith("percent")
+        and "sum" in p.get("options", {}).get("legend", {}).get("calcs", [])
+    ]
+    assert not summed, f"{name}: legends summing a ratio: {summed}"
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
 def test_variables_chain(name: str) -> None:
     variables = {v["name"]: v for v in load(name)["templating"]["list"]}
     names = [v["name"] for v in load(name)["templating"]["list"]]
