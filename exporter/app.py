@@ -507,6 +507,8 @@ class App:
         else:  # a request still in flight: its thread is a daemon and ends with the process
             log.info("stopping with a provider request still in flight (abandoned)")
         # Waits for a write transaction in progress (milliseconds), never for a request.
-        self.ledger.close()
-        self.state_lock.release()
+        try:
+            self.ledger.close()
+        finally:
+            self.state_lock.release()
         log.debug("stopped in %.2fs", time.monotonic() - began)

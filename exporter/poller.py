@@ -87,8 +87,10 @@ class Poller:
         # (provider, account, endpoint) -> time of the last successful fetch, for endpoints
         # with a min_interval; read from the state file on first use.
         self._fetched: dict[tuple[str, str, str], float] = {}
-        # (account name, endpoint) -> rows dropped for a measure out of bounds, since start.
+        # (account name, endpoint) -> rows dropped for a measure out of bounds, since start;
+        # accounts poll on threads of their own, so it is read and written under a lock.
         self._dropped: dict[tuple[str, str], int] = {}
+        self._dropped_lock = threading.Lock()
         for acc in self.accounts:
             for ep in acc.source.endpoints():
                 health.register(
@@ -215,7 +217,8 @@ class Poller:
                     kept.append(r)
                     continue
                 key = (acc.name, ep.name)
-                self._dropped[key] = self._dropped.get(key, 0) + 1
+                with self._dropped_lock:
+                    self._dropped[key] = self._dropped.get(key, 0) + 1
                 log.warning(
                     "skipped a row of %s %s at %d: %s is out of bounds (counted in "
                     "llm_source_payload_errors_total)",
@@ -252,7 +255,9 @@ class Poller:
                 )
                 break
         errors = dict(getattr(acc.source, "payload_errors", {}) or {})
-        for (name, ep_name), n in self._dropped.items():
+        with self._dropped_lock:
+            dropped = list(self._dropped.items())
+        for (name, ep_name), n in dropped:
             if name == acc.name:
                 errors[ep_name] = errors.get(ep_name, 0) + n
         self.health.poll_done(

@@ -54,7 +54,7 @@ def _sub(m: re.Match[str]) -> str:
 # patterns above do not know (#23: "hunter2-Plain-Secret" in a 401 body reached `/` and logs).
 _KNOWN: set[str] = set()
 _KNOWN_LOCK = threading.Lock()
-_KNOWN_MIN = 4  # shorter values would mask ordinary words; no real key is that short
+_KNOWN_MIN = 8  # shorter values would mask ordinary words; no provider key is that short
 
 
 def remember_secret(value: str) -> None:

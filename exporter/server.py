@@ -14,6 +14,8 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -92,6 +94,8 @@ def _landing(status: dict[str, Any]) -> bytes:
 
 IDLE_TIMEOUT = 30.0  # seconds a connection may wait between requests, or inside one's head
 MAX_BODY = 64 * 1024  # a request body read and dropped; a larger one is refused
+SEND_TIMEOUT = 60.0  # seconds a TLS client may stall one send of a response
+_DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() takes "²", which int() refuses
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -114,7 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
-        self.connection.settimeout(None)
+        # A TLS response is sent in pieces anyway: keep a timeout, so a client that stops
+        # reading cannot hold the thread for ever. A plain one blocks, for sendfile.
+        tls = isinstance(self.connection, ssl.SSLSocket)
+        self.connection.settimeout(SEND_TIMEOUT if tls else None)
         return self._discard_body()
 
     def _discard_body(self) -> bool:
@@ -125,10 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(400, b"request bodies are not accepted\n", "text/plain; charset=utf-8")
             return False
-        length = self.headers.get("Content-Length")
-        if length is None:
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
             return True
-        if not length.strip().isdigit() or int(length) > MAX_BODY:
+        length = lengths[0].strip()
+        if len(lengths) > 1 or not _DIGITS.fullmatch(length) or int(length) > MAX_BODY:
             self.close_connection = True
             self._send(413, b"request body not accepted\n", "text/plain; charset=utf-8")
             return False
@@ -136,7 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.rfile.read(int(length))
         finally:
-            self.connection.settimeout(None)
+            tls = isinstance(self.connection, ssl.SSLSocket)
+            self.connection.settimeout(SEND_TIMEOUT if tls else None)
         return True
 
     def _send(

@@ -24,6 +24,7 @@ import json
 import multiprocessing.connection
 import multiprocessing.reduction
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -133,6 +134,8 @@ class ServingProcess:
 
 def _main(argv: list[str]) -> None:
     """The server process's entry point (see `_ENTRY`)."""
+    # A SIGHUP to the process group must not end the server either (the parent ignores it).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     release_large_blocks()  # each publish replaces a body of up to tens of MB
     fd, host, port, export, *web_config = argv
     conn = multiprocessing.connection.Connection(int(fd))

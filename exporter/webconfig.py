@@ -126,8 +126,10 @@ class WebConfig:
         with self._lock:
             if self._dummy is None:
                 first = next(iter(self.users.values()))
-                cost = int(first.split(b"$")[2]) if first.count(b"$") >= 3 else 12
-                self._dummy = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(cost))
+                parts = first.split(b"$")
+                cost = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 12
+                salt = bcrypt.gensalt(cost if 4 <= cost <= 31 else 12)
+                self._dummy = bcrypt.hashpw(secrets.token_hex(16).encode(), salt)
             dummy = self._dummy
         with contextlib.suppress(ValueError):
             bcrypt.checkpw(password.encode(), dummy)

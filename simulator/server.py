@@ -82,14 +82,15 @@ log = logging.getLogger("simulator")
 
 
 def default_start(now: float) -> dt.date:
-    """60 days before `now`, or earlier where that is needed to hold all of last month (UTC).
+    """60 days before `now`, or earlier where that is needed to hold all of last month.
 
-    The exporter's default history starts on the 1st of the previous month, up to 61 days
-    back (on 31 August), so the demo and the tests always find that month whole.
+    The exporter's default history starts on the 1st of the previous month, or the UTC day
+    before it in zones east of UTC, up to 62 days back (on 31 August), so the demo and the
+    tests always find that month whole in any zone.
     """
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
-    return min(today - dt.timedelta(days=60), last_month)
+    return min(today - dt.timedelta(days=60), last_month - dt.timedelta(days=1))
 
 
 class SimulatorServer:

@@ -313,6 +313,9 @@ class ApiClient:
                 self.recorder.request(endpoint, str(exc.status), time.monotonic() - began)
                 self.recorder.failure(endpoint, DECODE)
                 raise SourceError(DECODE, f"{endpoint}: {exc}") from None  # same page again
+            except httpx.DecodingError:  # a body that does not decode (corrupt gzip)
+                self.recorder.request(endpoint, "200", time.monotonic() - began)
+                last = SourceError(DECODE, f"{endpoint}: the response body does not decode")
             except httpx.TimeoutException as exc:
                 self.recorder.request(endpoint, "timeout", time.monotonic() - began)
                 what = str(exc) if isinstance(exc, DeadlinePassed) else type(exc).__name__

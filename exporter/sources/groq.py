@@ -362,6 +362,8 @@ def _sample(sample: Any) -> tuple[float, Decimal | None]:
         return float(t), None
     if rate < 0:
         raise _Malformed("sample value is a negative rate")
+    if rate.adjusted() > 15:  # 10^16 tokens a second: no bill; and rate * 300 stays exact
+        raise _Malformed("sample value is out of bounds")
     return float(t), rate
 
 
