@@ -681,6 +681,11 @@ def spend(reported: str, estimated: str) -> str:
     return f"((({reported}) >= ({estimated})) or ({estimated}) or ({reported}))"
 
 
+def by_project(src: str) -> str:
+    """`src` summed to (provider, account, project): the level at which spend() compares."""
+    return f"sum by (provider, account, project) ({dd(src)})"
+
+
 def month_start(at_end: bool = False) -> str:
     suffix = " @ end()" if at_end else ""
     return f'max(llm_period_start_timestamp_seconds{{period="month"}}{suffix})'
@@ -976,19 +981,16 @@ def overview() -> Json:
         ),
         bargauge(
             "Spend by project (month to date)",
-            "Reported and estimated cost this month by project (OpenAI project, Anthropic "
-            "workspace, Groq project). (none) is usage without a project.",
+            "Spend this month by project (OpenAI project, Anthropic workspace, Groq project), "
+            "one bar each: per provider account and project, the larger of reported and "
+            "estimated cost, as in What changed (reported lags by up to a day; estimated misses "
+            "line items such as images and web search). (none) is usage without a project.",
             [
                 target(
                     "sort_desc(label_replace(sum by (project) ("
-                    f'{dd(rep_month)}), "project", "(none)", "project", ""))',
-                    "{{project}} · reported",
-                    instant=True,
-                ),
-                target(
-                    "sort_desc(label_replace(sum by (project) ("
-                    f'{dd(est_month)}), "project", "(none)", "project", ""))',
-                    "{{project}} · estimated",
+                    + spend(by_project(rep_month), by_project(est_month))
+                    + '), "project", "(none)", "project", ""))',
+                    "{{project}}",
                     instant=True,
                 ),
             ],

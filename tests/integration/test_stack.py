@@ -513,6 +513,31 @@ def test_every_dashboard_panel_query_returns_data(stack: dict[str, Any]) -> None
 
 
 @needs_binaries
+def test_spend_by_project_shows_each_project_once(stack: dict[str, Any]) -> None:
+    """It listed every project twice, once reported and once estimated; now one bar each,
+    the larger of the two per provider account and project, summed."""
+    _ready(stack)
+    [t] = _overview_panel("Spend by project (month to date)")["targets"]
+    res = prom_query(stack["prom"], _query(t["expr"]))
+    projects = [r["metric"]["project"] for r in res]
+    assert projects and len(projects) == len(set(projects)), projects
+    got = parse(http_get(stack["exporter"] + "/metrics"))
+    month: dict[tuple[str, str, str], dict[str, float]] = {}  # (provider, account, project)
+    for (name, labels), v in got.items():
+        lab = dict(labels)
+        if name in ("llm_period_cost_reported_usd", "llm_period_cost_estimated_usd") and (
+            lab.get("period") == "month"
+        ):
+            key = (lab["provider"], lab["account"], lab.get("project", ""))
+            side = month.setdefault(key, {})
+            side[name] = side.get(name, 0.0) + v
+    for r in res:
+        project = "" if r["metric"]["project"] == "(none)" else r["metric"]["project"]
+        want = sum(max(sides.values()) for k, sides in month.items() if k[2] == project)
+        assert float(r["value"][1]) == pytest.approx(want, rel=1e-6), (project, want)
+
+
+@needs_binaries
 @pytest.mark.parametrize("variable", VARIABLES)
 def test_every_panel_filters_by_each_variable(stack: dict[str, Any], variable: str) -> None:
     """Each variable at one value (the others at All): every query runs, and no series it
