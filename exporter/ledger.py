@@ -340,7 +340,15 @@ def _drop_clean_record(path: Path | str) -> None:
 def state_file_problem(path: Path) -> str | None:
     """Check an existing state file without changing it (read-only): None if it is usable
     (or does not exist yet), else one line naming the file and what to do. A file closed
-    cleanly and unchanged since is not read (see `closed_cleanly`)."""
+    cleanly and unchanged since is not read (see `closed_cleanly`). A filesystem with less
+    than MIN_FREE_BYTES free is a problem too: the exporter could not start on it."""
+    free = _free_bytes(path)
+    if free is not None and free < MIN_FREE_BYTES:
+        return (
+            f"state file {path}: its filesystem has {free} bytes free (at least "
+            f"{MIN_FREE_BYTES // 1024} KiB needed): free space or point state_file at "
+            "another volume"
+        )
     if not path.exists():
         return None
     if not path.is_file():
@@ -366,13 +374,34 @@ def state_file_problem(path: Path) -> str | None:
     return None if problem is None else _corrupt_message(path, problem)
 
 
+MIN_FREE_BYTES = 64 * 1024  # below this, writing the state file (and its WAL) cannot start
+_STORAGE_PROBLEMS = ("disk is full", "readonly database", "disk I/O error", "unable to open")
+
+
 def _corrupt_message(path: Path | str, problem: str) -> str:
     problem = " ".join(problem.replace("*** in database main ***", "").split())
+    if any(p in problem for p in _STORAGE_PROBLEMS):
+        # Not a damaged file: moving it aside (--state.recover) would not help.
+        free = _free_bytes(path)
+        return (
+            f"state file {path} cannot be written ({problem}"
+            + (f"; {free} bytes free on its filesystem" if free is not None else "")
+            + "): free space or make its directory writable, or point state_file at "
+            "another volume"
+        )
     return (
         f"state file {path} is damaged or not a state file ({problem}): restart with "
         "--state.recover (or state_recover: true) to move it aside and refetch from the "
         "providers, or point state_file at another path"
     )
+
+
+def _free_bytes(path: Path | str) -> int | None:
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def move_aside(path: Path, now: dt.datetime) -> Path:
@@ -451,6 +480,14 @@ class Ledger:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StateFileError(_corrupt_message(self.path, str(exc))) from None
+        try:
+            self._check_layout()
+        except sqlite3.Error as exc:  # a full disk, a read-only volume
+            self._db.close()
+            raise StateFileError(_corrupt_message(self.path, str(exc))) from None
+
+    def _check_layout(self) -> None:
+        """Drop a state file of another layout (it is refetched), then record this one."""
         version = self.get_meta("schema_version")
         if version is not None and version != SCHEMA_VERSION:
             # The ledger is a cache of provider data: an older layout is dropped and

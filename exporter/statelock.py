@@ -52,9 +52,12 @@ class StateLock:
                 f"({holder or 'its pid unknown'}; lock {self.path}): give each exporter its "
                 "own state_file, since two writers on one file expose wrong totals"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
         self._fd = fd
+        try:  # the holder's pid, for the refusal's message; the lock holds without it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the ledger says what to do about it
+            log.debug("cannot write the pid into %s: %s", self.path, exc.strerror)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -8,6 +8,7 @@ exact), except where a real process is needed (exit codes, signals, a damaged st
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import os
@@ -614,6 +615,42 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_at_start_is_named_not_called_damaged(
+    tmp_path: Path, sim: SimulatorServer, tiny_disk: Path
+) -> None:
+    """On a full volume: --config.check says so, a fresh state file is not called damaged
+    (--state.recover would not help), and a restart on an existing one is one line, not a
+    traceback. All exit 2."""
+    state = tiny_disk / "state.db"
+    small = {
+        "history_start": "2026-11-19",
+        "providers": {"openai": [{"account": "main", "base_url": sim.openai_base_url,
+                                  "options": {"endpoints": ["completions"]}}]},
+    }  # fmt: skip
+    cfg = config(tmp_path, sim, state_file=str(state), **small)
+    first = run_once(cfg, sim)  # an existing state file, then the disk fills
+    assert first.returncode == 0, first.stderr[-2000:]
+    with open(tiny_disk / "fill", "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    checked = subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={cfg}", "--config.check"],
+        capture_output=True, text=True, env=exporter_env(sim), check=False, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 2 and "bytes free" in checked.stderr, checked.stderr
+    restarted = run_once(cfg, sim)
+    assert restarted.returncode == 2, restarted.stderr[-2000:]
+    assert "Traceback" not in restarted.stderr and "damaged" not in restarted.stderr
+    assert "bytes free" in restarted.stderr and "free space" in restarted.stderr
+    fresh = config(
+        tmp_path, sim, state_file=str(tiny_disk / "fresh.db"), history_start="2026-11-19"
+    )
+    new = run_once(fresh, sim)
+    assert new.returncode == 2 and "damaged" not in new.stderr, new.stderr[-2000:]
+    assert "Traceback" not in new.stderr
 
 
 def test_a_full_disk_loses_nothing(tmp_path: Path, sim: SimulatorServer, tiny_disk: Path) -> None:
