@@ -386,13 +386,19 @@ class ApiClient:
         raise last
 
 
+MAX_PAGES = 250  # a year of hourly buckets is 53 pages at the providers' page limits
+
+
 def paginate(
-    client: ApiClient, endpoint: str, path: str, params: Params, max_pages: int = 1000
+    client: ApiClient, endpoint: str, path: str, params: Params, max_pages: int = MAX_PAGES
 ) -> list[Any]:
     """Follow a `has_more` / `next_page` cursor envelope to its end; return every page.
 
     The cursor is opaque and sent back unchanged with the same other parameters. A cursor that
-    repeats (a provider bug) or a runaway page count is a `decode` failure, not a loop.
+    repeats (a provider bug) or a runaway page count is a `decode` failure, not a loop. The cap
+    is far above any real window (a first start of a year of hourly buckets needs 53 pages) and
+    bounds what a cursor that never ends costs each poll: it was 1,000 pages (1,001 requests,
+    45 s), once per poll, for as long as the provider misbehaves.
     """
     pages: list[Any] = []
     cursor: str | None = None
@@ -407,7 +413,12 @@ def paginate(
         cursor = page.get("next_page")
         if not page.get("has_more") or not cursor:
             return pages
-        if cursor in seen or len(pages) >= max_pages:
+        if cursor in seen:
             client.recorder.failure(endpoint, DECODE)
             raise SourceError(DECODE, f"{endpoint}: pagination cursor repeats")
+        if len(pages) >= max_pages:
+            client.recorder.failure(endpoint, DECODE)
+            raise SourceError(
+                DECODE, f"{endpoint}: more than {max_pages} pages: the cursor does not end"
+            )
         seen.add(cursor)

@@ -227,3 +227,23 @@ def test_a_page_past_the_byte_cap_is_a_payload_error_not_retried() -> None:
     finally:
         server.close()
         api.close()
+
+
+def test_a_cursor_that_never_ends_stops_at_the_page_cap() -> None:
+    """A fresh cursor on every page (it never repeats) cost 1,001 requests each poll; it now
+    stops at MAX_PAGES with its own message."""
+    from exporter.sources._http import MAX_PAGES, paginate
+
+    asked = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(
+            200, json={"data": [], "has_more": True, "next_page": f"c{len(asked)}"}
+        )
+
+    api = ApiClient("http://x.test/", {}, transport=httpx.MockTransport(answer))
+    with pytest.raises(SourceError) as info:
+        paginate(api, "usage", "page", [])
+    assert len(asked) == MAX_PAGES <= 250
+    assert info.value.reason == "decode" and "does not end" in str(info.value)
