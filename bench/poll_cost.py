@@ -73,7 +73,7 @@ from exporter.health import Health
 from exporter.ledger import Ledger
 from exporter.model import RenderInput, render_model
 from exporter.pricing import PriceBook
-from exporter.rows import Bucket, Row
+from exporter.rows import Bucket, Row, drop_out_of_bounds
 from exporter.serving import ServingProcess
 from exporter.settings import BudgetSettings
 from exporter.sources import pricing_traits
@@ -347,6 +347,7 @@ def child_steady(path: Path, polls: int) -> dict[str, float]:
             buckets.append(b)
         reset_peak()
         wall0, cpu0 = time.monotonic(), cpu()
+        drop_out_of_bounds(buckets)  # the poller's bound check on what an adapter returned
         ledger.replace("openai", "main", "completions", buckets, None, agg)
         write_rss, write_files = peak_mib(), file_mib(exposition)  # the published file
         # The poller's fetched rows are gone once written (they are local to the endpoint's

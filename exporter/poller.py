@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from exporter.health import Health
 from exporter.ledger import ChangeObserver, Ledger
-from exporter.rows import Bucket, out_of_bounds
+from exporter.rows import Bucket, drop_out_of_bounds
 from exporter.sources import Endpoint, Source
 from exporter.sources._http import (
     DECODE,
@@ -209,26 +209,21 @@ class Poller:
     def _drop_out_of_bounds(self, acc: Account, ep: Endpoint, buckets: list[Bucket]) -> None:
         """Skip, count (as payload errors) and log each row with a measure no real bill has:
         one such row must never stop its endpoint, nor poison a counter with +Inf."""
-        for b in buckets:
-            kept = []
-            for r in b.rows:
-                bad = out_of_bounds(r.measures)
-                if bad is None:
-                    kept.append(r)
-                    continue
-                key = (acc.name, ep.name)
-                with self._dropped_lock:
-                    self._dropped[key] = self._dropped.get(key, 0) + 1
-                log.warning(
-                    "skipped a row of %s %s at %d: %s is out of bounds (counted in "
-                    "llm_source_payload_errors_total)",
-                    acc.name,
-                    ep.name,
-                    b.start,
-                    bad,
-                )
-            if len(kept) != len(b.rows):
-                b.rows = kept
+        dropped = drop_out_of_bounds(buckets)
+        if not dropped:
+            return
+        with self._dropped_lock:
+            key = (acc.name, ep.name)
+            self._dropped[key] = self._dropped.get(key, 0) + len(dropped)
+        for start, bad in dropped:
+            log.warning(
+                "skipped a row of %s %s at %d: %s is out of bounds (counted in "
+                "llm_source_payload_errors_total)",
+                acc.name,
+                ep.name,
+                start,
+                bad,
+            )
 
     def poll_account(self, acc: Account) -> None:
         """Poll every endpoint of one account. A rate limit stops the round: the account's

@@ -161,3 +161,20 @@ class Bucket:
     start: int
     end: int
     rows: list[Row] = field(default_factory=list)
+
+
+def drop_out_of_bounds(buckets: list[Bucket]) -> list[tuple[int, str]]:
+    """Remove from `buckets` each row with a measure outside the bounds above; return
+    (bucket start, `out_of_bounds` text) of each removed row, for the caller to count."""
+    dropped: list[tuple[int, str]] = []
+    for b in buckets:
+        kept = []
+        for r in b.rows:
+            bad = out_of_bounds(r.measures)
+            if bad is None:
+                kept.append(r)
+            else:
+                dropped.append((b.start, bad))
+        if len(kept) != len(b.rows):
+            b.rows = kept
+    return dropped
