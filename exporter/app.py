@@ -34,8 +34,7 @@ from exporter.names import BY_NAME
 from exporter.poller import Account, Poller, history_start_ts
 from exporter.pricing import PriceBook
 from exporter.redact import redact
-from exporter.schema import AccountSettings
-from exporter.server import parse_listen
+from exporter.schema import AccountSettings, parse_listen
 from exporter.serving import ServingProcess
 from exporter.settings import Settings
 from exporter.sources import Stateful, StateStore, adapters, pricing_traits

@@ -67,6 +67,17 @@ GROUPABLE = ("model", "project", "user", "api_key", "service_tier", "batch", "co
 DEFAULT_GROUP_BY = ["model", "project"]
 
 
+def parse_listen(address: str) -> tuple[str, int]:
+    """`:9877`, `0.0.0.0:9877`, `[::1]:9877`, `localhost:9877` -> (host, port); ValueError
+    naming what is wrong. Port 0 (any free port) is accepted here; the settings refuse it."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{address!r} must be host:port or :port, the port 1-65535 (e.g. :9877)")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"{address!r}: an IPv6 host goes in brackets, as [::1]:9877")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 class AccountSettings(Strict):
     """One organization at one provider. `account` is the label value that names it."""
 

@@ -33,15 +33,6 @@ ExportFn = Callable[[dict[str, str]], tuple[str, str, Iterator[bytes]]]
 EXPORT_PATH = "/api/v1/export"
 
 
-def parse_listen(address: str) -> tuple[str, int]:
-    """`:9877`, `0.0.0.0:9877`, `[::1]:9877`, `localhost:9877` -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {address!r} must be host:port or :port")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
-
-
 def _landing(status: dict[str, Any]) -> bytes:
     problems = "".join(f"<li>{html.escape(str(p))}</li>" for p in status.get("problems", []))
     rows = []
@@ -118,11 +109,15 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
-        # A TLS response is sent in pieces anyway: keep a timeout, so a client that stops
-        # reading cannot hold the thread for ever. A plain one blocks, for sendfile.
+        self._block_for_response()
+        return self._discard_body()
+
+    def _block_for_response(self) -> None:
+        """A plain socket blocks while the response goes out, for sendfile; a TLS one is sent
+        in pieces anyway and keeps a timeout, so a client that stops reading cannot hold the
+        thread for ever."""
         tls = isinstance(self.connection, ssl.SSLSocket)
         self.connection.settimeout(SEND_TIMEOUT if tls else None)
-        return self._discard_body()
 
     def _discard_body(self) -> bool:
         """No endpoint takes a body: read a small one and drop it, refuse anything else and
@@ -144,8 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.rfile.read(int(length))
         finally:
-            tls = isinstance(self.connection, ssl.SSLSocket)
-            self.connection.settimeout(SEND_TIMEOUT if tls else None)
+            self._block_for_response()
         return True
 
     def _send(

@@ -42,6 +42,7 @@ from exporter.schema import (
     PricesSettings,
     Strict,
     parse_duration,
+    parse_listen,
     problem_line,
 )
 from exporter.sources import Adapter, adapters
@@ -155,11 +156,8 @@ class Settings(BaseSettings):
     @field_validator("listen_address")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        if parse_listen(v)[1] == 0:  # ValueError names any other problem
             raise ValueError(f"{v!r} must be host:port or :port, the port 1-65535 (e.g. :9877)")
-        if host.startswith("[") != host.endswith("]"):
-            raise ValueError(f"{v!r}: an IPv6 host goes in brackets, as [::1]:9877")
         return v
 
     @field_validator("timezone")

@@ -159,9 +159,10 @@ def _count(value: Any, what: str) -> int:
     elif isinstance(value, float) and value.is_integer():
         n = int(value)
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        if len(value.strip()) > 19:  # past 64 bits (and int() refuses 4,300+ digits)
+        bounded = rows.bounded_count(Decimal(value.strip()))  # int() refuses 4,300+ digits
+        if bounded is None:
             raise _Malformed(f"{what} is out of bounds")
-        n = int(value.strip())
+        n = bounded
     else:
         raise _Malformed(f"{what} is not a count")
     if n < 0:
