@@ -429,12 +429,19 @@ def _advance(stack: dict[str, Any]) -> None:
     _ready(stack)
     # Prometheus has scraped the first poll (it may lag the exporter by a scrape).
     before = wait_for(lambda: prom_query(stack["prom"], "sum(llm_tokens_total)"), timeout=60)
+    moved = real_now()
     http_json(stack["sim"] + "/_sim/control", {"advance": 7200}, method="POST")
     wait_for(
         lambda: prom_query(stack["prom"], f"sum(llm_tokens_total) > {before[0]['value'][1]}"),
         timeout=60,
     )
     wait_for(lambda: prom_query(stack["prom"], "min(llm_source_up) == 1"), timeout=60)
+    # Every account has been polled since (the accounts poll on their own schedules) and
+    # Prometheus has scraped that: its total and the exposition's agree.
+    wait_for(lambda: _prom_has_the_exposition(stack, moved), timeout=60)
+    # Every rule group has evaluated after that scrape.
+    settled = real_now() + 1
+    wait_for(lambda: _rules_evaluated_after(stack["prom"], settled), timeout=30)
     # The recording rules the dashboards read have evaluated on the new data.
     rules: tuple[str, ...] = (
         AGE,
@@ -449,6 +456,23 @@ def _advance(stack: dict[str, Any]) -> None:
 
         wait_for(recorded, timeout=60)
     stack["advanced"] = True
+
+
+def _prom_has_the_exposition(stack: dict[str, Any], since: float) -> bool:
+    """Every endpoint has succeeded after `since`, and Prometheus's last scrape holds the
+    exporter's current token total."""
+    got = parse(http_get(stack["exporter"] + "/metrics"))
+    polled = [v for (n, _), v in got.items() if n == "llm_source_last_success_timestamp_seconds"]
+    if not polled or min(polled) <= since:
+        return False
+    res = prom_query(stack["prom"], "sum(llm_tokens_total)")
+    return bool(res) and float(res[0]["value"][1]) == total(got, "llm_tokens_total")
+
+
+def _rules_evaluated_after(prom: str, moment: float) -> bool:
+    """Every rule group's last evaluation is later than `moment`."""
+    groups = json.loads(http_get(prom + "/api/v1/rules"))["data"]["groups"]
+    return bool(groups) and min(_rfc3339(g["lastEvaluation"]) for g in groups) > moment
 
 
 def _names_each_value(panel: dict[str, Any]) -> bool:
