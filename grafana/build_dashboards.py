@@ -80,12 +80,24 @@ def dd(expr: str) -> str:
 
 
 def inc(metric: str, window: str, **fixed: str) -> str:
+    """A counter's increase over `window` ("1h", "$__range"), or PER_DAY for daily bars."""
+    if window == PER_DAY:
+        return dd(f"increase({sel(metric, **fixed)}[1d] offset -1d)")
     return dd(f"increase({sel(metric, **fixed)}[{window}])")
+
+
+# The window of a daily bar looks forward from its point. Grafana runs a 1-day-step range
+# query with start and end rounded down to (the browser's) midnight, so the points are
+# midnights and the last one is today's: a plain `[1d]` window at midnight D holds day D-1,
+# which drew every bar a day late and never drew today. `offset -1d` makes the point at D
+# hold [D, D+1d]: day D, and for today what has arrived so far.
+PER_DAY = "per day"
 
 
 def savings(by: str, window: str) -> str:
     """Cache and batch savings in one query, told apart by a `kind` label. Batch savings
-    exist only when `batch` is in group_by, so a separate query would often be empty."""
+    exist only when `batch` is in group_by, so a separate query would often be empty.
+    `window` is a range ("$__range") or PER_DAY."""
     parts = [
         f'label_replace({inc(f"llm_{kind}_savings_usd_total", window)}, "kind", "{kind}", "", "")'
         for kind in ("cache", "batch")
@@ -252,6 +264,12 @@ def timeseries(
     stack: bool = False,
     **kw: Any,
 ) -> Json:
+    targets = list(targets)
+    if any("offset -1d" in t["expr"] for t in targets):  # PER_DAY bars
+        description += (
+            " Each bar is one day, midnight to midnight in your browser's time zone; "
+            "today's bar grows as the day goes."
+        )
     custom: Json = {
         "drawStyle": "bars" if bars else "line",
         "lineWidth": 1,
@@ -1019,7 +1037,7 @@ def overview() -> Json:
             "processing (only with batch in group_by) saved against standard prices, per day "
             "of arrival (increase over 1 day: there is no exact-day savings figure, so it "
             "counts from when Prometheus started scraping).",
-            [target(savings("provider", "1d"), "{{provider}} · {{kind}}", interval="1d")],
+            [target(savings("provider", PER_DAY), "{{provider}} · {{kind}}", interval="1d")],
             USD,
             bars=True,
         ),
@@ -1243,7 +1261,7 @@ def reported_breakdown() -> list[Json]:
             "here and in no estimate; exact days by provider are in Daily spend by provider.",
             [
                 target(
-                    f"sum by (provider, line_item) ({inc(rep, '1d')})",
+                    f"sum by (provider, line_item) ({inc(rep, PER_DAY)})",
                     "{{provider}} {{line_item}}",
                     interval="1d",
                 )
@@ -1399,15 +1417,23 @@ def model_table() -> Json:
     calls_1d = days("llm_daily_model_requests", by, "== 1")
     tokens_1d = days("llm_daily_tokens", by, "== 1")
     cost_today = days("llm_daily_cost_estimated_usd", by, "== 0")
-    # The 7-day trend as a time series for the sparkline, from the latest scrape only
-    # (`@ end()`): the point at time t is the day before t's day (exporter time zone), so the
-    # 7 daily steps of the panel's 7-day range show the last 7 complete days, exact, from the
-    # first scrape (no history needed). Days are told apart by the exporter's day start.
-    day_start = 'max(llm_period_start_timestamp_seconds{period="day"} @ end())'
+
+    # The 7-day trend as a time series for the sparkline, from the latest scrape only: the
+    # point at time t is the day before t's day (exporter time zone), so the 7 daily steps
+    # of the panel's 7-day range show the last 7 complete days, exact, from the first
+    # scrape (no history needed). Days are told apart by the exporter's day start. "The
+    # latest scrape" is the last sample after the query's end (`[1d] @ end() offset -1d`):
+    # Grafana rounds a 1-day step's end down to midnight, and on install day every sample
+    # is after it, so a plain `@ end()` found nothing.
+    def latest(selector: str) -> str:
+        return f"last_over_time({selector}[1d] @ end() offset -1d)"
+
+    day_gauge = 'llm_period_start_timestamp_seconds{period="day"}'
+    day_start = f"max({latest(day_gauge)})"
     age_at_t = f"ceil(({day_start} - time()) / 86400) + 1"
     trend = (
-        f"sum by ({by}) ({dd(sel('llm_daily_cost_estimated_usd') + ' @ end()')}"
-        f" and on (date) (({AGE} @ end()) >= 1 <= 7"
+        f"sum by ({by}) ({dd(latest(sel('llm_daily_cost_estimated_usd')))}"
+        f" and on (date) ({latest(AGE)} >= 1 <= 7"
         f" == on () group_left () ({age_at_t})))"
     )
     cost_month = f"sum by (provider, model) ({dd(sel('llm_period_cost_estimated_usd', **MONTH))})"
@@ -1572,7 +1598,7 @@ def usage() -> Json:
         return timeseries(
             title,
             desc,
-            [target(f"sum by ({by}) ({inc(metric, '1d')})", legend, interval="1d")],
+            [target(f"sum by ({by}) ({inc(metric, PER_DAY)})", legend, interval="1d")],
             unit,
             w=8,
             bars=True,
@@ -2077,7 +2103,7 @@ def prices() -> Json:
             "What prompt caching (cached tokens x (input price - cache read price)) and batch "
             "processing (shown when batch is in group_by) saved per day against standard "
             "prices.",
-            [target(savings("provider, model", "1d"), "{{model}} · {{kind}}", interval="1d")],
+            [target(savings("provider, model", PER_DAY), "{{model}} · {{kind}}", interval="1d")],
             USD,
             w=20,
             bars=True,

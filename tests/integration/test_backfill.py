@@ -15,7 +15,9 @@ it into blocks, and a real Prometheus starts on them and scrapes the exporter li
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
+import urllib.parse
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +33,7 @@ from exporter.names import COUNTER, SPECS
 from exporter.settings import load
 from exporter.sources._http import RetryPolicy
 from simulator.server import SimulatorServer
+from tests import grafana
 from tests.clock import real_now
 from tests.helpers import (
     binary,
@@ -42,6 +45,7 @@ from tests.helpers import (
     wait_for,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = binary("prometheus")
 PROMTOOL = binary("promtool")
 RETRY = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, retry_after_max=0.02)
@@ -76,6 +80,8 @@ def ledger_days(state: Path, since: int) -> tuple[Totals, Totals, Totals]:
                         into[("cost", sr.provider, "open")] += Decimal(v)
                 elif name.startswith("tokens.") and sr.row.operation != "claude_code":
                     into[("tokens", sr.provider, day)] += Decimal(v)
+                elif name == "requests":
+                    into[("requests", sr.provider, day)] += Decimal(v)
     ledger.close()
     return rows, revised, {}
 
@@ -187,6 +193,49 @@ def test_each_past_day_equals_the_ledger(backfilled: Any) -> None:
                 checked += want > 0
         day += dt.timedelta(days=1)
     assert checked >= 2 * (DAYS - 1)  # real data on most days, for both providers
+
+
+DAILY_BARS = (
+    # (dashboard, panel title, what the bars add up to per provider and day)
+    ("llm-cost-overview.json", "Daily reported cost by line item", "cost"),
+    ("llm-cost-usage.json", "Model requests by operation (daily)", "requests"),
+)
+
+
+@pytest.mark.parametrize(("board", "title", "what"), DAILY_BARS)
+def test_daily_bars_are_dated_on_their_own_day(
+    backfilled: Any, board: str, title: str, what: str
+) -> None:
+    """A daily bar at midnight D holds day D, as Grafana requests it (a 1-day step with
+    start and end rounded down to midnight), and today has a bar. The bars were a day late
+    (a `[1d]` window at D holds D-1) and today had none."""
+    prom, (rows, revised, _) = backfilled["prom"], backfilled["truth"]
+    dash = json.loads((ROOT / "grafana" / "dashboards" / board).read_text())
+    panel = next(p for p in dash["panels"] if p.get("title") == title)
+    now = real_now()
+    ask = grafana.request(dash, panel, panel["targets"][0], now)
+    assert not ask.instant and ask.step == 86400 and ask.end % 86400 == 0, ask
+    res = json.loads(http_get(f"{prom}{ask.path()}?{urllib.parse.urlencode(ask.params())}"))
+    bars: dict[tuple[str, str], float] = defaultdict(float)
+    for r in res["data"]["result"]:
+        for t, v in r["values"]:
+            day = dt.datetime.fromtimestamp(float(t), dt.UTC).date().isoformat()
+            bars[(r["metric"]["provider"], day)] += float(v)
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    busy = 0  # days with something to show
+    day = backfilled["start"] + dt.timedelta(days=1)  # the first day starts mid-series
+    while day < today:
+        peaks = []
+        for provider in ("openai", "anthropic"):
+            key = (what, provider, day.isoformat())
+            peak = float(rows.get(key, 0)) + float(revised.get(key, 0))
+            got = bars.get((provider, day.isoformat()), 0.0)
+            assert got == pytest.approx(peak, rel=1e-9, abs=1e-6), (provider, day, got, peak)
+            peaks.append(peak)
+        busy += max(peaks) > 0
+        day += dt.timedelta(days=1)
+    assert busy == DAYS - 1
+    assert any(d == today.isoformat() for _, d in bars), sorted(bars)  # today has its bar
 
 
 def test_no_reset_and_the_same_series_across_the_seam(backfilled: Any) -> None:

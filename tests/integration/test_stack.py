@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import grafana
 from tests.clock import real_now
 from tests.helpers import (
     ROOT,
@@ -715,20 +716,32 @@ def test_daily_panels_equal_the_exporters_exact_days(stack: dict[str, Any]) -> N
         except TimeoutError:
             pytest.fail(f"model table column {ref} differs from the exposition: {last}")
 
-    # The 7-day trend (a range query, as Grafana runs it): one point a day, the last 7
-    # complete days oldest to newest, exact, although Prometheus holds minutes of data.
+    # The 7-day trend, requested as Grafana requests it (a range query at a 1-day step, end
+    # rounded down to midnight): one point a day, the point at midnight D showing the day
+    # before D, the last 7 complete days oldest to newest, exact, although Prometheus holds
+    # only minutes of data, all of them after that midnight.
+    overview = _dashboards()["llm-cost-overview.json"]
+    trend_panel = _overview_panel("Model cost breakdown")
+
     def trend_differs() -> list[Any]:
         now = real_now()
-        res = _prom_range(prom, _query(table["E"]["expr"]), now - 7 * 86400, now, 86400)
+        ask = grafana.request(overview, trend_panel, table["E"], now)
+        assert ask.step == 86400 and ask.end % 86400 == 0 and ask.end > now - 86400, ask
+        res = _grafana_run(prom, ask)
         samples = parse(http_get(stack["exporter"] + "/metrics"))
         wrong: list[Any] = [] if res else ["no series"]
+        week = {(today - dt.timedelta(days=k)).isoformat() for k in range(1, 8)}
         for r in res:
             key = (r["metric"]["provider"], r["metric"]["model"])
-            points = {round((now - float(t)) / 86400): float(v) for t, v in r["values"]}
-            if not set(points) <= set(range(7)):
+            points = {
+                (
+                    dt.datetime.fromtimestamp(float(t), dt.UTC).date() - dt.timedelta(days=1)
+                ).isoformat(): float(v)
+                for t, v in r["values"]
+            }
+            if not set(points) <= week:
                 wrong.append((key, sorted(points)))
-            for k, value in points.items():
-                date = (today - dt.timedelta(days=k + 1)).isoformat()
+            for date, value in points.items():
                 day = _exact_days(
                     samples, "llm_daily_cost_estimated_usd", "provider", "model", date=date
                 )
@@ -920,6 +933,13 @@ def test_render_overview_png(stack: dict[str, Any]) -> None:
     _render_overview(stack, out)
     assert out.stat().st_size > 10_000
     print(f"\nOverview rendered to {out}")
+
+
+def _grafana_run(base: str, ask: grafana.Request) -> list[Any]:
+    """Prometheus's answer to a request as Grafana sends it (tests/grafana.py)."""
+    res = json.loads(http_get(f"{base}{ask.path()}?{urllib.parse.urlencode(ask.params())}"))
+    assert res["status"] == "success", res
+    return list(res["data"]["result"])
 
 
 def _prom_range(base: str, query: str, start: float, end: float, step: float) -> list[Any]:
