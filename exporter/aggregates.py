@@ -258,7 +258,12 @@ class Aggregates:
             return
         self.prune_days(now)
         if ledger is None:
+            # No ledger to start the new period from (a backfill's replay): it starts empty,
+            # and the rows folded after this call fill it.
+            prefixes = tuple(f"p:{p}:" for p in stale)
             with self.lock:
+                for kind in [k for k in self.cells if k.startswith(prefixes)]:
+                    del self.cells[kind]
                 self.period_start.update(want)
             return
         began = time.monotonic()

@@ -14,9 +14,11 @@ Prometheus's lookback, so instant queries over the past find a sample and every 
 holds twelve), from the first bucket to `--until` (now). The
 series are those of the live scrape, with the same labels (folded values included) plus
 `job` and `instance` as Prometheus attaches them, so backfilled and live samples form one
-series with no reset at the seam. What is written: every counter, and the budget gauges
-(rules and the forecast panels read them over time). Period and per-day gauges are not:
-they describe the present, and the per-day ones carry their past in their `date` label.
+series with no reset at the seam. What is written: every counter, the period gauges (day,
+week and month to date: "last month" and the run-rate rules read them over the past), the
+vector-store level and the budget gauges. The per-day gauges are not: they carry their past
+in their `date` label, so the present holds it. The recording rules over these samples are
+a second step, `promtool tsdb create-blocks-from rules` (see the compose one-shot).
 
 Against an existing Prometheus that already scrapes the exporter, set `--until` to the time
 of its first scrape, so no backfilled sample falls among live ones.

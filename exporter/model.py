@@ -240,11 +240,15 @@ def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
 def history_families(
     agg: Aggregates, inp: RenderInput, keep: Mapping[str, set[str]]
 ) -> list[Family]:
-    """What a backfill writes at one past time: the counters and the budget gauges, folded
-    with the live exporter's kept label values (`keep`), so the series are the live ones."""
+    """What a backfill writes at one past time: the counters, the period gauges (day, week
+    and month to date, which "last month" and the run-rate rules read over the past), the
+    vector-store level and the budget gauges, folded with the live exporter's kept label
+    values (`keep`), so the series are the live ones."""
     out = _Out(inp.opt_labels)
     with agg.lock:
         _counters(out, agg, keep)
+        _periods(out, agg, keep, inp)
+        _storage(out, agg, keep)
         _budgets(out, agg, inp)
     return list(out.fams.values())
 

@@ -238,6 +238,48 @@ def test_daily_bars_are_dated_on_their_own_day(
     assert any(d == today.isoformat() for _, d in bars), sorted(bars)  # today has its bar
 
 
+def _ledger_tokens(state: Path, lo: int, hi: int, by: int) -> dict[str, float]:
+    """Per provider, the tokens of the buckets that start in [lo, hi) and ended by `by`:
+    what a period gauge showed at `by` (current values, revisions applied). Tokens, not
+    cost: usage comes in hourly buckets, cost in daily ones, which end at midnight."""
+    out: dict[str, int] = defaultdict(int)
+    ledger = Ledger(state)
+    for sr in ledger.iter_rows(lo):
+        if lo <= sr.start < hi and sr.end <= by and sr.row.operation != "claude_code":
+            out[sr.provider] += sum(
+                int(v) for k, v in sr.row.measures.items() if k.startswith("tokens.")
+            )
+    ledger.close()
+    return {p: float(v) for p, v in out.items()}
+
+
+def test_period_gauges_hold_their_past(backfilled: Any) -> None:
+    """The backfill writes the period gauges at each step, so "today" late in each past day
+    and "this month" at the seam are the ledger's, not empty until the first live scrape."""
+    prom, state = backfilled["prom"], backfilled["tmp"] / "state.db"
+    q = 'sum by (provider) (max without (instance, pod) (llm_period_tokens{period="%s"}))'
+    today = dt.datetime.fromtimestamp(real_now(), dt.UTC).date()
+    day, checked = backfilled["start"], 0
+    while day < today:
+        t0 = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
+        at = t0 + 86400 - 300  # the day's last backfilled sample
+        got = by_provider(prom_query(prom, q % "day", at=at))
+        want = _ledger_tokens(state, t0, t0 + 86400, at)
+        assert set(got) == {p for p, v in want.items() if v}, (day, got, want)
+        for provider, v in want.items():
+            assert got.get(provider, 0.0) == pytest.approx(v, rel=1e-9, abs=1e-9), (day, provider)
+            checked += v > 0
+        day += dt.timedelta(days=1)
+    assert checked >= 2 * (DAYS - 1)
+    until = backfilled["until"]
+    last = until - until % 300
+    first = dt.datetime.fromtimestamp(last, dt.UTC).date().replace(day=1)
+    m0 = int(dt.datetime.combine(first, dt.time(), dt.UTC).timestamp())
+    got = by_provider(prom_query(prom, q % "month", at=last))
+    for provider, v in _ledger_tokens(state, m0, last + 1, last).items():
+        assert got[provider] == pytest.approx(v, rel=1e-9), provider
+
+
 def test_no_reset_and_the_same_series_across_the_seam(backfilled: Any) -> None:
     prom, until = backfilled["prom"], backfilled["until"]
     last = until - until % 300  # the last backfilled sample (5m steps)
