@@ -38,7 +38,7 @@ import sys
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from exporter.aggregates import Aggregates
 from exporter.exposition import Family, escape_label, format_value
@@ -49,6 +49,7 @@ from exporter.model import RenderInput, fold_sets, history_families
 from exporter.names import COUNTER
 from exporter.poller import history_start_ts
 from exporter.pricing import PriceBook
+from exporter.rule_levels import levels, load_rules, with_inputs, write_levels
 from exporter.schema import parse_duration
 from exporter.settings import ConfigError, Settings, load
 from exporter.sources import pricing_traits
@@ -57,6 +58,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_JOB = "llm-cost-exporter"
 DEFAULT_INSTANCE = "exporter:9877"  # the compose scrape target (prometheus/prometheus.yml)
+
+
+# The period gauges and the storage level are written on the hour (what reads them over
+# the past, the "last month" subqueries, asks at a 1-hour resolution), and at every step only
+# over the window the recording rules are backfilled for (the rules read them at every 5m
+# step): at every step over the whole history they doubled a backfill's samples and time.
+GAUGE_STEP = 3600
 
 
 class BackfillError(Exception):
@@ -106,6 +114,25 @@ def parser() -> argparse.ArgumentParser:
         help="poll the providers once first (fills a fresh state file; the compose one-shot)",
     )
     p.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a Prometheus rule file (repeatable) whose recording rules to prepare for "
+        "`promtool tsdb create-blocks-from rules`: with a directory --output, writes "
+        "rules-level-N.yml (rules that read other rules come in later levels) and "
+        "rules-range.env (RULES_START, RULES_END) beside the history",
+    )
+    p.add_argument(
+        "--rules-days",
+        type=int,
+        default=8,
+        help="how many days before --until the recording rules are backfilled over (the "
+        "counters keep their whole history): promtool evaluates every rule at every 5m "
+        "step, minutes for a month of the demo; 8 days fill the week-by-hour heatmap and "
+        "give the spend-spike baseline its week-ago hour from the first day",
+    )
+    p.add_argument(
         "--until",
         default=None,
         help="last sample time, ISO 8601 or Unix seconds (default: now); before the first "
@@ -138,12 +165,23 @@ def main(argv: Sequence[str]) -> int:
             raise BackfillError(f"--step {args.step!r}: must be at least one second")
         until = parse_time(args.until) if args.until else int(dt.datetime.now(dt.UTC).timestamp())
         extra = {"job": args.job, "instance": args.instance, **target_labels(args.label)}
-        series = history(settings, step, until)
         out = Path(args.output)
+        to_dir = args.output != "-" and (args.output.endswith("/") or out.is_dir())
+        if args.rules and not to_dir:
+            raise BackfillError("--rules needs a directory --output (ending in '/')")
+        rule_files = [Path(r) for r in args.rules]
+        # A bad rule file fails before the long part.
+        rules = load_rules(rule_files)
+        levels(rules, "--rules")
+        # The rules' window, where the gauges they read need a sample at every step.
+        dense = rules_start(until, args.rules_days) if rules else until + 1
+        series = history(settings, step, until, dense)
         if args.output == "-":
             n = emit(sys.stdout, series, extra)
-        elif args.output.endswith("/") or out.is_dir():
+        elif to_dir:
             n = emit_days(out, series, extra)
+            if rules:
+                write_rule_levels(rules, out, series, until, args.rules_days)
         else:
             tmp = out.with_name(out.name + ".tmp")
             with tmp.open("w", encoding="utf-8") as f:
@@ -157,6 +195,30 @@ def main(argv: Sequence[str]) -> int:
         return 2
     log.info("wrote %d samples to %s", n, args.output)
     return 0
+
+
+def rules_start(until: int, days: int) -> int:
+    """The first moment the recording rules are backfilled from: `days` before `until`, on
+    the hour."""
+    return until - until % GAUGE_STEP - days * 86400
+
+
+def write_rule_levels(
+    rules: list[dict[str, Any]], directory: Path, series: Series, until: int, days: int
+) -> None:
+    """The rules that read what was written, by level, and the time range promtool
+    backfills them over: the last `days` days to `until` (from the first hour of the
+    history when it is shorter)."""
+    by_level = levels(with_inputs(rules, set(series)), "--rules")
+    written = write_levels(by_level, directory)
+    first = min(t[0] for _, per in series.values() for t, _ in per.values() if t)
+    start = max(-(-first // GAUGE_STEP) * GAUGE_STEP, rules_start(until, days))
+    (directory / "rules-range.env").write_text(
+        f"RULES_START={start}\nRULES_END={until}\n", encoding="utf-8"
+    )
+    log.info(
+        "wrote %d rule levels (%d rules) to %s", len(written), sum(map(len, by_level)), directory
+    )
 
 
 def target_labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -183,8 +245,9 @@ def parse_time(text: str) -> int:
     return int(when.timestamp())
 
 
-def history(settings: Settings, step: int, until: int) -> Series:
-    """The exposed values at every step up to `until`, replayed from the state file."""
+def history(settings: Settings, step: int, until: int, dense_from: int | None = None) -> Series:
+    """The exposed values at every step up to `until`, replayed from the state file; the
+    period gauges on the hour, and at every step from `dense_from` on."""
     path = Path(settings.state_file)
     if not path.is_file():
         raise BackfillError(
@@ -207,7 +270,7 @@ def history(settings: Settings, step: int, until: int) -> Series:
         )
         replay = History(ctx, settings, history_start)
         replay.fold_all(ledger)  # first pass: which label values fold into "other"
-        return replay.replay(ledger, step, until)
+        return replay.replay(ledger, step, until, until + 1 if dense_from is None else dense_from)
     finally:
         ledger.close()
 
@@ -234,7 +297,7 @@ class History:
             daily_days=self.settings.cardinality.daily_days,
         )
 
-    def _render(self, agg: Aggregates, at: int) -> list[Family]:
+    def _render(self, agg: Aggregates, at: int, periods: bool) -> list[Family]:
         inp = RenderInput(
             Health(),
             dt.datetime.fromtimestamp(at, dt.UTC),
@@ -245,14 +308,14 @@ class History:
             self.settings.budgets,
             daily_days=self.settings.cardinality.daily_days,
         )
-        return history_families(agg, inp, self.keep)
+        return history_families(agg, inp, self.keep, periods)
 
     def fold_all(self, ledger: Ledger) -> None:
         agg = self._aggregates()
         agg.fold(ledger.iter_rows(self.history_start))
         self.keep = fold_sets(agg, self.ctx.opt_labels, self.settings.cardinality.max_values)
 
-    def replay(self, ledger: Ledger, step: int, until: int) -> Series:
+    def replay(self, ledger: Ledger, step: int, until: int, dense_from: int) -> Series:
         agg = self._aggregates()
         rows = _by_end(ledger, self.history_start)
         pending = next(rows, None)
@@ -270,7 +333,8 @@ class History:
             agg.roll(dt.datetime.fromtimestamp(at, dt.UTC))
             agg.fold(batch_rows)
             agg.fold(batch_rev, revised=True)
-            for fam in self._render(agg, at):
+            periods = at % GAUGE_STEP == 0 or at >= dense_from
+            for fam in self._render(agg, at, periods):
                 _, per_series = series.setdefault(fam.spec.name, (fam, {}))
                 for key, value in fam.samples.items():
                     found = per_series.get(key)

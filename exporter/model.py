@@ -238,17 +238,19 @@ def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
 
 
 def history_families(
-    agg: Aggregates, inp: RenderInput, keep: Mapping[str, set[str]]
+    agg: Aggregates, inp: RenderInput, keep: Mapping[str, set[str]], periods: bool = True
 ) -> list[Family]:
     """What a backfill writes at one past time: the counters, the period gauges (day, week
     and month to date, which "last month" and the run-rate rules read over the past), the
     vector-store level and the budget gauges, folded with the live exporter's kept label
-    values (`keep`), so the series are the live ones."""
+    values (`keep`), so the series are the live ones. `periods=False` leaves out the
+    gauges of the periods and the storage level (a backfill writes those less often)."""
     out = _Out(inp.opt_labels)
     with agg.lock:
         _counters(out, agg, keep)
-        _periods(out, agg, keep, inp)
-        _storage(out, agg, keep)
+        if periods:
+            _periods(out, agg, keep, inp)
+            _storage(out, agg, keep)
         _budgets(out, agg, inp)
     return list(out.fams.values())
 

@@ -150,6 +150,23 @@ def promtool_blocks(history: Path, data: Path) -> None:
         )
 
 
+def compose_backfill(history: Path, data: Path) -> str:
+    """Run the compose one-shot deploy/compose/prometheus-backfill.sh on `history` (a folder
+    named history, as the backfill writes it) into `data`, with this machine's promtool and
+    prometheus; returns what it printed."""
+    assert history.name == "history", history
+    env = {
+        **os.environ,
+        "PROMETHEUS_DATA": str(data),
+        "BACKFILL_DIR": str(history.parent),
+        "BACKFILL_PROMETHEUS_PORT": str(free_port()),
+    }
+    script = Path(__file__).resolve().parent.parent / "deploy/compose/prometheus-backfill.sh"
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
 @contextmanager
 def prometheus_scraping(
     tmp: Path, target: str, scrape_interval: str, rules: Path | None = None

@@ -9,8 +9,14 @@ if [ -e "$out/.written" ]; then
   echo "history: already written to $out, nothing to do"
   exit 0
 fi
+# The recording rules too, split into levels for the `prometheus-backfill` one-shot.
+rules="${RULES_FILE:-/etc/prometheus/rules/llm-cost.rules.yml}"
+set --
+if [ -e "$rules" ]; then
+  set -- --rules="$rules"
+fi
 # shellcheck disable=SC2086  # LLM_EXPORTER_CMD may be a command with arguments
 ${LLM_EXPORTER_CMD:-llm-cost-exporter} backfill --poll \
   --config.file="${CONFIG:-/etc/llm-cost-exporter/config.yml}" \
-  --output="$out/history/" --instance="${BACKFILL_INSTANCE:-exporter:9877}"
+  --output="$out/history/" --instance="${BACKFILL_INSTANCE:-exporter:9877}" "$@"
 touch "$out/.written"

@@ -37,11 +37,11 @@ from tests import grafana
 from tests.clock import real_now
 from tests.helpers import (
     binary,
+    compose_backfill,
     free_port,
     http_get,
     prom_query,
     prometheus_scraping,
-    promtool_blocks,
     wait_for,
 )
 
@@ -127,12 +127,14 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 f"--output={tmp / 'history'}/",
                 f"--instance=127.0.0.1:{port}",
                 f"--until={until}",
+                f"--rules={ROOT / 'prometheus/rules/llm-cost.rules.yml'}",
             ]
         )
         == 0
     )
     assert len(list((tmp / "history").glob("history-*.om"))) >= DAYS
-    promtool_blocks(tmp / "history", tmp / "prom")
+    printed = compose_backfill(tmp / "history", tmp / "prom")  # as the compose one-shot
+    assert "recording rules backfilled in" in printed, printed
     took = time.monotonic() - began
     with prometheus_scraping(tmp, f"127.0.0.1:{port}", "1s") as base:
         live = "count(llm_tokens_total) and on () (time() - timestamp(up) < 5)"
@@ -254,7 +256,7 @@ def _ledger_tokens(state: Path, lo: int, hi: int, by: int) -> dict[str, float]:
 
 
 def test_period_gauges_hold_their_past(backfilled: Any) -> None:
-    """The backfill writes the period gauges at each step, so "today" late in each past day
+    """The backfill writes the period gauges on every hour, so "today" late in each past day
     and "this month" at the seam are the ledger's, not empty until the first live scrape."""
     prom, state = backfilled["prom"], backfilled["tmp"] / "state.db"
     q = 'sum by (provider) (max without (instance, pod) (llm_period_tokens{period="%s"}))'
@@ -262,7 +264,7 @@ def test_period_gauges_hold_their_past(backfilled: Any) -> None:
     day, checked = backfilled["start"], 0
     while day < today:
         t0 = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
-        at = t0 + 86400 - 300  # the day's last backfilled sample
+        at = t0 + 86400 - 3600  # the day's last backfilled period sample (on the hour)
         got = by_provider(prom_query(prom, q % "day", at=at))
         want = _ledger_tokens(state, t0, t0 + 86400, at)
         assert set(got) == {p for p, v in want.items() if v}, (day, got, want)
@@ -272,12 +274,82 @@ def test_period_gauges_hold_their_past(backfilled: Any) -> None:
         day += dt.timedelta(days=1)
     assert checked >= 2 * (DAYS - 1)
     until = backfilled["until"]
-    last = until - until % 300
+    last = until - until % 3600
     first = dt.datetime.fromtimestamp(last, dt.UTC).date().replace(day=1)
     m0 = int(dt.datetime.combine(first, dt.time(), dt.UTC).timestamp())
     got = by_provider(prom_query(prom, q % "month", at=last))
     for provider, v in _ledger_tokens(state, m0, last + 1, last).items():
         assert got[provider] == pytest.approx(v, rel=1e-9), provider
+
+
+def _range(
+    prom: str, query: str, start: float, end: float, step: float
+) -> dict[Any, dict[float, float]]:
+    params = {"query": query, "start": str(start), "end": str(end), "step": str(step)}
+    res = json.loads(http_get(f"{prom}/api/v1/query_range?{urllib.parse.urlencode(params)}"))
+    return {
+        tuple(sorted(r["metric"].items())): {float(t): float(v) for t, v in r["values"]}
+        for r in res["data"]["result"]
+    }
+
+
+def test_recording_rules_hold_their_past(backfilled: Any) -> None:
+    """The rules are backfilled level by level: the heatmap's hour-of-week rule, three
+    rules deep, equals the last hour's estimated spend computed from the backfilled
+    counters at every past hour, so its panel fills from the first minute (it held 2 of
+    168 cells on install day); the run-rate forecast has its past too."""
+    prom = backfilled["prom"]
+    t0 = int(dt.datetime.combine(backfilled["start"], dt.time(), dt.UTC).timestamp()) + 86400
+    until = backfilled["until"]
+    last = until - until % 3600 - 3600  # past hours only, before any live sample
+    # The rule's own samples (a range selector: a range query would also show each hour's
+    # last sample for 5 minutes into the next, as backfilled rules write no staleness).
+    rule = "provider_account_weekday_hour:llm_cost_estimated_usd:increase1h"
+    res = prom_query(prom, f"{rule}[{last - t0}s]", at=last)
+    heat = {
+        tuple(sorted(r["metric"].items())): {float(t): float(v) for t, v in r["values"]}
+        for r in res
+    }
+    # The same hour's spend from the counters, at the rule's own evaluation times.
+    times = sorted({t for points in heat.values() for t in points})
+    assert times, (
+        "no backfilled heatmap samples",
+        prom_query(prom, 'count by (__name__) ({__name__=~".+:.+:.+"})', at=last),
+        last,
+        t0,
+    )
+    raw = _range(
+        prom,
+        "sum by (provider, account) (max without (instance, pod) "
+        "(increase(llm_cost_estimated_usd_total[1h])))",
+        times[0],
+        times[-1],
+        times[1] - times[0],
+    )
+    cells = set()
+    for key, points in heat.items():
+        labels = dict(key)
+        account = tuple(sorted((k, v) for k, v in key if k in ("provider", "account")))
+        for t, v in points.items():
+            when = dt.datetime.fromtimestamp(t, dt.UTC)
+            assert labels["hour"] == f"{when.hour:02d}", (labels, when)
+            assert labels["weekday"][0] == str(when.isoweekday()), (labels, when)
+            assert v == pytest.approx(raw[account][t], rel=1e-9, abs=1e-12), (labels, when)
+            cells.add((labels["weekday"], labels["hour"]))
+    hours = (last - t0) // 3600
+    assert len(cells) >= min(168, hours), len(cells)
+    # Every account's hour with spend is in the heatmap.
+    spent = {(a, t) for a, pts in raw.items() for t, v in pts.items() if v > 0}
+    shown = {
+        (tuple(sorted((k, v) for k, v in key if k in ("provider", "account"))), t)
+        for key, pts in heat.items()
+        for t in pts
+    }
+    assert spent <= shown
+    run_rate = _range(
+        prom, "provider_account:llm_period_cost_estimated_usd:month_end_run_rate", t0, last, 3600
+    )
+    assert run_rate and all(len(p) >= (last - t0) // 3600 for p in run_rate.values())
 
 
 def test_no_reset_and_the_same_series_across_the_seam(backfilled: Any) -> None:

@@ -29,6 +29,7 @@ import yaml
 from exporter.names import BY_NAME
 from exporter.settings import GROUPABLE, Settings
 from tests.clock import real_now
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DASH_DIR = ROOT / "grafana" / "dashboards"
@@ -754,6 +755,8 @@ def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
         "CONFIG": str(config),
         "PROMETHEUS_DATA": str(data),
         "BACKFILL_DIR": str(state / "backfill"),
+        "RULES_FILE": str(ROOT / "prometheus/rules/llm-cost.rules.yml"),
+        "BACKFILL_PROMETHEUS_PORT": str(free_port()),
     }
     scripts = ROOT / "deploy/compose"
     try:
@@ -769,7 +772,11 @@ def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
             runs.append(blocks)
     finally:
         sim.stop()
+    print(runs[1])
     first_blocks, second_blocks = runs[2], runs[5]
     assert len(list((state / "backfill/history").glob("history-*.om"))) >= 1
     assert first_blocks and second_blocks == first_blocks  # nothing added the second time
     assert "nothing to do" in runs[3] and "nothing to do" in runs[4]
+    # The recording rules got their past too, level by level (rules that read rules later).
+    levels = len(list((state / "backfill/history").glob("rules-level-*.yml")))
+    assert levels >= 4 and f"recording rules backfilled in {levels} levels" in runs[1], runs[1]
