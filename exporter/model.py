@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 from exporter import __version__
 from exporter.aggregates import Aggregates, period_starts
-from exporter.budgets import ScopePart, evaluate, period_bounds
+from exporter.budgets import ScopePart, evaluate, matched_series, period_bounds
 from exporter.exposition import Family, format_value, gc_paused
 from exporter.fold import (
     FOLD_AS,
@@ -453,6 +453,7 @@ def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
         for (name, p, a, day), (value, _) in agg.sums(kind).items():
             series = data.setdefault(str(name), {}).setdefault((str(p), str(a)), ({}, {}, {}))
             series[i][int(day)] = value  # type: ignore[call-overload]
+    scope_series = _budget_series(agg, inp.opt_labels)
     for bs in inp.budgets:
         # No figure rather than a false $0: a budget whose accounts have neither stored
         # data nor a successful poll yet (a fresh state file, a provider down) is not shown.
@@ -479,6 +480,30 @@ def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
             else:
                 parts.append(ScopePart({}, estimated, None, unpriced))
         _budget_state(out, bs, inp, parts)
+        out.fam("llm_budget_matched_series").set(
+            (bs.name,), matched_series(bs.selector, scope_series)
+        )
+
+
+# The families a budget's spend is summed from, and their labels that no selector names.
+_BUDGET_FAMILIES = (
+    "llm_cost_reported_usd_total",
+    "llm_cost_estimated_usd_total",
+    "llm_unpriced_tokens_total",
+)
+_NOT_SELECTED = frozenset({"token_type", "price_source", "line_item"})
+
+
+def _budget_series(agg: Aggregates, opt_labels: tuple[str, ...]) -> list[dict[str, str]]:
+    """The distinct usage and cost series (label sets, token type and line item aside) of
+    every stored bucket since the history start, unfolded: what budget selectors match."""
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for family in _BUDGET_FAMILIES:
+        names = resolve_labels(BY_NAME[family].labels, opt_labels)
+        keep = [(i, n) for i, n in enumerate(names) if n not in _NOT_SELECTED]
+        for key in agg.sums("t:" + family):
+            seen.add(tuple((n, str(key[i])) for i, n in keep))
+    return [dict(labels) for labels in seen]
 
 
 def period_starts_for(bs: BudgetSettings, inp: RenderInput) -> int:
