@@ -15,7 +15,16 @@ import pytest
 
 from exporter.ledger import Ledger
 from exporter.rows import Bucket, Row
-from tests.helpers import ROOT, exporter_cmd, free_port, http_get, parse, process, wait_for
+from tests.helpers import (
+    ROOT,
+    config_check,
+    exporter_cmd,
+    free_port,
+    http_get,
+    parse,
+    process,
+    wait_for,
+)
 
 
 def run(
@@ -23,15 +32,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "config.yml"
     path.write_text(config)
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
-        capture_output=True,
-        text=True,
-        # PYTHONPATH: this checkout's exporter, whatever `pip install -e` points at.
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})},
-        check=False,
-        cwd=tmp_path,
-    )
+    return config_check(path, env, cwd=tmp_path)
 
 
 @pytest.mark.parametrize(
