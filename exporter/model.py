@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import itemgetter
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -497,13 +498,14 @@ _NOT_SELECTED = frozenset({"token_type", "price_source", "line_item"})
 def _budget_series(agg: Aggregates, opt_labels: tuple[str, ...]) -> list[dict[str, str]]:
     """The distinct usage and cost series (label sets, token type and line item aside) of
     every stored bucket since the history start, unfolded: what budget selectors match."""
-    seen: set[tuple[tuple[str, str], ...]] = set()
+    out: list[dict[str, str]] = []
     for family in _BUDGET_FAMILIES:
         names = resolve_labels(BY_NAME[family].labels, opt_labels)
         keep = [(i, n) for i, n in enumerate(names) if n not in _NOT_SELECTED]
-        for key in agg.sums("t:" + family):
-            seen.add(tuple((n, str(key[i])) for i, n in keep))
-    return [dict(labels) for labels in seen]
+        pick = itemgetter(*(i for i, _ in keep))  # several labels: a tuple of their values
+        distinct = {pick(key) for key in agg.sums("t:" + family)}
+        out += [dict(zip((n for _, n in keep), values, strict=True)) for values in distinct]
+    return out
 
 
 def period_starts_for(bs: BudgetSettings, inp: RenderInput) -> int:
