@@ -15,7 +15,8 @@ holds twelve), from the first bucket to `--until` (now). The
 series are those of the live scrape, with the same labels (folded values included) plus
 `job` and `instance` as Prometheus attaches them, so backfilled and live samples form one
 series with no reset at the seam. What is written: every counter, and the budget gauges
-(rules and the forecast panels read them over time). Period and per-day gauges are not:
+(rules and the forecast panels read them over time) but `llm_budget_matched_series` (its
+alert counts its `for:` from live samples). Period and per-day gauges are not:
 they describe the present, and the per-day ones carry their past in their `date` label.
 
 Against an existing Prometheus that already scrapes the exporter, set `--until` to the time

@@ -228,7 +228,7 @@ def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
         if inp.estimator is not None:
             _prices(out, agg, inp.estimator, inp.now.astimezone(inp.tz).date())
             _reconciliation(out, agg, inp)
-        _budgets(out, agg, inp)
+        _budgets(out, agg, inp, matched=True)
     _health(out, inp.health)
     out.fam("llm_exporter_build_info").set(
         (__version__, inp.revision, platform.python_version()), 1
@@ -436,8 +436,10 @@ def _reconciliation(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
             out.fam("llm_cost_reconciliation_ratio").set((p, a), est_total / rep_total)
 
 
-def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
-    """Each budget's spend, limit, ratio and forecast over its scope's daily spend."""
+def _budgets(out: _Out, agg: Aggregates, inp: RenderInput, matched: bool = False) -> None:
+    """Each budget's spend, limit, ratio and forecast over its scope's daily spend, and with
+    `matched` (the live exposition, not a backfill's past: the alert on it counts its `for:`
+    from live samples) how many series its selector matches."""
     if not inp.budgets:
         return
     h = inp.health
@@ -454,7 +456,7 @@ def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
         for (name, p, a, day), (value, _) in agg.sums(kind).items():
             series = data.setdefault(str(name), {}).setdefault((str(p), str(a)), ({}, {}, {}))
             series[i][int(day)] = value  # type: ignore[call-overload]
-    scope_series = _budget_series(agg, inp.opt_labels)
+    scope_series = _budget_series(agg, inp.opt_labels) if matched else []
     for bs in inp.budgets:
         # No figure rather than a false $0: a budget whose accounts have neither stored
         # data nor a successful poll yet (a fresh state file, a provider down) is not shown.
@@ -481,9 +483,10 @@ def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
             else:
                 parts.append(ScopePart({}, estimated, None, unpriced))
         _budget_state(out, bs, inp, parts)
-        out.fam("llm_budget_matched_series").set(
-            (bs.name,), matched_series(bs.selector, scope_series)
-        )
+        if matched:
+            out.fam("llm_budget_matched_series").set(
+                (bs.name,), matched_series(bs.selector, scope_series)
+            )
 
 
 # The families a budget's spend is summed from, and their labels that no selector names.

@@ -429,3 +429,20 @@ def test_budget_matched_series_is_not_shown_before_the_accounts_are_known() -> N
     h.success("openai", "main", "completions", 1.0, T0, None, 0)
     polled = build(inp([], health=h, budgets=[budget]))  # polled, nothing stored: no match
     assert samples(polled, "llm_budget_matched_series") == {("b",): 0}
+
+
+def test_a_backfill_writes_the_budget_gauges_but_not_matched_series() -> None:
+    """`for:` counts from live samples: a past count would add series and nothing else."""
+    from exporter.aggregates import Aggregates
+    from exporter.fold import FoldContext
+    from exporter.model import RenderInput, history_families
+    from exporter.settings import BudgetSettings
+
+    budget = BudgetSettings(name="b", selector={"provider": "opnai"}, limit_usd=10)
+    ctx = FoldContext(ZoneInfo("UTC"), ("project",), FakeEstimator(), [budget])
+    agg = Aggregates(ctx, history_start=T0)
+    agg.fold([sr(20, "completions", {"model": "m", "project": "p"}, {"tokens.input": 10})])
+    inp = RenderInput(Health(), NOW, ZoneInfo("UTC"), ("project",), budgets=[budget])
+    fams = history_families(agg, inp, {})
+    assert samples(fams, "llm_budget_spent_usd") == {("b",): 0}
+    assert samples(fams, "llm_budget_matched_series") == {}
