@@ -67,7 +67,8 @@ class Strict(BaseModel):
 GROUPABLE = ("model", "project", "user", "api_key", "service_tier", "batch", "context_window")
 DEFAULT_GROUP_BY = ["model", "project"]
 # Labels a budget selector may name: those every usage and cost series carries, and the
-# dimensions `group_by` can add. Any other key would match nothing, so it is refused.
+# dimensions `group_by` can add. Any other key is refused: a misspelt label would match
+# nothing (or, with the value "", everything) without a word.
 SELECTOR_LABELS = ("provider", "account", "operation", *GROUPABLE)
 
 
