@@ -16,9 +16,10 @@ series are those of the live scrape, with the same labels (folded values include
 `job` and `instance` as Prometheus attaches them, so backfilled and live samples form one
 series with no reset at the seam. What is written: every counter, the period gauges (day,
 week and month to date: "last month" and the run-rate rules read them over the past), the
-vector-store level and the budget gauges. The per-day gauges are not: they carry their past
-in their `date` label, so the present holds it. The recording rules over these samples are
-a second step, `promtool tsdb create-blocks-from rules` (see the compose one-shot).
+vector-store level and the budget gauges but `llm_budget_matched_series` (its alert counts
+its `for:` from live samples). The per-day gauges are not: they carry their past in their
+`date` label, so the present holds it. The recording rules over these samples are a second
+step, `promtool tsdb create-blocks-from rules` (see the compose one-shot).
 
 Against an existing Prometheus that already scrapes the exporter, set `--until` to the time
 of its first scrape, so no backfilled sample falls among live ones.

@@ -27,7 +27,7 @@ count beside it, never converted to zero cost.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Literal
@@ -97,6 +97,15 @@ def matches(selector: Mapping[str, str] | Selector, labels: Mapping[str, str]) -
     """Whether `labels` fall in the budget scope; a label missing from `labels` is ""."""
     compiled = selector if isinstance(selector, Selector) else compile_selector(selector)
     return compiled.matches(labels)
+
+
+def matched_series(
+    selector: Mapping[str, str] | Selector, series: Iterable[Mapping[str, str]]
+) -> int:
+    """How many of `series` (distinct label sets) fall in the budget scope: 0 means the
+    selector names a value nothing carries (a typo, a regex that cannot match)."""
+    compiled = selector if isinstance(selector, Selector) else compile_selector(selector)
+    return sum(1 for labels in series if compiled.matches(labels))
 
 
 # --- spend basis ---------------------------------------------------------------------------

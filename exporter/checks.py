@@ -4,8 +4,13 @@
 reject the same configurations: adapter options (each source is built, offline), price
 overrides, key characters (a key must fit in an HTTP header: the variable or file is named,
 the key never shown), and the state file (readable, and an SQLite file of this exporter,
-checked read-only). Budget selector regexes are compiled
-by the schema itself (`BudgetSettings`), so they are listed with its problems.
+checked read-only). Budget selector labels and regexes are checked by the schema itself
+(`BudgetSettings`), so they are listed with its problems.
+
+`selector_warnings` is not a problem but a warning for `--config.check`: a budget whose
+selector matches none of the series the state file holds (a value with a typo, a regex that
+cannot match) would stay at $0 and never alert. It is only a warning: a new account or model
+may not have spent yet.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.ledger import state_file_problem
+from exporter.budgets import matched_series
+from exporter.ledger import seen_groups, state_file_problem
 from exporter.pricing import validate_overrides
 from exporter.schema import AccountSettings, problem_line
 from exporter.sources import adapters
@@ -108,3 +114,31 @@ def state_file_problems(settings: Settings) -> list[str]:
         return []  # a damaged file is moved aside at start
     problem = state_file_problem(Path(settings.state_file).expanduser().resolve())
     return [] if problem is None else [f"state_file: {problem}"]
+
+
+def selector_warnings(settings: Settings, limit: int = 10) -> list[str]:
+    """One line per budget whose selector matches no group of the state file (none without
+    a readable state file), naming each value nothing carries and the values seen for its
+    label (the first `limit`)."""
+    if not settings.budgets:
+        return []
+    groups = seen_groups(Path(settings.state_file).expanduser().resolve())
+    if not groups:  # no state file yet, or nothing stored: nothing to compare with
+        return []
+    warnings = []
+    for i, budget in enumerate(settings.budgets):
+        if matched_series(budget.selector, groups):
+            continue
+        why = []
+        for key, value in sorted(budget.selector.items()):
+            if matched_series({key: value}, groups):
+                continue
+            values = sorted({g.get(key, "") for g in groups} - {""})
+            shown = ", ".join(values[:limit]) + (", ..." if len(values) > limit else "")
+            why.append(f"{key} {value!r} matches no value seen (seen: {shown or 'none'})")
+        warnings.append(
+            f"budgets[{i}] (budget {budget.name!r}): the selector matches nothing in the state "
+            f"file, so the budget would stay at $0: "
+            + ("; ".join(why) or "each label matches, but no series has them all")
+        )
+    return warnings

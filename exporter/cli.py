@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         # Valid, but say what would be skipped: a missing key is a warning, not a failure,
         # so the same file checks in CI (no keys) and in production.
-        for line in skipped:
+        from exporter.checks import selector_warnings
+
+        for line in skipped + selector_warnings(settings):
             print(f"warning: {line}", file=sys.stderr)
         if not settings.providers.accounts():
             print("warning: no enabled account has a key: nothing would be polled", file=sys.stderr)

@@ -434,6 +434,33 @@ def salvage_history_start(path: Path) -> str | None:
         return None
 
 
+def seen_groups(path: Path) -> list[dict[str, str]] | None:
+    """The distinct groups the state file holds rows for, each as its labels (provider,
+    account, operation and dimensions), read without changing the file; None if there is
+    no file or it cannot be read as a ledger. What `--config.check` matches selectors with."""
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            found = db.execute(
+                "SELECT DISTINCT provider, account, operation, dims FROM rows"
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    groups = []
+    for p, a, op, dims in found:
+        try:
+            labels = dict(_load_dims(dims))
+        except BadRowError:
+            continue  # noted by the exporter when it reads the row
+        labels.update(provider=str(p), account=str(a), operation=str(op))
+        groups.append(labels)
+    return groups
+
+
 def _merge(into: dict[str, Number], add: Iterable[tuple[str, Number]]) -> None:
     for k, v in add:
         if k in LEVEL_MEASURES:

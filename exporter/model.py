@@ -26,12 +26,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import itemgetter
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from exporter import __version__
 from exporter.aggregates import Aggregates, period_starts
-from exporter.budgets import ScopePart, evaluate, period_bounds
+from exporter.budgets import ScopePart, evaluate, matched_series, period_bounds
 from exporter.exposition import Family, format_value, gc_paused
 from exporter.fold import (
     FOLD_AS,
@@ -227,7 +228,7 @@ def render_model(agg: Aggregates, inp: RenderInput) -> list[Family]:
         if inp.estimator is not None:
             _prices(out, agg, inp.estimator, inp.now.astimezone(inp.tz).date())
             _reconciliation(out, agg, inp)
-        _budgets(out, agg, inp)
+        _budgets(out, agg, inp, matched=True)
     _health(out, inp.health)
     out.fam("llm_exporter_build_info").set(
         (__version__, inp.revision, platform.python_version()), 1
@@ -441,8 +442,10 @@ def _reconciliation(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
             out.fam("llm_cost_reconciliation_ratio").set((p, a), est_total / rep_total)
 
 
-def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
-    """Each budget's spend, limit, ratio and forecast over its scope's daily spend."""
+def _budgets(out: _Out, agg: Aggregates, inp: RenderInput, matched: bool = False) -> None:
+    """Each budget's spend, limit, ratio and forecast over its scope's daily spend, and with
+    `matched` (the live exposition, not a backfill's past: the alert on it counts its `for:`
+    from live samples) how many series its selector matches."""
     if not inp.budgets:
         return
     h = inp.health
@@ -459,6 +462,7 @@ def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
         for (name, p, a, day), (value, _) in agg.sums(kind).items():
             series = data.setdefault(str(name), {}).setdefault((str(p), str(a)), ({}, {}, {}))
             series[i][int(day)] = value  # type: ignore[call-overload]
+    scope_series = _budget_series(agg, inp.opt_labels) if matched else []
     for bs in inp.budgets:
         # No figure rather than a false $0: a budget whose accounts have neither stored
         # data nor a successful poll yet (a fresh state file, a provider down) is not shown.
@@ -485,6 +489,32 @@ def _budgets(out: _Out, agg: Aggregates, inp: RenderInput) -> None:
             else:
                 parts.append(ScopePart({}, estimated, None, unpriced))
         _budget_state(out, bs, inp, parts)
+        if matched:
+            out.fam("llm_budget_matched_series").set(
+                (bs.name,), matched_series(bs.selector, scope_series)
+            )
+
+
+# The families a budget's spend is summed from, and their labels that no selector names.
+_BUDGET_FAMILIES = (
+    "llm_cost_reported_usd_total",
+    "llm_cost_estimated_usd_total",
+    "llm_unpriced_tokens_total",
+)
+_NOT_SELECTED = frozenset({"token_type", "price_source", "line_item"})
+
+
+def _budget_series(agg: Aggregates, opt_labels: tuple[str, ...]) -> list[dict[str, str]]:
+    """The distinct usage and cost series (label sets, token type and line item aside) of
+    every stored bucket since the history start, unfolded: what budget selectors match."""
+    out: list[dict[str, str]] = []
+    for family in _BUDGET_FAMILIES:
+        names = resolve_labels(BY_NAME[family].labels, opt_labels)
+        keep = [(i, n) for i, n in enumerate(names) if n not in _NOT_SELECTED]
+        pick = itemgetter(*(i for i, _ in keep))  # several labels: a tuple of their values
+        distinct = {pick(key) for key in agg.sums("t:" + family)}
+        out += [dict(zip((n for _, n in keep), values, strict=True)) for values in distinct]
+    return out
 
 
 def period_starts_for(bs: BudgetSettings, inp: RenderInput) -> int:

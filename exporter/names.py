@@ -389,6 +389,13 @@ SPECS: tuple[Spec, ...] = (
         "Tokens in the budget's current period with no known price: spend the budget cannot see.",
     ),
     Spec(
+        "llm_budget_matched_series",
+        GAUGE,
+        ("budget",),
+        "Distinct usage and cost series since the history start that the budget's selector "
+        "matches; 0 means it matches nothing (a typo or a regex that cannot match).",
+    ),
+    Spec(
         "llm_budget_info",
         GAUGE,
         ("budget", "period", "basis", "timezone", "provider", "account", "project", "model"),

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_validator,
 )
 
@@ -65,6 +66,10 @@ class Strict(BaseModel):
 # Dimensions a user may group usage by, per provider; model and project are on by default.
 GROUPABLE = ("model", "project", "user", "api_key", "service_tier", "batch", "context_window")
 DEFAULT_GROUP_BY = ["model", "project"]
+# Labels a budget selector may name: those every usage and cost series carries, and the
+# dimensions `group_by` can add. Any other key is refused: a misspelt label would match
+# nothing (or, with the value "", everything) without a word.
+SELECTOR_LABELS = ("provider", "account", "operation", *GROUPABLE)
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -186,9 +191,18 @@ class BudgetSettings(Strict):
 
     @field_validator("selector")
     @classmethod
-    def _selector_compiles(cls, v: dict[str, str]) -> dict[str, str]:
-        """A regex that does not compile is a config error (reported with the schema's),
-        not a rebuild that fails forever."""
+    def _selector_compiles(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        """An unknown label or a regex that does not compile is a config error (reported
+        with the schema's), not a budget that silently stays at 0 or a rebuild that fails
+        forever."""
+        unknown = [k for k in v if k not in SELECTOR_LABELS]
+        if unknown:
+            name = info.data.get("name")
+            budget = f"budget {name!r}" if name else "this budget"
+            raise ValueError(
+                f"{unknown[0]}: unknown label(s) {unknown} in the selector of {budget}; "
+                f"choose from {list(SELECTOR_LABELS)}"
+            )
         try:
             compile_selector(v)
         except ValueError as exc:  # "selector.KEY: invalid regex ...": the path has "selector"

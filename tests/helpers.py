@@ -128,6 +128,21 @@ def exporter_cmd(config: Path, listen: str) -> list[str]:
     ]
 
 
+def config_check(
+    config: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`--config.check` of `config` as its own process, with only `env` (and PATH) set."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={config}", "--config.check"],
+        capture_output=True,
+        text=True,
+        # PYTHONPATH: this checkout's exporter, whatever `pip install -e` points at.
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})},
+        check=False,
+        cwd=cwd,
+    )
+
+
 def binary(name: str, *alternatives: str) -> str | None:
     for n in (name, *alternatives):
         found = shutil.which(n)

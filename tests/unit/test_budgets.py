@@ -16,6 +16,7 @@ from exporter.budgets import (
     compile_selector,
     daily_spend,
     evaluate,
+    matched_series,
     matches,
     part_spend,
     period_bounds,
@@ -179,6 +180,29 @@ def test_missing_label_is_empty_string() -> None:
 def test_empty_selector_matches_everything() -> None:
     assert matches({}, {})
     assert matches({}, {"provider": "openai", "model": "x"})
+
+
+def test_matched_series_counts_the_label_sets_in_scope() -> None:
+    series = [
+        {"provider": "openai", "account": "main", "model": "gpt-4o", "project": "p"},
+        {"provider": "openai", "account": "main", "model": "gpt-4o-mini", "project": "q"},
+        {"provider": "anthropic", "account": "main", "model": "claude-x"},
+    ]
+    assert matched_series({}, series) == 3
+    assert matched_series({"provider": "openai"}, series) == 2
+    assert matched_series(compile_selector({"model": "~gpt-4o.*"}), series) == 2
+    assert matched_series({"provider": "opnai"}, series) == 0  # a typo
+    assert matched_series({"model": "~opnai"}, series) == 0  # a regex nothing fits
+    assert matched_series({"provider": "anthropic", "project": "p"}, series) == 0
+    assert matched_series({"provider": "openai"}, []) == 0
+
+
+def test_unknown_selector_label_is_refused_with_the_budget_and_the_valid_labels() -> None:
+    with pytest.raises(ValueError, match=r"modell: unknown label\(s\) \['modell'\] in the "
+                       r"selector of budget 'b'; choose from \['provider', 'account'"):  # fmt: skip
+        BudgetSettings(name="b", selector={"modell": "x"})
+    for label in ("provider", "account", "operation", "model", "project", "user", "api_key"):
+        assert BudgetSettings(name="b", selector={label: "x"}).selector == {label: "x"}
 
 
 def test_invalid_regex_names_the_key() -> None:

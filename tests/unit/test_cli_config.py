@@ -13,7 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, exporter_cmd, free_port, http_get, parse, process, wait_for
+from exporter.ledger import Ledger
+from exporter.rows import Bucket, Row
+from tests.helpers import (
+    ROOT,
+    config_check,
+    exporter_cmd,
+    free_port,
+    http_get,
+    parse,
+    process,
+    wait_for,
+)
 
 
 def run(
@@ -21,15 +32,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "config.yml"
     path.write_text(config)
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
-        capture_output=True,
-        text=True,
-        # PYTHONPATH: this checkout's exporter, whatever `pip install -e` points at.
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})},
-        check=False,
-        cwd=tmp_path,
-    )
+    return config_check(path, env, cwd=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -284,3 +287,69 @@ def test_a_config_that_is_not_utf8_or_too_large_is_named(tmp_path: Path) -> None
         )  # fmt: skip
         assert out.returncode == 2 and expected in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("selector", "key"),
+    [("{modell: x}", "modell"), ("{provider: openai, colour: '~.*'}", "colour")],
+)
+def test_unknown_selector_label_names_the_budget_key_and_valid_labels(
+    tmp_path: Path, selector: str, key: str
+) -> None:
+    """A misspelt label used to pass the check and turn the budget off: it matched nothing."""
+    out = run(tmp_path, f"budgets:\n  - name: team-a\n    selector: {selector}\n")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (
+        f"budgets[0].selector.{key}: unknown label(s) ['{key}'] in the selector of budget "
+        "'team-a'; choose from ['provider', 'account', 'operation', 'model', 'project', 'user', "
+        "'api_key', 'service_tier', 'batch', 'context_window']"
+    ) in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "configuration ok" not in out.stdout
+
+
+def _state_with_openai_usage(path: Path) -> None:
+    led = Ledger(path)
+    row = Row.make("completions", {"model": "gpt-4o", "project": "proj_a"}, {"tokens.input": 5})
+    led.replace("openai", "main", "completions", [Bucket("completions", 0, 86400, [row])])
+    led.close()
+
+
+def test_config_check_warns_about_a_selector_that_matches_nothing_stored(tmp_path: Path) -> None:
+    """Values with a typo, or a regex that cannot match, pass the schema; against the state
+    file they are a warning naming the budget, the value and the values seen (exit 0: a new
+    model may simply not have spent yet)."""
+    _state_with_openai_usage(tmp_path / "state.db")
+    out = run(
+        tmp_path,
+        "state_file: state.db\n"
+        "budgets:\n"
+        "  - {name: typo, selector: {provider: opnai}}\n"
+        "  - {name: never, selector: {model: '~claude-.*'}}\n"
+        "  - {name: apart, selector: {provider: openai, project: proj_b}}\n"
+        "  - {name: good, selector: {provider: openai, model: '~gpt-4.*'}}\n"
+        "  - {name: all, selector: {}}\n",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "configuration ok" in out.stdout
+    for expected in (
+        "warning: budgets[0] (budget 'typo'): the selector matches nothing in the state file, "
+        "so the budget would stay at $0: provider 'opnai' matches no value seen (seen: openai)",
+        "warning: budgets[1] (budget 'never'): the selector matches nothing in the state file, "
+        "so the budget would stay at $0: model '~claude-.*' matches no value seen "
+        "(seen: gpt-4o)",
+        "warning: budgets[2] (budget 'apart'): the selector matches nothing in the state file, "
+        "so the budget would stay at $0: project 'proj_b' matches no value seen (seen: proj_a)",
+    ):
+        assert expected in out.stderr, (expected, out.stderr)
+    assert "'good'" not in out.stderr and "'all'" not in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_config_check_without_a_state_file_does_not_warn_about_selectors(
+    tmp_path: Path,
+) -> None:
+    out = run(tmp_path, "state_file: state.db\nbudgets:\n  - {name: b, selector: {provider: x}}\n")
+    assert out.returncode == 0, out.stderr
+    assert "selector" not in out.stderr
+    assert not (tmp_path / "state.db").exists()  # the check creates nothing

@@ -15,6 +15,7 @@ from exporter.ledger import (
     StateFileError,
     clean_record_path,
     closed_cleanly,
+    seen_groups,
     state_file_problem,
 )
 from exporter.rows import COST, STORAGE_BYTES, Bucket, Row
@@ -421,3 +422,29 @@ def test_a_state_file_without_digests_gets_them(tmp_path: Path) -> None:
     led.replace("openai", "main", "completions", buckets)
     led.close()
     assert _digests(path) == [0]
+
+
+def test_seen_groups_reads_the_stored_groups_without_changing_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    assert seen_groups(path) is None  # no file: nothing seen, nothing created
+    assert not path.exists()
+    led = Ledger(path)
+    led.replace(
+        "openai",
+        "main",
+        "completions",
+        [Bucket("completions", 0, DAY, [_tokens(5, model="a"), _tokens(3, model="b")])],
+    )
+    led.replace(
+        "openai", "main", "completions", [Bucket("completions", DAY, 2 * DAY, [_tokens(1)])]
+    )
+    led.close()
+    before = path.stat().st_mtime_ns, path.stat().st_size
+    groups = seen_groups(path)
+    assert groups is not None
+    base = {"provider": "openai", "account": "main", "operation": "completions", "project": "p1"}
+    want = [sorted({**base, "model": m}.items()) for m in ("a", "b", "m1")]
+    assert sorted(sorted(g.items()) for g in groups) == want
+    assert (path.stat().st_mtime_ns, path.stat().st_size) == before
+    (tmp_path / "text.db").write_text("not a database")
+    assert seen_groups(tmp_path / "text.db") is None

@@ -375,3 +375,74 @@ def render_model_days(rows: list[StoredRow], days: int) -> list[Family]:
     return render_model(
         agg, RenderInput(Health(), NOW, ZoneInfo("UTC"), ("project",), daily_days=days)
     )
+
+
+def test_budget_matched_series_counts_what_the_selector_matches() -> None:
+    """A selector with a typo or a regex that cannot match shows 0 (its spend would stay at
+    $0 without a word); the count is over the usage and cost series, token types aside."""
+    from exporter.settings import BudgetSettings
+
+    rows = [
+        sr(20, "completions", {"model": "m1", "project": "p"}, {"tokens.input": 10}),
+        sr(21, "completions", {"model": "m1", "project": "p"}, {"tokens.output": 4}),
+        sr(21, "completions", {"model": "m2", "project": "q"}, {"tokens.input": 3}),
+        sr(21, "completions", {"model": "unknown", "project": "q"}, {"tokens.input": 2}),
+        sr(21, "costs", {"project": "p", "line_item": "m1, input"}, {COST: Decimal("1.25")}),
+    ]
+    selectors: dict[str, dict[str, str]] = {
+        "typo": {"provider": "opnai"},
+        "never": {"model": "~claude-.*"},
+        "apart": {"model": "m2", "project": "p"},
+        "all": {},
+        "openai": {"provider": "openai"},
+        "m1": {"model": "m1"},
+        "unpriced": {"model": "unknown"},
+        "proj": {"project": "~p|x"},
+    }
+    budgets = [BudgetSettings(name=n, selector=s, limit_usd=10) for n, s in selectors.items()]
+    fams = build(inp(rows, estimator=FakeEstimator(), budgets=budgets))
+    assert samples(fams, "llm_budget_matched_series") == {
+        ("typo",): 0,
+        ("never",): 0,
+        ("apart",): 0,
+        # (completions m1 p), (completions m2 q), unpriced (unknown), reported cost (p)
+        ("all",): 4,
+        ("openai",): 4,
+        ("m1",): 1,
+        ("unpriced",): 1,
+        ("proj",): 2,  # the estimated series of m1 in p, and p's reported cost
+    }
+    assert samples(fams, "llm_budget_spent_usd")[("typo",)] == 0
+    body = render(fams).decode()
+    assert "# TYPE llm_budget_matched_series gauge\n" in body
+    assert 'llm_budget_matched_series{budget="typo"} 0\n' in body
+    assert 'llm_budget_matched_series{budget="openai"} 4\n' in body
+
+
+def test_budget_matched_series_is_not_shown_before_the_accounts_are_known() -> None:
+    from exporter.settings import BudgetSettings
+
+    budget = BudgetSettings(name="b", selector={"provider": "openai"}, limit_usd=10)
+    h = Health()
+    h.register("openai", "main", "completions", ("auth",), 2 * DAY)
+    assert samples(build(inp([], health=h, budgets=[budget])), "llm_budget_matched_series") == {}
+    h.success("openai", "main", "completions", 1.0, T0, None, 0)
+    polled = build(inp([], health=h, budgets=[budget]))  # polled, nothing stored: no match
+    assert samples(polled, "llm_budget_matched_series") == {("b",): 0}
+
+
+def test_a_backfill_writes_the_budget_gauges_but_not_matched_series() -> None:
+    """`for:` counts from live samples: a past count would add series and nothing else."""
+    from exporter.aggregates import Aggregates
+    from exporter.fold import FoldContext
+    from exporter.model import RenderInput, history_families
+    from exporter.settings import BudgetSettings
+
+    budget = BudgetSettings(name="b", selector={"provider": "opnai"}, limit_usd=10)
+    ctx = FoldContext(ZoneInfo("UTC"), ("project",), FakeEstimator(), [budget])
+    agg = Aggregates(ctx, history_start=T0)
+    agg.fold([sr(20, "completions", {"model": "m", "project": "p"}, {"tokens.input": 10})])
+    inp = RenderInput(Health(), NOW, ZoneInfo("UTC"), ("project",), budgets=[budget])
+    fams = history_families(agg, inp, {})
+    assert samples(fams, "llm_budget_spent_usd") == {("b",): 0}
+    assert samples(fams, "llm_budget_matched_series") == {}
