@@ -74,6 +74,7 @@ DIMENSIONS = (
     "service_tier",
     "batch",  # "true" / "false" / ""
     "context_window",
+    "api_source",  # OpenAI completions: agents_api, unlabeled (all other traffic)
     "size",  # image size
     "source",  # image source (image.generation, ...)
     "tool",  # file_search, web_search, code_execution

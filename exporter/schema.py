@@ -63,7 +63,17 @@ class Strict(BaseModel):
 
 
 # Dimensions a user may group usage by, per provider; model and project are on by default.
-GROUPABLE = ("model", "project", "user", "api_key", "service_tier", "batch", "context_window")
+# A provider that has no such grouping ignores it (api_source: OpenAI completions only).
+GROUPABLE = (
+    "model",
+    "project",
+    "user",
+    "api_key",
+    "service_tier",
+    "batch",
+    "context_window",
+    "api_source",
+)
 DEFAULT_GROUP_BY = ["model", "project"]
 
 

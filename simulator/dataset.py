@@ -158,6 +158,9 @@ ANTHROPIC_WORKSPACES = {
 }
 
 
+_AGENTS_API = frozenset({"oa-4o-web"})  # OpenAI completions streams from the Agents API
+
+
 def _openai_streams() -> list[Stream]:
     def chat(
         name: str, model: str, project: str, user: str | None, key: str | None, tier: str,
@@ -170,6 +173,8 @@ def _openai_streams() -> list[Stream]:
             "api_key": key,
             "service_tier": tier,
             "batch": "true" if batch else "false",
+            # grouped by api_source: Agents API traffic, everything else "unlabeled"
+            "api_source": "agents_api" if name in _AGENTS_API else "unlabeled",
         }
         return _stream(
             "openai",

@@ -59,6 +59,7 @@ _DIMS = {
     "source": "source",
     "vector_store_id": "vector_store_id",
     "context_level": "context_level",
+    "api_source": "api_source",
 }
 # filter parameter -> wire field
 _FILTERS = {
@@ -133,7 +134,7 @@ USAGE: dict[str, UsageEndpoint] = {
     "completions": UsageEndpoint(
         "completions",
         "organization.usage.completions.result",
-        (*_STANDARD, "batch", "service_tier"),
+        (*_STANDARD, "batch", "service_tier", "api_source"),
         _STD_FILTERS,
         _completions,
     ),

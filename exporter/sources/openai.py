@@ -81,6 +81,7 @@ _FIELD_DIM = {
     "size": "size",
     "source": "source",
     "line_item": "line_item",
+    "api_source": "api_source",
 }
 _USAGE_GROUPS = ("project_id", "user_id", "api_key_id", "model")
 
@@ -400,7 +401,7 @@ class _Spec:
 _SPECS: dict[str, _Spec] = {
     "completions": _Spec(
         "organization/usage/completions",
-        (*_USAGE_GROUPS, "batch", "service_tier"),
+        (*_USAGE_GROUPS, "batch", "service_tier", "api_source"),
         (),
         _parse_completions,
     ),

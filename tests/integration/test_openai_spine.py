@@ -244,3 +244,37 @@ def test_twelve_hour_cache_writes_are_counted_billed_and_unpriced(
     reported = total(got, "llm_cost_reported_usd_total", line_item=item)
     assert reported == pytest.approx(float(billed["cost"]), rel=1e-9) and reported > 0
     app.stop()
+
+
+def test_grouping_by_api_source_labels_completions(tmp_path: Path, sim: SimulatorServer) -> None:
+    """With api_source in group_by, completions usage carries the label (agents_api or
+    unlabeled), partitions the same totals, and other operations have no such label."""
+    app = make_app(tmp_path, sim, group_by=["model", "project", "api_source"])
+    app.poll_once()
+    got = exposed(app)
+    truth = sim.dataset.truth(
+        "openai", START_TS, NOW, group=("api_source",), operation="completions"
+    )
+    assert {k[0] for k in truth} == {"agents_api", "unlabeled"}
+    for (source,), measures in truth.items():
+        for tt in ("input", "output"):
+            assert (
+                total(
+                    got,
+                    "llm_tokens_total",
+                    operation="completions",
+                    api_source=source,
+                    token_type=tt,
+                )
+                == measures[f"tokens.{tt}"]
+            ), (source, tt)
+        assert (
+            total(got, "llm_model_requests_total", operation="completions", api_source=source)
+            == measures["requests"]
+        )
+    labelled = {
+        dict(ls).get("operation") for (n, ls), _ in got.items()
+        if n == "llm_tokens_total" and dict(ls).get("api_source")
+    }  # fmt: skip
+    assert labelled == {"completions"}
+    app.stop()

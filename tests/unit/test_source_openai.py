@@ -221,6 +221,26 @@ def test_exact_query_with_bracket_group_by(
     assert fake.requests[0].url.path == f"/v1/{path(name)}"
 
 
+def test_api_source_is_grouped_on_completions_only() -> None:
+    """group_by api_source: sent to completions (the only endpoint that has it), and its
+    values (agents_api, unlabeled, null) become the row's api_source dimension."""
+    page = fixture("completions_cache_12h.json")
+    results = page["data"][0]["results"][:3]
+    for r, source in zip(results, ("agents_api", "unlabeled", None), strict=True):
+        r["api_source"] = source
+    page["data"][0]["results"] = results
+    source, fake = serve("completions", httpx.Response(200, json=page), group_by=["api_source"])
+    [day, _] = fetch(source, "completions")
+    assert [g for k, g in fake.queries()[0] if k == "group_by[]"] == ["api_source"]
+    assert sorted(r.dims for r in day.rows) == [(), (("api_source", "agents_api"),),
+                                                (("api_source", "unlabeled"),)]  # fmt: skip
+    for name in USAGE:
+        if name != "completions":
+            other, fake = serve(name, "empty_page.json", group_by=["api_source"])
+            fetch(other, name)
+            assert ("group_by[]", "api_source") not in fake.queries()[0], name
+
+
 def test_hourly_query_aligns_start_and_keys_buckets_by_aligned_start() -> None:
     source, fake = serve("completions", "completions_hourly.json", width=HOUR)
     buckets = fetch(source, "completions", start=D19 + 125, end=D19 + 2 * HOUR)
