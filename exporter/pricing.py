@@ -30,7 +30,7 @@ Rules, in the order they apply to one (provider, model, token type, day, context
    audio (audio tokens cost several times text tokens, and the database lacks audio prices
    for some audio models), `cache_write_5m` (never the plain input price: timed cache writes
    carry a write premium), `cache_write_1h` (only a 1 h price; the 5 min price is lower) and
-   `cache_write_12h` (only a 12 h price: neither the input price nor OpenAI's 30 min write
+   `cache_write_12h` (only a 12 h price: neither the input price nor the 30 min write
    price). genai-prices 0.2.5 has no 12 h field, so until a release has one those tokens are
    unpriced unless an override gives `cache_write_12h` a `usd_per_mtok`.
 5. **Long-context tiers** are never triggered by a bucket's total: the base tier is used,

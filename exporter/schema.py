@@ -63,7 +63,7 @@ class Strict(BaseModel):
 
 
 # Dimensions a user may group usage by, per provider; model and project are on by default.
-# A provider that has no such grouping ignores it (api_source: OpenAI completions only).
+# A provider that has no such grouping ignores it (api_source: one provider's completions).
 GROUPABLE = (
     "model",
     "project",
