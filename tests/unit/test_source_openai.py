@@ -226,8 +226,8 @@ def test_api_source_is_grouped_on_completions_only() -> None:
     values (agents_api, unlabeled, null) become the row's api_source dimension."""
     page = fixture("completions_cache_12h.json")
     results = page["data"][0]["results"][:3]
-    for r, source in zip(results, ("agents_api", "unlabeled", None), strict=True):
-        r["api_source"] = source
+    for r, value in zip(results, ("agents_api", "unlabeled", None), strict=True):
+        r["api_source"] = value
     page["data"][0]["results"] = results
     source, fake = serve("completions", httpx.Response(200, json=page), group_by=["api_source"])
     [day, _] = fetch(source, "completions")
@@ -399,7 +399,7 @@ def test_twelve_hour_cache_writes_are_estimated_only_at_their_own_price() -> Non
     rate = plain.quote("openai", "gpt-4o", "input", on)
     assert rate is not None and est.costs["input"][0] == 550000 * rate.usd_per_token
     override = PriceOverride(
-        provider="openai", model="gpt-4o", usd_per_mtok={"cache_write_12h": Decimal("3.75")}
+        provider="openai", model="gpt-4o", usd_per_mtok={"cache_write_12h": 3.75}
     )
     priced = PriceBook(PricesSettings(overrides=[override]), providers=pricing_traits())
     full = priced.estimate("openai", "gpt-4o", tokens, on)
