@@ -508,6 +508,28 @@ def test_partition_rule_holds_for_any_shape(it: int, ot: int, fields: dict[str, 
     assert sum(tokens.values()) == it + ot + extra
 
 
+@given(
+    it=counts,
+    ot=counts,
+    w12=st.one_of(st.none(), counts, counts.map(str)),
+    fields=st.fixed_dictionaries(
+        {}, optional={k: optional for k in (*FINE, "input_cached_tokens")}
+    ),
+)
+def test_partition_rule_holds_with_the_twelve_hour_field(
+    it: int, ot: int, w12: int | str | None, fields: dict[str, Any]
+) -> None:
+    """With the 12 h field (a count, a numeric string or null) in any company, the types
+    still sum to the aggregates, and never to more 12 h writes than the field says."""
+    result = {"input_tokens": it, "output_tokens": ot, **fields}
+    result["input_cache_write_12h_tokens"] = w12
+    tokens, _ = _completion_tokens(result)
+    assert all(v >= 0 for v in tokens.values())
+    assert tokens.get("cache_write_12h", 0) <= int(w12 or 0)
+    if w12 is not None:
+        assert sum(tokens.values()) == it + ot
+
+
 def test_fine_fields_that_contradict_the_aggregate_are_counted_and_fitted() -> None:
     result = {
         "input_tokens": 100,
