@@ -58,7 +58,7 @@ from exporter.schema import BudgetSettings
 from exporter.selectors import Selector, compile_selector
 
 # Opt-in dimension labels, in label order. `project` is on by default (settings.group_by).
-OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window")
+OPT_IN = ("project", "user", "api_key", "service_tier", "batch", "context_window", "api_source")
 # Labels whose long tail is folded into "other" past the configured top-N.
 FOLDED = ("project", "user", "api_key")
 CLAUDE_CODE = "claude_code"

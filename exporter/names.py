@@ -7,8 +7,8 @@ prefix `llm_`, base units in the name, `_total` on counters, `_ratio` for 0..1,
 Every label's values partition the whole, so `sum()` over any label is right.
 
 `{opt}` in a label list stands for the opt-in dimension labels that are enabled in config
-(a subset of project, user, api_key, service_tier, batch, context_window), the same set on
-every usage metric.
+(a subset of project, user, api_key, service_tier, batch, context_window, api_source), the
+same set on every usage metric.
 """
 
 from __future__ import annotations

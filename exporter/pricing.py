@@ -29,7 +29,10 @@ Rules, in the order they apply to one (provider, model, token type, day, context
    three exceptions where that fallback is known to be wrong and the type stays unpriced:
    audio (audio tokens cost several times text tokens, and the database lacks audio prices
    for some audio models), `cache_write_5m` (never the plain input price: timed cache writes
-   carry a write premium) and `cache_write_1h` (only a 1 h price; the 5 min price is lower).
+   carry a write premium), `cache_write_1h` (only a 1 h price; the 5 min price is lower) and
+   `cache_write_12h` (only a 12 h price: neither the input price nor the 30 min write
+   price). genai-prices 0.2.5 has no 12 h field, so until a release has one those tokens are
+   unpriced unless an override gives `cache_write_12h` a `usd_per_mtok`.
 5. **Long-context tiers** are never triggered by a bucket's total: the base tier is used,
    unless the provider reports the request's context window (dimension `context_window`,
    e.g. "200k-1M"), in which case the tiers whose threshold that window's lower bound reaches apply.
@@ -121,6 +124,8 @@ TOKEN_PRICE_KEYS: dict[str, tuple[str, ...]] = {
         "cache_write_mtok",
     ),
     "cache_write_1h": ("cache_text_write_1h_mtok", "cache_write_1h_mtok"),
+    # Named like the database's 5m/1h fields; no release has them yet (see rule 4 above).
+    "cache_write_12h": ("cache_text_write_12h_mtok", "cache_write_12h_mtok"),
     "output": ("output_text_mtok", "output_mtok"),
     "output_audio": ("output_audio_mtok",),
     "output_image": ("output_image_mtok", "output_mtok"),

@@ -23,7 +23,8 @@ TOKEN_TYPES = (
     "cache_read",  # cached text input (OpenAI cached, Anthropic cache_read)
     "cache_read_audio",
     "cache_read_image",
-    "cache_write",  # input written to the cache, lifetime unspecified (OpenAI)
+    "cache_write",  # input written to the cache (OpenAI: 30 minute retention; others: unstated)
+    "cache_write_12h",  # OpenAI input written to the cache with a 12 hour retention
     "cache_write_5m",  # Anthropic ephemeral 5 minute cache creation
     "cache_write_1h",  # Anthropic ephemeral 1 hour cache creation
     "output",  # text output (reasoning included: it is billed as output)
@@ -73,6 +74,7 @@ DIMENSIONS = (
     "service_tier",
     "batch",  # "true" / "false" / ""
     "context_window",
+    "api_source",  # OpenAI completions: agents_api, unlabeled (all other traffic)
     "size",  # image size
     "source",  # image source (image.generation, ...)
     "tool",  # file_search, web_search, code_execution

@@ -64,7 +64,17 @@ class Strict(BaseModel):
 
 
 # Dimensions a user may group usage by, per provider; model and project are on by default.
-GROUPABLE = ("model", "project", "user", "api_key", "service_tier", "batch", "context_window")
+# A provider that has no such grouping ignores it (api_source: one provider's completions).
+GROUPABLE = (
+    "model",
+    "project",
+    "user",
+    "api_key",
+    "service_tier",
+    "batch",
+    "context_window",
+    "api_source",
+)
 DEFAULT_GROUP_BY = ["model", "project"]
 # Labels a budget selector may name: those every usage and cost series carries, and the
 # dimensions `group_by` can add. Any other key is refused: a misspelt label would match

@@ -158,6 +158,9 @@ ANTHROPIC_WORKSPACES = {
 }
 
 
+_AGENTS_API = frozenset({"oa-4o-web"})  # OpenAI completions streams from the Agents API
+
+
 def _openai_streams() -> list[Stream]:
     def chat(
         name: str, model: str, project: str, user: str | None, key: str | None, tier: str,
@@ -170,6 +173,8 @@ def _openai_streams() -> list[Stream]:
             "api_key": key,
             "service_tier": tier,
             "batch": "true" if batch else "false",
+            # grouped by api_source: Agents API traffic, everything else "unlabeled"
+            "api_source": "agents_api" if name in _AGENTS_API else "unlabeled",
         }
         return _stream(
             "openai",
@@ -202,7 +207,8 @@ def _openai_streams() -> list[Stream]:
               "cache_read_audio": 400, "cache_read_image": 50, "output": 120,
               "output_audio": 800, "output_image": 10}),
         chat("oa-acme", UNKNOWN_MODEL, "proj_sim_research", "user_sim_carol", "key_sim_research",
-             "default", False, "business", 5, {"input": 1000, "cache_read": 200, "output": 300}),
+             "default", False, "business", 5,
+             {"input": 1000, "cache_read": 200, "cache_write_12h": 150, "output": 300}),
     ]  # fmt: skip
 
     def simple(
@@ -810,6 +816,7 @@ _OPENAI_TOKEN_LINES = {
     "input": "input",
     "cache_read": "cached input",
     "cache_write": "cache write input",
+    "cache_write_12h": "cache writes - 12hr",
     "input_audio": "audio input",
     "cache_read_audio": "cached audio input",
     "input_image": "image input",

@@ -59,6 +59,7 @@ _DIMS = {
     "source": "source",
     "vector_store_id": "vector_store_id",
     "context_level": "context_level",
+    "api_source": "api_source",
 }
 # filter parameter -> wire field
 _FILTERS = {
@@ -81,10 +82,11 @@ def _t(m: Mapping[str, int], token_type: str) -> int:
 def _completions(m: Mapping[str, int], fields: str) -> dict[str, Any]:
     cached = _t(m, "cache_read") + _t(m, "cache_read_audio") + _t(m, "cache_read_image")
     uncached = _t(m, "input") + _t(m, "input_audio") + _t(m, "input_image")
-    write = _t(m, "cache_write")
+    write = _t(m, "cache_write")  # 30 minute retention
+    write_12h = _t(m, "cache_write_12h")
     output = _t(m, "output") + _t(m, "output_audio") + _t(m, "output_image")
     out: dict[str, Any] = {
-        "input_tokens": cached + write + uncached,
+        "input_tokens": cached + write + write_12h + uncached,
         "output_tokens": output,
         "input_cached_tokens": cached,
         "num_model_requests": m.get(REQUESTS, 0),
@@ -106,6 +108,10 @@ def _completions(m: Mapping[str, int], fields: str) -> dict[str, Any]:
     }
     if fields == "sparse":
         optional = {k: v for k, v in optional.items() if v}
+    if write_12h:
+        # Only rows with 12 hour writes carry the newer field, so the others keep the shape
+        # of responses sent before it existed: both shapes reach the client.
+        optional["input_cache_write_12h_tokens"] = write_12h
     out.update(optional)
     return out
 
@@ -128,7 +134,7 @@ USAGE: dict[str, UsageEndpoint] = {
     "completions": UsageEndpoint(
         "completions",
         "organization.usage.completions.result",
-        (*_STANDARD, "batch", "service_tier"),
+        (*_STANDARD, "batch", "service_tier", "api_source"),
         _STD_FILTERS,
         _completions,
     ),

@@ -8,8 +8,9 @@ wire's rounding). Each unit price is the *marginal* price genai-prices charges f
 that measure (priced on a million units so no precision is lost): pricing is linear, so the
 sum of quantity x marginal price equals genai-prices' price of the whole usage.
 
-Everything genai-prices cannot price (the deliberately unknown `acme-internal-1`, per-image,
-per-session, storage, file-search and code-execution charges) has a fixed price here.
+Everything genai-prices cannot price (the deliberately unknown `acme-internal-1`, OpenAI's
+12 hour cache writes, which it has no field for, per-image, per-session, storage, file-search
+and code-execution charges) has a fixed price here.
 
 Batch and priority/flex discounts are off by default (`tier_pricing=False`): an exporter that
 does not group by batch or service tier could not reproduce them, and the default must
@@ -67,7 +68,8 @@ _OTHER_USAGE: dict[str, tuple[str, ...]] = {
     AUDIO_SECONDS: ("audio_seconds",),
 }
 
-# USD per million tokens for the model genai-prices does not know (same on every provider).
+# USD per million tokens for the model genai-prices does not know (same on every provider),
+# and for token types it cannot price on any model (those without a `_TOKEN_USAGE` entry).
 _UNKNOWN_MTOK: dict[str, Decimal] = {
     "input": Decimal("1.00"),
     "input_audio": Decimal("8.00"),
@@ -76,6 +78,7 @@ _UNKNOWN_MTOK: dict[str, Decimal] = {
     "cache_read_audio": Decimal("2.00"),
     "cache_read_image": Decimal("0.50"),
     "cache_write": Decimal("1.25"),
+    "cache_write_12h": Decimal("2.00"),  # any model: genai-prices has no 12 hour price
     "cache_write_5m": Decimal("1.25"),
     "cache_write_1h": Decimal("2.00"),
     "output": Decimal("4.00"),
@@ -190,9 +193,9 @@ class PriceCard:
             return _TOOL_USD.get(tool)
         if measure.startswith("tokens."):
             token_type = measure.removeprefix("tokens.")
-            if token_type not in _TOKEN_USAGE:
+            if token_type not in _UNKNOWN_MTOK:
                 return None
-            if model and self.known(provider, model):
+            if token_type in _TOKEN_USAGE and model and self.known(provider, model):
                 return self._genai(provider, model, _TOKEN_USAGE[token_type], day, ctx, MILLION)
             return _UNKNOWN_MTOK[token_type] / MILLION
         if measure in _OTHER_USAGE and model and self.known(provider, model):
@@ -245,7 +248,7 @@ class PriceCard:
 def describe(provider: str, model: str, day: dt.date, card: PriceCard) -> dict[str, str]:
     """The card's token prices for one model and day, USD per million tokens (for /_sim)."""
     out: dict[str, str] = {}
-    for token_type in _TOKEN_USAGE:
+    for token_type in _UNKNOWN_MTOK:
         price = card.unit_price(provider, model, "tokens." + token_type, day)
         if price is not None:
             out[token_type] = format((price * MILLION).normalize(), "f")

@@ -13,7 +13,8 @@ Completions token types partition the tokens, whatever the response shape:
     cache_read        input_cached_text_tokens         input_cached_tokens
     cache_read_audio  input_cached_audio_tokens        -
     cache_read_image  input_cached_image_tokens        -
-    cache_write       input_cache_write_tokens         -
+    cache_write       input_cache_write_tokens         -     (30 minute retention)
+    cache_write_12h   input_cache_write_12h_tokens     -     (12 hour retention)
     output            output_text_tokens               output_tokens
     output_audio      output_audio_tokens              output_audio_tokens (May 2026)
     output_image      output_image_tokens              -
@@ -80,6 +81,7 @@ _FIELD_DIM = {
     "size": "size",
     "source": "source",
     "line_item": "line_item",
+    "api_source": "api_source",
 }
 _USAGE_GROUPS = ("project_id", "user_id", "api_key_id", "model")
 
@@ -175,6 +177,7 @@ def _dim(value: Any, name: str) -> str | None:
 _FINE_ONLY = (
     "input_uncached_tokens",
     "input_cache_write_tokens",
+    "input_cache_write_12h_tokens",
     "input_text_tokens",
     "input_cached_text_tokens",
     "input_cached_audio_tokens",
@@ -223,10 +226,13 @@ def _sum_known(*values: int | None) -> int | None:
 def _completion_tokens(r: Mapping[str, Any]) -> tuple[dict[str, int], bool]:
     """Token types that partition a completions result; the flag says the identities held.
 
-    July 2026 shape (any of `_FINE_ONLY` present): input_tokens is split into cached,
-    cache-write and uncached (identity input = cached + cache_write + uncached), then cached and
-    uncached by modality; output_tokens by modality. Text is the residual class at each step,
-    so an absent fine field falls back to "aggregate minus the other parts".
+    July 2026 shape (any of `_FINE_ONLY` present): input_tokens is split into cached, the two
+    cache writes (30 minute and 12 hour retention) and uncached (identity input = cached +
+    cache_write + cache_write_12h + uncached), then cached and uncached by modality;
+    output_tokens by modality. Text is the residual class at each step, so an absent fine
+    field falls back to "aggregate minus the other parts". The 12 hour field alone is never
+    that residual: a response without it (sent before the field existed) has no 12 hour
+    writes, so its split is unchanged and a gap in its identity is still a mismatch.
 
     Older shapes (Dec 2024: input_tokens, input_cached_tokens, output_tokens; May 2026: plus
     input_audio_tokens, output_audio_tokens): assumed text only in input_tokens/output_tokens,
@@ -274,10 +280,11 @@ def _completion_tokens(r: Mapping[str, Any]) -> tuple[dict[str, int], bool]:
         it,
         {
             "cache_write": f["input_cache_write_tokens"],
+            "cache_write_12h": f["input_cache_write_12h_tokens"],
             "cached": cached if cached is not None else _sum_known(c_text, c_audio, c_image),
             "uncached": uncached if uncached is not None else _sum_known(u_text, u_audio, u_image),
         },
-        ("uncached", "cached", "cache_write"),
+        ("uncached", "cached", "cache_write"),  # never the 12 hour writes: absent is 0
     )
     hit, ok2 = _partition(
         top["cached"],
@@ -298,7 +305,10 @@ def _completion_tokens(r: Mapping[str, Any]) -> tuple[dict[str, int], bool]:
         },
         ("output", "output_audio", "output_image"),
     )
-    return {"cache_write": top["cache_write"], **hit, **miss, **out}, ok1 and ok2 and ok3 and ok4
+    writes = {"cache_write": top["cache_write"]}
+    if f["input_cache_write_12h_tokens"] is not None:  # older responses split as they did
+        writes["cache_write_12h"] = top["cache_write_12h"]
+    return {**writes, **hit, **miss, **out}, ok1 and ok2 and ok3 and ok4
 
 
 def _parse_completions(r: Mapping[str, Any]) -> _Parsed:
@@ -345,12 +355,16 @@ def _parse_costs(r: Mapping[str, Any]) -> _Parsed:
 
 
 # Token kinds of cost line items ("<model>, <kind>"): seen live are input, cached input and
-# output; the rest follow the usage fields' naming. A line item that does not parse stays
-# opaque (no model, no token type): it is still counted, only not reconciled per model.
+# output; "cache writes" and "cache writes - 12hr" (the 30 minute and the 12 hour cache
+# writes) are the names public clients of the costs API read; the rest follow the usage
+# fields' naming. A line item that does not parse stays opaque (no model, no token type): it
+# is still counted, only not reconciled per model.
 _LINE_KINDS = {
     "input": "input",
     "cached input": "cache_read",
     "cache write input": "cache_write",
+    "cache writes": "cache_write",
+    "cache writes - 12hr": "cache_write_12h",
     "audio input": "input_audio",
     "cached audio input": "cache_read_audio",
     "image input": "input_image",
@@ -387,7 +401,7 @@ class _Spec:
 _SPECS: dict[str, _Spec] = {
     "completions": _Spec(
         "organization/usage/completions",
-        (*_USAGE_GROUPS, "batch", "service_tier"),
+        (*_USAGE_GROUPS, "batch", "service_tier", "api_source"),
         (),
         _parse_completions,
     ),

@@ -222,3 +222,59 @@ def test_changing_grouping_or_width_refetches_instead_of_double_counting(
         assert total(got, "llm_model_requests_total") == truth["requests"], extra
         assert total(got, "llm_usage_revised") == 0, extra
         again.stop()
+
+
+def test_twelve_hour_cache_writes_are_counted_billed_and_unpriced(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """The simulator's 12 hour cache writes (on the model the price database lacks) arrive
+    as their own token type, with their own reported line item, and without a price they
+    are unpriced tokens, never estimated at another type's price."""
+    app = make_app(tmp_path, sim)
+    app.poll_once()
+    got = exposed(app)
+    truth = sim.dataset.totals("openai", START_TS, NOW, "completions")
+    tokens = truth["tokens.cache_write_12h"]
+    assert tokens > 0
+    assert total(got, "llm_tokens_total", token_type="cache_write_12h") == tokens
+    assert total(got, "llm_unpriced_tokens_total", token_type="cache_write_12h") == tokens
+    assert total(got, "llm_cost_estimated_usd_total", token_type="cache_write_12h") == 0
+    lines = sim.dataset.truth("openai", START_TS, NOW - sim.settings.cost_lag, group=("line_item",))
+    [(item, billed)] = [(k[0], m) for k, m in lines.items() if k[0].endswith("cache writes - 12hr")]
+    reported = total(got, "llm_cost_reported_usd_total", line_item=item)
+    assert reported == pytest.approx(float(billed["cost"]), rel=1e-9) and reported > 0
+    app.stop()
+
+
+def test_grouping_by_api_source_labels_completions(tmp_path: Path, sim: SimulatorServer) -> None:
+    """With api_source in group_by, completions usage carries the label (agents_api or
+    unlabeled), partitions the same totals, and other operations have no such label."""
+    app = make_app(tmp_path, sim, group_by=["model", "project", "api_source"])
+    app.poll_once()
+    got = exposed(app)
+    truth = sim.dataset.truth(
+        "openai", START_TS, NOW, group=("api_source",), operation="completions"
+    )
+    assert {k[0] for k in truth} == {"agents_api", "unlabeled"}
+    for (source,), measures in truth.items():
+        for tt in ("input", "output"):
+            assert (
+                total(
+                    got,
+                    "llm_tokens_total",
+                    operation="completions",
+                    api_source=source,
+                    token_type=tt,
+                )
+                == measures[f"tokens.{tt}"]
+            ), (source, tt)
+        assert (
+            total(got, "llm_model_requests_total", operation="completions", api_source=source)
+            == measures["requests"]
+        )
+    labelled = {
+        dict(ls).get("operation") for (n, ls), _ in got.items()
+        if n == "llm_tokens_total" and dict(ls).get("api_source")
+    }  # fmt: skip
+    assert labelled == {"completions"}
+    app.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,52 @@ def test_non_token_units_are_estimated_at_database_prices(
     # a transcription model the database has no per-second price for is unpriced, not $0
     unpriced = {dict(ls)["model"] for (n, ls), _ in got.items() if n == "llm_unpriced_model_info"}
     assert "acme-internal-1" in unpriced
+
+
+ACME = "acme-internal-1"  # the simulator's model unknown to the price database
+
+
+def acme_prices(sim: SimulatorServer, **usd_per_mtok: float) -> dict[str, Any]:
+    """An override giving the unknown model the simulator's own card prices (the card is the
+    same on every day for it), some replaced by `usd_per_mtok`."""
+    day = dt.date(2026, 11, 2)
+    card = {
+        tt: float(price * 1_000_000)
+        for tt in ("input", "cache_read", "cache_write_12h", "output")
+        if (price := sim.dataset.card.unit_price("openai", ACME, f"tokens.{tt}", day))
+    }
+    return {"provider": "openai", "model": ACME, "usd_per_mtok": {**card, **usd_per_mtok}}
+
+
+def test_twelve_hour_cache_writes_are_reconciled_once_priced(
+    tmp_path: Path, sim: SimulatorServer
+) -> None:
+    """The unknown model's usage has 12 hour cache writes, billed on their own line item:
+    priced by an override at the card's prices it reconciles to 1, and the ratio moves by
+    exactly what a different 12 h price adds, so that line is part of it."""
+    at_card = acme_prices(sim)
+    assert at_card["usd_per_mtok"]["cache_write_12h"] > 0
+    (tmp_path / "card").mkdir()
+    got = exposition(tmp_path / "card", sim, prices={"overrides": [at_card]})
+    assert ratio(got, provider="openai", model=ACME) == pytest.approx(1.0, abs=1e-9)
+    assert total(got, "llm_unpriced_tokens_total", provider="openai", model=ACME) == 0
+    twelve = total(
+        got,
+        "llm_cost_estimated_usd_total",
+        provider="openai",
+        model=ACME,
+        token_type="cache_write_12h",
+    )
+    assert twelve > 0
+    assert total(got, "llm_cost_reported_usd_total", provider="openai", model=ACME) > 0
+    # twice the 12 h price: estimated = reported + the 12 h line's reported amount
+    newest = (NOW - sim.settings.cost_lag) // 86400 * 86400  # the open cost day
+    lines = sim.dataset.truth("openai", START, newest, group=("model", "line_item"))
+    reported = sum((m["cost"] for (model, _), m in lines.items() if model == ACME), Decimal(0))
+    line_12h = lines[(ACME, f"{ACME}, cache writes - 12hr")]["cost"]
+    doubled = acme_prices(sim, cache_write_12h=2 * at_card["usd_per_mtok"]["cache_write_12h"])
+    tmp = tmp_path / "doubled"
+    tmp.mkdir()
+    got = exposition(tmp, sim, prices={"overrides": [doubled]})
+    expected = float((reported + line_12h) / reported)
+    assert ratio(got, provider="openai", model=ACME) == pytest.approx(expected, abs=1e-9)

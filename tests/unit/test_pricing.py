@@ -289,6 +289,13 @@ FAKE_PROVIDERS = [
                 ),
             ),
             _fake("writes", ModelPrice(input_mtok=D("2"), cache_write_mtok=D("2.5"))),
+            # a database release with a 12 h cache write field (0.2.5 has none)
+            _fake(
+                "writes-12h",
+                ModelPrice(
+                    input_mtok=D("2"), cache_write_mtok=D("2.5"), cache_write_12h_mtok=D("4")
+                ),
+            ),
             _fake(
                 "dated",
                 [
@@ -352,6 +359,40 @@ def test_timed_cache_writes_never_fall_back_to_cheaper_prices(fake_db: PriceBook
     # and a cache read of a model without cache prices is input too (no discount)
     qr = fake_db.quote("openai", "audio-gap", "cache_read", DAY)
     assert qr is not None and qr.usd_per_token == D("0.000002")
+
+
+def test_twelve_hour_cache_writes_have_only_their_own_price(fake_db: PriceBook) -> None:
+    # neither the input price nor the 30 min write price: unpriced
+    assert fake_db.quote("openai", "writes", "cache_write_12h", DAY) is None
+    assert fake_db.quote("openai", "audio-gap", "cache_write_12h", DAY) is None
+    # a database with a 12 h field prices them with it
+    q = fake_db.quote("openai", "writes-12h", "cache_write_12h", DAY)
+    assert q is not None and q.usd_per_token == D("0.000004")
+    assert (q.source, q.price_key) == (SOURCE_DATABASE, "cache_write_12h_mtok")
+
+
+def test_twelve_hour_cache_writes_are_unpriced_in_the_installed_database() -> None:
+    """No genai-prices field prices them yet: counted as unpriced, the rest of the row
+    priced as before, and caching's savings are those of the cache reads alone."""
+    tokens = {"input": 4000, "cache_read": 3000, "cache_write": 2000, "cache_write_12h": 1000}
+    for model in (GPT4O, GPT4O_MINI):
+        assert BOOK.quote(*model, "cache_write_12h", DAY) is None
+        est = BOOK.estimate(*model, tokens, DAY)
+        assert est.unpriced == {"cache_write_12h": 1000}
+        without = BOOK.estimate(*model, {**tokens, "cache_write_12h": 0}, DAY)
+        assert est.total == without.total
+        assert est.cache_savings == without.cache_savings > 0
+
+
+def test_an_override_prices_twelve_hour_cache_writes() -> None:
+    b = book({"provider": "openai", "model": "gpt-4o", "usd_per_mtok": {"cache_write_12h": 5}})
+    est = b.estimate(*GPT4O, {"input": 1000, "cache_write_12h": 2_000_000}, DAY)
+    assert est.unpriced == {}
+    assert est.costs["cache_write_12h"] == (Decimal(10), SOURCE_OVERRIDE)
+    assert est.costs["input"] == (1000 * db_price(*GPT4O, "input_mtok"), SOURCE_DATABASE)
+    # the override is a standard price: OpenAI batch usage gets its 50% rule on top
+    qb = b.quote(*GPT4O, "cache_write_12h", DAY, batch=True)
+    assert qb is not None and qb.usd_per_token == Decimal("0.0000025") and qb.batch_rule
 
 
 def test_date_changes_apply_from_their_day(fake_db: PriceBook) -> None:

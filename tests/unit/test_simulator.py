@@ -264,7 +264,8 @@ def test_openai_completions_token_identities_and_truth(oai: httpx.Client) -> Non
         uncached = r["input_text_tokens"] + r["input_audio_tokens"] + r["input_image_tokens"]
         assert r["input_cached_tokens"] == cached
         assert r["input_uncached_tokens"] == uncached
-        assert r["input_tokens"] == cached + r["input_cache_write_tokens"] + uncached
+        writes = r["input_cache_write_tokens"] + r.get("input_cache_write_12h_tokens", 0)
+        assert r["input_tokens"] == cached + writes + uncached
         assert (
             r["output_tokens"]
             == r["output_text_tokens"] + r["output_audio_tokens"] + r["output_image_tokens"]
@@ -275,6 +276,11 @@ def test_openai_completions_token_identities_and_truth(oai: httpx.Client) -> Non
     assert summed(results, "input_text_tokens") == truth["tokens.input"]
     assert summed(results, "input_cached_audio_tokens") == truth["tokens.cache_read_audio"]
     assert summed(results, "input_cache_write_tokens") == truth["tokens.cache_write"]
+    # the 12 hour field only on rows that have such writes (the others: the older shape)
+    with_12h = [r for r in results if "input_cache_write_12h_tokens" in r]
+    assert with_12h and len(with_12h) < len(results)
+    assert all(r["input_cache_write_12h_tokens"] > 0 for r in with_12h)
+    assert summed(with_12h, "input_cache_write_12h_tokens") == truth["tokens.cache_write_12h"]
     assert summed(results, "output_audio_tokens") == truth["tokens.output_audio"]
     assert summed(results, "num_model_requests") == truth["requests"]
 
@@ -422,7 +428,13 @@ def test_openai_current_bucket_grows_as_the_clock_advances(
         "tokens.cache_write"
     ] + sum(
         truth[f"tokens.{t}"]
-        for t in ("input_audio", "input_image", "cache_read_audio", "cache_read_image")
+        for t in (
+            "input_audio",
+            "input_image",
+            "cache_read_audio",
+            "cache_read_image",
+            "cache_write_12h",
+        )
     )
     assert grew > 0
     ctl.post("/_sim/control", json={"now": TODAY + DAY + 60})

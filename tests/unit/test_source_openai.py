@@ -6,6 +6,7 @@ Fixtures under tests/fixtures/openai/ are composed from the documented shapes
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -55,6 +56,10 @@ class FakeOpenAI:
 
     def queries(self) -> list[list[tuple[str, str]]]:
         return [list(r.url.params.multi_items()) for r in self.requests]
+
+
+def datetime_date(ts: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date()
 
 
 def path(endpoint: str) -> str:
@@ -216,6 +221,26 @@ def test_exact_query_with_bracket_group_by(
     assert fake.requests[0].url.path == f"/v1/{path(name)}"
 
 
+def test_api_source_is_grouped_on_completions_only() -> None:
+    """group_by api_source: sent to completions (the only endpoint that has it), and its
+    values (agents_api, unlabeled, null) become the row's api_source dimension."""
+    page = fixture("completions_cache_12h.json")
+    results = page["data"][0]["results"][:3]
+    for r, value in zip(results, ("agents_api", "unlabeled", None), strict=True):
+        r["api_source"] = value
+    page["data"][0]["results"] = results
+    source, fake = serve("completions", httpx.Response(200, json=page), group_by=["api_source"])
+    [day, _] = fetch(source, "completions")
+    assert [g for k, g in fake.queries()[0] if k == "group_by[]"] == ["api_source"]
+    assert sorted(r.dims for r in day.rows) == [(), (("api_source", "agents_api"),),
+                                                (("api_source", "unlabeled"),)]  # fmt: skip
+    for name in USAGE:
+        if name != "completions":
+            other, fake = serve(name, "empty_page.json", group_by=["api_source"])
+            fetch(other, name)
+            assert ("group_by[]", "api_source") not in fake.queries()[0], name
+
+
 def test_hourly_query_aligns_start_and_keys_buckets_by_aligned_start() -> None:
     source, fake = serve("completions", "completions_hourly.json", width=HOUR)
     buckets = fetch(source, "completions", start=D19 + 125, end=D19 + 2 * HOUR)
@@ -329,6 +354,75 @@ def test_completions_may_2026_shape_adds_audio_on_top_of_text() -> None:
     assert token_sum(row) == 3000 + 400 + 2500 + 600
 
 
+def test_completions_with_twelve_hour_cache_writes() -> None:
+    """input = cached + 30 min writes + 12 h writes + uncached; the 12 h field as a number,
+    null or a numeric string; a value of another shape skips its result, counted."""
+    source, _ = serve("completions", "completions_cache_12h.json")
+    day, today = fetch(source, "completions")
+    assert today.rows == []
+    # model: (input, cache_read, cache_write, cache_write_12h, output, requests); a zero
+    # count is not a measure. gpt-4o-mini's 12 h field is null, gpt-4.1-mini's is "2500".
+    names = ("input", "cache_read", "cache_write", "cache_write_12h", "output")
+    expected = {
+        "gpt-4o": (550000, 300000, 100000, 50000, 80000, 900),
+        "gpt-4o-mini": (7000, 2000, 1000, 0, 3000, 40),
+        "gpt-4.1-mini": (12500, 5000, 0, 2500, 4000, 25),
+    }  # m-odd-12h (its 12 h field is an object) is skipped
+    got = {r.dim("model"): dict(r.measures) for r in day.rows}
+    assert got == {
+        model: {
+            **{f"tokens.{t}": n for t, n in zip(names, counts[:5], strict=True) if n},
+            "requests": counts[5],
+        }
+        for model, counts in expected.items()
+    }
+    assert sum(got["gpt-4o"][f"tokens.{t}"] for t in names[:4]) == 1000000  # input_tokens
+    assert source.payload_errors["completions"] == 1
+    assert source.token_mismatches["completions"] == 0
+
+
+def test_twelve_hour_cache_writes_are_estimated_only_at_their_own_price() -> None:
+    """The adapter's row priced: the 12 h writes are unpriced with the installed database
+    (never billed as input), and priced exactly once an override names their price."""
+    from exporter.pricing import PriceBook, tokens_of
+    from exporter.settings import PriceOverride, PricesSettings
+    from exporter.sources import pricing_traits
+
+    source, _ = serve("completions", "completions_cache_12h.json")
+    day, _ = fetch(source, "completions")
+    gpt = rows_by(day, "model")["gpt-4o"]
+    tokens = tokens_of(gpt.measures)
+    on = datetime_date(D19)
+    plain = PriceBook(providers=pricing_traits())
+    est = plain.estimate("openai", "gpt-4o", tokens, on)
+    assert est.unpriced == {"cache_write_12h": 50000}
+    rate = plain.quote("openai", "gpt-4o", "input", on)
+    assert rate is not None and est.costs["input"][0] == 550000 * rate.usd_per_token
+    override = PriceOverride(
+        provider="openai", model="gpt-4o", usd_per_mtok={"cache_write_12h": 3.75}
+    )
+    priced = PriceBook(PricesSettings(overrides=[override]), providers=pricing_traits())
+    full = priced.estimate("openai", "gpt-4o", tokens, on)
+    assert full.unpriced == {}
+    assert full.costs["cache_write_12h"] == (Decimal("0.1875"), "override")
+    assert full.total == est.total + Decimal("0.1875")
+
+
+def test_an_older_response_without_the_twelve_hour_field_keeps_its_mismatch() -> None:
+    """A gap in input = cached + write + uncached is not read as 12 h writes."""
+    result = {
+        "input_tokens": 100,
+        "input_cached_tokens": 30,
+        "input_cache_write_tokens": 10,
+        "input_uncached_tokens": 50,
+        "output_tokens": 5,
+    }
+    tokens, ok = _completion_tokens(result)
+    assert not ok
+    assert "cache_write_12h" not in tokens
+    assert (tokens["input"], tokens["cache_read"], tokens["cache_write"]) == (60, 30, 10)
+
+
 FINE = (
     "input_text_tokens",
     "input_audio_tokens",
@@ -366,6 +460,26 @@ def test_partition_is_exact_when_identities_hold(parts: dict[str, int]) -> None:
     assert tokens == expected
 
 
+@given(parts=st.fixed_dictionaries({k: counts for k in FINE}), w12=counts)
+def test_partition_with_twelve_hour_writes_is_exact(parts: dict[str, int], w12: int) -> None:
+    cached = sum(parts[k] for k in FINE[3:6])
+    uncached = sum(parts[k] for k in FINE[:3])
+    result = {
+        **parts,
+        "input_cache_write_12h_tokens": w12,
+        "input_cached_tokens": cached,
+        "input_uncached_tokens": uncached,
+        "input_tokens": cached + uncached + parts["input_cache_write_tokens"] + w12,
+        "output_tokens": sum(parts[k] for k in FINE[7:]),
+    }
+    tokens, ok = _completion_tokens(result)
+    assert ok
+    assert tokens["cache_write_12h"] == w12
+    assert tokens["cache_write"] == parts["input_cache_write_tokens"]
+    assert tokens["input"] == parts["input_text_tokens"]
+    assert sum(tokens.values()) == result["input_tokens"] + result["output_tokens"]
+
+
 optional = st.one_of(st.none(), counts)
 
 
@@ -392,6 +506,28 @@ def test_partition_rule_holds_for_any_shape(it: int, ot: int, fields: dict[str, 
         else 0
     )
     assert sum(tokens.values()) == it + ot + extra
+
+
+@given(
+    it=counts,
+    ot=counts,
+    w12=st.one_of(st.none(), counts, counts.map(str)),
+    fields=st.fixed_dictionaries(
+        {}, optional={k: optional for k in (*FINE, "input_cached_tokens")}
+    ),
+)
+def test_partition_rule_holds_with_the_twelve_hour_field(
+    it: int, ot: int, w12: int | str | None, fields: dict[str, Any]
+) -> None:
+    """With the 12 h field (a count, a numeric string or null) in any company, the types
+    still sum to the aggregates, and never to more 12 h writes than the field says."""
+    result = {"input_tokens": it, "output_tokens": ot, **fields}
+    result["input_cache_write_12h_tokens"] = w12
+    tokens, _ = _completion_tokens(result)
+    assert all(v >= 0 for v in tokens.values())
+    assert tokens.get("cache_write_12h", 0) <= int(w12 or 0)
+    if w12 is not None:
+        assert sum(tokens.values()) == it + ot
 
 
 def test_fine_fields_that_contradict_the_aggregate_are_counted_and_fitted() -> None:
@@ -667,6 +803,11 @@ def test_malformed_rows_and_buckets_are_skipped_and_counted() -> None:
         ("gpt-4o-2024-08-06, input", {"model": "gpt-4o-2024-08-06", "token_type": "input"}),
         ("gpt-4o, cached input", {"model": "gpt-4o", "token_type": "cache_read"}),
         ("gpt-realtime, audio output", {"model": "gpt-realtime", "token_type": "output_audio"}),
+        ("gpt-5.6-sol, cache writes", {"model": "gpt-5.6-sol", "token_type": "cache_write"}),
+        (
+            "gpt-5.6-sol, cache writes - 12hr",
+            {"model": "gpt-5.6-sol", "token_type": "cache_write_12h"},
+        ),
         ("gpt-image-1, images 1024x1024", {}),  # not a token line: stays opaque
         ("web search tool calls", {}),
         (", input", {}),
