@@ -174,6 +174,13 @@ def exporter_config(path: Path, sim: str, state: Path, limit: float) -> None:
                 "limit_usd": 0.01,
                 "thresholds": [],
             },
+            # A typo'd provider: it matches nothing, which LLMBudgetMatchesNothing must say.
+            {
+                "name": "e2e-typo",
+                "selector": {"provider": "opnai"},
+                "period": "month",
+                "thresholds": [],
+            },
         ],
     }
     path.write_text(yaml.safe_dump(cfg))
@@ -308,6 +315,12 @@ def test_exposition_is_clean_and_prometheus_sees_the_same_totals(stack: dict[str
     for provider in ("openai", "anthropic", "groq"):
         assert total(got, "llm_tokens_total", provider=provider) > 0, provider
     expected = total(got, "llm_tokens_total", provider="openai")
+    matched = {
+        dict(labels)["budget"]: v
+        for (n, labels), v in got.items()
+        if n == "llm_budget_matched_series"
+    }
+    assert matched["e2e-typo"] == 0 and matched["e2e-openai"] > 0, matched
 
     def prom_total() -> float | None:
         res = prom_query(stack["prom"], 'sum(llm_tokens_total{provider="openai"})')
@@ -1242,7 +1255,8 @@ def test_no_alert_is_pending_on_healthy_data_but_the_true_ones(stack: dict[str, 
         return bool(groups) and min(stamps) > after
 
     wait_for(evaluated, timeout=30)
-    expected = {"LLMModelUnpriced"}
+    # The typo'd budget matches nothing: pending from the first evaluation (for: 1h).
+    expected = {"LLMModelUnpriced", "LLMBudgetMatchesNothing"}
     # The simulator spends more than the default expected $10000 a month on some accounts:
     # from day 3 of a month, the forecast-without-budget alert is true too. Computed here
     # from the exposition: month to date / elapsed share of the month, per account.
@@ -1264,3 +1278,5 @@ def test_no_alert_is_pending_on_healthy_data_but_the_true_ones(stack: dict[str, 
     if real_now() - start >= 2 * 86400 and max(run_rates.values()) > 10000:
         expected.add("LLMSpendForecastAboveExpectation")
     assert alerting() == expected, run_rates
+    nothing = prom_query(stack["prom"], 'ALERTS{alertname="LLMBudgetMatchesNothing"}')
+    assert {r["metric"]["budget"] for r in nothing} == {"e2e-typo"}
