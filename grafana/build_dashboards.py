@@ -690,6 +690,17 @@ USAGE_MONTH = "provider_account_project_model:llm_period_cost_estimated_usd:mont
 WEEKDAY_HOUR = "provider_account_weekday_hour:llm_cost_estimated_usd:increase1h"
 
 
+# The one definition of "spent this month" on the Overview: the headline, the What changed
+# figures and Spend by project all compare at this level and sum the same way.
+HEADLINE = (
+    "This month's spend (configured time zone): per provider account and project, the larger "
+    "of reported cost (final, but hours to a day late) and the estimate (tokens x price: "
+    "ahead of the invoice, and the only figure for providers without a cost API), summed. "
+    "What changed's this-month figures and Spend by project's bars add up to it; a budget's "
+    "spent amount follows its own selector and basis."
+)
+
+
 def spend(reported: str, estimated: str) -> str:
     """Per series of the two (same labels): the larger of reported and estimated cost.
     Reported lags by up to a day; estimated misses line items only reported cost has
@@ -740,22 +751,32 @@ def overview() -> Json:
 
     panels: list[Json] = [
         row("Month to date"),
-        demo_banner(),
+        demo_banner(w=2),
         stat(
-            "Spend this month (reported)",
-            "What the providers report they will invoice for the current month (configured time "
-            "zone), exact sum of cost buckets as of the last poll. Lags usage by hours to a day. "
-            "Filtered by provider, account and project.",
-            [target(f"sum({dd(rep_month)})", instant=True)],
+            "Spent this month",
+            HEADLINE,
+            [
+                target(
+                    f"sum({spend(by_project(rep_month), by_project(est_month))})", instant=True
+                )
+            ],
             USD,
+            w=5,
         ),
         stat(
-            "Spend this month (estimated)",
-            "Tokens x unit price at each bucket's date for the current month: available hours "
-            "before the invoice data, and for providers without a cost API. Excludes unpriced "
-            "models (see Prices).",
-            [target(f"sum({dd(est_month)})", instant=True)],
+            "Reported and estimated this month",
+            "The two figures the headline takes the larger of, per provider account and "
+            "project: what the providers report they will invoice (exact cost buckets as of "
+            "the last poll, hours to a day behind usage) and tokens x unit price (ahead of the "
+            "invoice, and for providers without a cost API; unpriced models left out). Each "
+            "is at most Spent this month.",
+            [
+                target(f"sum({dd(rep_month)})", "reported", instant=True),
+                target(f"sum({dd(est_month)})", "estimated", instant=True, ref="B"),
+            ],
             USD,
+            w=4,
+            text_mode="value_and_name",
         ),
         stat(
             "Cost per 1k tokens",
@@ -780,7 +801,7 @@ def overview() -> Json:
                 )
             ],
             "dateTimeFromNow",
-            w=6,
+            w=4,
             steps=thresholds((None, "blue")),
         ),
         stat(
@@ -1147,8 +1168,9 @@ def budget_forecast() -> Json:
 
 def what_changed(rep_month: str, est_month: str) -> list[Json]:
     """This month against last month (at the same point and in total), last 7 days against
-    the 7 before, per provider; spend = the larger of reported and estimated."""
-    by = "provider, account"
+    the 7 before, per provider; spend = the larger of reported and estimated, compared per
+    provider account and project as in the headline (HEADLINE)."""
+    by = "provider, account, project"
 
     def month(src: str) -> str:
         return f"sum by ({by}) ({dd(src)})"
@@ -1182,8 +1204,9 @@ def what_changed(rep_month: str, est_month: str) -> list[Json]:
     ]
     change = thresholds((None, "green"), (0.1, "yellow"), (0.3, "red"))
     basis = (
-        "Spend is, per provider account, the larger of reported and estimated cost (reported "
-        "lags by up to a day; estimated misses line items such as images and web search)."
+        "Spend is as in Spent this month: per provider account and project, the larger of "
+        "reported and estimated cost, summed (reported lags by up to a day; estimated misses "
+        "line items such as images and web search)."
     )
     history = (
         "Figures about last month need Prometheus to hold last month (retention of 35 days "

@@ -566,6 +566,35 @@ def test_every_dashboard_panel_query_returns_data(stack: dict[str, Any]) -> None
 
 
 @needs_binaries
+def test_one_headline_that_the_other_month_figures_add_up_to(stack: dict[str, Any]) -> None:
+    """ "Spent this month" had four answers on one screen; now one headline, and What
+    changed's this-month column and Spend by project's bars sum to it exactly, while the
+    reported and the estimated figure beside it are each at most it."""
+    _ready(stack)
+    prom = stack["prom"]
+
+    def values(title: str, ref: str = "A") -> list[float]:
+        t = next(t for t in _overview_panel(title)["targets"] if t["refId"] == ref)
+        return [float(r["value"][1]) for r in prom_query(prom, _query(t["expr"]))]
+
+    def agree() -> tuple[float, float, float, float, float] | None:
+        [headline] = values("Spent this month")
+        column = sum(values("What changed, by provider"))
+        bars = sum(values("Spend by project (month to date)"))
+        [reported] = values("Reported and estimated this month")
+        [estimated] = values("Reported and estimated this month", "B")
+        got = (headline, column, bars, reported, estimated)
+        same = column == pytest.approx(headline, rel=1e-9) and bars == pytest.approx(
+            headline, rel=1e-9
+        )
+        return got if same else None
+
+    headline, _, _, reported, estimated = wait_for(agree, timeout=60)
+    assert headline > 0 and max(reported, estimated) <= headline * (1 + 1e-12)
+    assert headline <= reported + estimated
+
+
+@needs_binaries
 def test_spend_by_project_shows_each_project_once(stack: dict[str, Any]) -> None:
     """It listed every project twice, once reported and once estimated; now one bar each,
     the larger of the two per provider account and project, summed."""
@@ -996,8 +1025,8 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
         t = next(t for t in _overview_panel(title)["targets"] if t["refId"] == ref)
         return prom_query(prom, _query(t["expr"], values))
 
-    def scalar(title: str) -> float | None:
-        res = instant(title)
+    def scalar(title: str, ref: str = "A") -> float | None:
+        res = instant(title, ref)
         return float(res[0]["value"][1]) if res else None
 
     def money(x: float | None) -> str:
@@ -1020,10 +1049,10 @@ def _render_overview(stack: dict[str, Any], out: Path) -> None:
     # Month to date: the stat row.
     firing = scalar("Firing LLM alerts")
     stats = [
-        ("Spend this month (reported)", money(scalar("Spend this month (reported)"))),
-        ("Spend this month (estimated)", money(scalar("Spend this month (estimated)"))),
+        ("Spent this month", money(scalar("Spent this month"))),
+        ("Reported this month", money(scalar("Reported and estimated this month"))),
+        ("Estimated this month", money(scalar("Reported and estimated this month", "B"))),
         ("Cost per 1k tokens", f"${scalar('Cost per 1k tokens') or 0:.4f}"),
-        ("Sources failing", f"{scalar('Sources failing') or 0:.0f}"),
         ("Firing LLM alerts (warning+)", f"{firing or 0:.0f}"),
         ("Unpriced models", f"{scalar('Unpriced models') or 0:.0f}"),
     ]
