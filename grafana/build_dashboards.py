@@ -83,6 +83,8 @@ def inc(metric: str, window: str, **fixed: str) -> str:
     """A counter's increase over `window` ("1h", "$__range"), or PER_DAY for daily bars."""
     if window == PER_DAY:
         return dd(f"increase({sel(metric, **fixed)}[1d] offset -1d)")
+    if window == WHOLE_RANGE:
+        return dd(f"increase({sel(metric, **fixed)}[$__range] @ end())")
     return dd(f"increase({sel(metric, **fixed)}[{window}])")
 
 
@@ -92,6 +94,9 @@ def inc(metric: str, window: str, **fixed: str) -> str:
 # which drew every bar a day late and never drew today. `offset -1d` makes the point at D
 # hold [D, D+1d]: day D, and for today what has arrived so far.
 PER_DAY = "per day"
+# The whole dashboard range, from any step of a range query: a ranking that holds for the
+# whole panel (see top_rest).
+WHOLE_RANGE = "whole range"
 
 
 def savings(by: str, window: str) -> str:
@@ -103,6 +108,16 @@ def savings(by: str, window: str) -> str:
         for kind in ("cache", "batch")
     ]
     return f"sum by ({by}, kind) ({' or '.join(parts)})"
+
+
+def top_rest(expr: str, by: str, rank: str, n: int, label: str) -> str:
+    """`expr` (summed by `by`) for the `n` series largest by `rank`, and everything else in
+    one series whose `label` is "other". `rank` is evaluated once for the panel (an instant
+    figure, or a range one with `@ end()`), so the same n series show at every step: a
+    `topk` over a range query ranks at each step and shows many more than n."""
+    top = f"topk({n}, {rank})"
+    rest = f"sum without ({by}) (({expr}) unless on ({by}) {top})"
+    return f'(({expr}) and on ({by}) {top}) or label_replace({rest}, "{label}", "other", "", "")'
 
 
 def fallback(expr: str, label: str, value: str = "none") -> str:
@@ -755,11 +770,7 @@ def overview() -> Json:
         stat(
             "Spent this month",
             HEADLINE,
-            [
-                target(
-                    f"sum({spend(by_project(rep_month), by_project(est_month))})", instant=True
-                )
-            ],
+            [target(f"sum({spend(by_project(rep_month), by_project(est_month))})", instant=True)],
             USD,
             w=5,
         ),
@@ -986,9 +997,16 @@ def overview() -> Json:
         daily_bars(
             "Daily estimated cost by model",
             "Estimated cost of each calendar day by model (exact day totals, "
-            "llm_daily_cost_estimated_usd), stacked. Use the Model variable to compare a few.",
+            "llm_daily_cost_estimated_usd), stacked: the ten costliest models of the days "
+            "shown, the rest as other. Use the Model variable to compare a few.",
             "label_join("
-            + days("llm_daily_cost_estimated_usd", "date, provider, model")
+            + top_rest(
+                days("llm_daily_cost_estimated_usd", "date, provider, model"),
+                "provider, model",
+                days("llm_daily_cost_estimated_usd", "provider, model"),
+                10,
+                "model",
+            )
             + ', "series", " · ", "provider", "model")',
             "series",
             USD,
@@ -1281,10 +1299,17 @@ def reported_breakdown() -> list[Json]:
             "figure per line item, so late or revised cost lands on the day it arrived and "
             "the bars start when Prometheus started scraping. Spend that exists only in "
             "reported cost (images, web search, code interpreter, file search, storage) shows "
-            "here and in no estimate; exact days by provider are in Daily spend by provider.",
+            "here and in no estimate; exact days by provider are in Daily spend by provider. "
+            "The eight largest line items of the range, the rest as other.",
             [
                 target(
-                    f"sum by (provider, line_item) ({inc(rep, PER_DAY)})",
+                    top_rest(
+                        f"sum by (provider, line_item) ({inc(rep, PER_DAY)})",
+                        "provider, line_item",
+                        f"sum by (provider, line_item) ({inc(rep, WHOLE_RANGE)})",
+                        8,
+                        "line_item",
+                    ),
                     "{{provider}} {{line_item}}",
                     interval="1d",
                 )
@@ -1297,10 +1322,19 @@ def reported_breakdown() -> list[Json]:
         bargauge(
             "Reported cost by line item (selected range)",
             "Reported cost in the selected time range by provider and line item (increase of "
-            "the reported-cost counter, so it counts from when Prometheus started scraping).",
+            "the reported-cost counter, so it counts from when Prometheus started scraping): "
+            "the ten largest, the rest as other.",
             [
                 target(
-                    f"sort_desc(sum by (provider, line_item) ({inc(rep, '$__range')}))",
+                    "sort_desc("
+                    + top_rest(
+                        f"sum by (provider, line_item) ({inc(rep, '$__range')})",
+                        "provider, line_item",
+                        f"sum by (provider, line_item) ({inc(rep, '$__range')})",
+                        10,
+                        "line_item",
+                    )
+                    + ")",
                     "{{line_item}} ({{provider}})",
                     instant=True,
                 )
@@ -1700,10 +1734,17 @@ def usage() -> Json:
         ),
         timeseries(
             "Tokens by model (hourly, top 10)",
-            "Tokens per hour of the ten busiest models at each point.",
+            "Tokens per hour of the ten busiest models over the selected range (the same ten "
+            "at every point), and all the others as one series, other.",
             [
                 target(
-                    f"topk(10, sum by (provider, model) ({inc('llm_tokens_total', '1h')}))",
+                    top_rest(
+                        f"sum by (provider, model) ({inc('llm_tokens_total', '1h')})",
+                        "provider, model",
+                        f"sum by (provider, model) ({inc('llm_tokens_total', WHOLE_RANGE)})",
+                        10,
+                        "model",
+                    ),
                     "{{model}} ({{provider}})",
                     interval="1h",
                 )
@@ -2337,13 +2378,13 @@ def health() -> Json:
         timeseries(
             "API failures by reason (hourly)",
             "Failed provider API attempts per hour by reason (auth, rate_limited, server_error, "
-            "timeout, ...). auth means a revoked or wrong key. The none series is zero when "
-            "nothing ever failed.",
+            "timeout, ...). auth means a revoked or wrong key. An hour without failures draws "
+            "no line for them; the none series is zero when nothing failed.",
             [
                 target(
                     fallback(
-                        "sum by (provider, reason) "
-                        f"(increase({sel('llm_source_api_request_failures_total')}[1h]))",
+                        "(sum by (provider, reason) "
+                        f"(increase({sel('llm_source_api_request_failures_total')}[1h])) > 0)",
                         "reason",
                     ),
                     "{{provider}} {{reason}}",
