@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from exporter.aggregates import Aggregates
+from exporter.aggregates import Aggregates, period_starts
 from exporter.exposition import Family, escape_label, format_value
 from exporter.fold import FoldContext, opt_labels_for
 from exporter.health import Health
@@ -61,11 +61,13 @@ DEFAULT_JOB = "llm-cost-exporter"
 DEFAULT_INSTANCE = "exporter:9877"  # the compose scrape target (prometheus/prometheus.yml)
 
 
-# The period gauges and the storage level are written on the hour (what reads them over
-# the past, the "last month" subqueries, asks at a 1-hour resolution), and at every step only
-# over the window the recording rules are backfilled for (the rules read them at every 5m
-# step): at every step over the whole history they doubled a backfill's samples and time.
-GAUGE_STEP = 3600
+# The period gauges and the storage level are written every 15 minutes (what reads them over
+# the past asks on the hour, the "last month" subqueries, or at a range panel's step, which
+# Grafana aligns in the browser's zone: :00, :30 or :45 past the hour), at the last step of
+# each period, and at every step over the window the recording rules are backfilled for
+# (the rules read them at every 5m step): at every step over the whole history they doubled
+# a backfill's samples and time.
+GAUGE_STEP = 900
 
 
 class BackfillError(Exception):
@@ -170,6 +172,8 @@ def main(argv: Sequence[str]) -> int:
         to_dir = args.output != "-" and (args.output.endswith("/") or out.is_dir())
         if args.rules and not to_dir:
             raise BackfillError("--rules needs a directory --output (ending in '/')")
+        if args.rules_days < 0:
+            raise BackfillError(f"--rules-days {args.rules_days}: must be 0 or more")
         rule_files = [Path(r) for r in args.rules]
         # A bad rule file fails before the long part.
         rules = load_rules(rule_files)
@@ -210,13 +214,17 @@ def write_rule_levels(
     """The rules that read what was written, by level, and the time range promtool
     backfills them over: the last `days` days to `until` (from the first hour of the
     history when it is shorter)."""
-    by_level = levels(with_inputs(rules, set(series)), "--rules")
-    written = write_levels(by_level, directory)
     first = min(t[0] for _, per in series.values() for t, _ in per.values() if t)
     start = max(-(-first // GAUGE_STEP) * GAUGE_STEP, rules_start(until, days))
-    (directory / "rules-range.env").write_text(
-        f"RULES_START={start}\nRULES_END={until}\n", encoding="utf-8"
-    )
+    env = directory / "rules-range.env"
+    if start >= until:  # a history shorter than one gauge step: nothing to evaluate over
+        write_levels([], directory)
+        env.unlink(missing_ok=True)
+        log.info("no recording rules backfilled: the history ends before %d", start)
+        return
+    by_level = levels(with_inputs(rules, set(series)), "--rules")
+    written = write_levels(by_level, directory)
+    env.write_text(f"RULES_START={start}\nRULES_END={until}\n", encoding="utf-8")
     log.info(
         "wrote %d rule levels (%d rules) to %s", len(written), sum(map(len, by_level)), directory
     )
@@ -316,6 +324,12 @@ class History:
         agg.fold(ledger.iter_rows(self.history_start))
         self.keep = fold_sets(agg, self.ctx.opt_labels, self.settings.cardinality.max_values)
 
+    def _rolls_after(self, at: int, step: int) -> bool:
+        """Whether a day, week or month ends between `at` and the next step."""
+        tz = self.settings.tz
+        now = period_starts(dt.datetime.fromtimestamp(at, dt.UTC), tz)
+        return now != period_starts(dt.datetime.fromtimestamp(at + step, dt.UTC), tz)
+
     def replay(self, ledger: Ledger, step: int, until: int, dense_from: int) -> Series:
         agg = self._aggregates()
         rows = _by_end(ledger, self.history_start)
@@ -334,7 +348,8 @@ class History:
             agg.roll(dt.datetime.fromtimestamp(at, dt.UTC))
             agg.fold(batch_rows)
             agg.fold(batch_rev, revised=True)
-            periods = at % GAUGE_STEP == 0 or at >= dense_from
+            # The last step of a period too, so its final sum is written before it rolls.
+            periods = at % GAUGE_STEP == 0 or at >= dense_from or self._rolls_after(at, step)
             for fam in self._render(agg, at, periods):
                 _, per_series = series.setdefault(fam.spec.name, (fam, {}))
                 for key, value in fam.samples.items():

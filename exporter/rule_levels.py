@@ -44,22 +44,26 @@ def _reads(expr: str, name: str) -> bool:
 
 
 def with_inputs(rules: list[dict[str, Any]], metrics: set[str]) -> list[dict[str, Any]]:
-    """The rules that read at least one of `metrics` or of the rules kept: a rule over
-    series that have no past (the exact-day gauges) would cost promtool a query per block
-    and write nothing."""
-    kept: list[dict[str, Any]] = []
-    known = set(metrics)
-    changed = True
-    while changed:
-        changed = False
-        for rule in rules:
-            if rule in kept:
-                continue
-            if any(_reads(str(rule["expr"]), n) for n in known):
-                kept.append(rule)
-                known.add(str(rule["record"]))
-                changed = True
-    return [r for r in rules if r in kept]
+    """The rules that can write something over the past: a rule is left out when it reads
+    none of `metrics` (what a backfill writes) or of the rules kept, or when it reads a rule
+    left out and has no `or` to fall back on. A rule over series that have no past (the
+    exact-day gauges) would cost promtool a query per block and write nothing."""
+    records = {str(r["record"]) for r in rules}
+    kept = list(rules)
+    while True:
+        known = set(metrics) | {str(r["record"]) for r in kept}
+        dropped = records - {str(r["record"]) for r in kept}
+        keep = []
+        for rule in kept:
+            expr = str(rule["expr"])
+            reads_dropped = any(_reads(expr, n) for n in dropped)
+            if any(_reads(expr, n) for n in known - {rule["record"]}) and (
+                not reads_dropped or re.search(r"\bor\b", expr)
+            ):
+                keep.append(rule)
+        if len(keep) == len(kept):
+            return keep
+        kept = keep
 
 
 def levels(rules: list[dict[str, Any]], where: str) -> list[list[dict[str, Any]]]:

@@ -79,12 +79,15 @@ def dd(expr: str) -> str:
     return f"max without (instance, pod) ({expr})"
 
 
-def inc(metric: str, window: str, **fixed: str) -> str:
-    """A counter's increase over `window` ("1h", "$__range"), or PER_DAY for daily bars."""
+def inc(metric: str, window: str, ahead: str = "", **fixed: str) -> str:
+    """A counter's increase over `window` ("1h", "$__range"), PER_DAY for daily bars, or
+    WHOLE_RANGE for a ranking, shifted `ahead` past the range's end (which Grafana rounds
+    down to the step: a daily bar panel ends at midnight, and its today bar lies after)."""
     if window == PER_DAY:
         return dd(f"increase({sel(metric, **fixed)}[1d] offset -1d)")
     if window == WHOLE_RANGE:
-        return dd(f"increase({sel(metric, **fixed)}[$__range] @ end())")
+        shift = f" offset -{ahead}" if ahead else ""
+        return dd(f"increase({sel(metric, **fixed)}[$__range] @ end(){shift})")
     return dd(f"increase({sel(metric, **fixed)}[{window}])")
 
 
@@ -111,12 +114,13 @@ def savings(by: str, window: str) -> str:
 
 
 def top_rest(expr: str, by: str, rank: str, n: int, label: str) -> str:
-    """`expr` (summed by `by`) for the `n` series largest by `rank`, and everything else in
-    one series whose `label` is "other". `rank` is evaluated once for the panel (an instant
-    figure, or a range one with `@ end()`), so the same n series show at every step: a
-    `topk` over a range query ranks at each step and shows many more than n."""
+    """`expr` (summed by `by`) for the `n` series largest by `rank`, and everything else
+    folded into `label`="other" (one series per value of the other `by` labels, such as
+    "openai other"). `rank` is evaluated once for the panel (an instant figure, or a range
+    one with `@ end()`), so the same n series show at every step: a `topk` over a range
+    query ranks at each step and shows many more than n."""
     top = f"topk({n}, {rank})"
-    rest = f"sum without ({by}) (({expr}) unless on ({by}) {top})"
+    rest = f"sum without ({label}) (({expr}) unless on ({by}) {top})"
     return f'(({expr}) and on ({by}) {top}) or label_replace({rest}, "{label}", "other", "", "")'
 
 
@@ -863,8 +867,8 @@ def overview() -> Json:
                 target(f"sum by (provider) ({dd(est_month)})", "{{provider}} month to date"),
             ],
             USD,
-            w=12,
-            h=9,
+            w=24,
+            h=8,
             overrides=[
                 {
                     "matcher": {"id": "byRegexp", "options": ".* month to date"},
@@ -998,7 +1002,7 @@ def overview() -> Json:
             "Daily estimated cost by model",
             "Estimated cost of each calendar day by model (exact day totals, "
             "llm_daily_cost_estimated_usd), stacked: the ten costliest models of the days "
-            "shown, the rest as other. Use the Model variable to compare a few.",
+            "shown, the rest as other per provider. Use the Model variable to compare a few.",
             "label_join("
             + top_rest(
                 days("llm_daily_cost_estimated_usd", "date, provider, model"),
@@ -1138,11 +1142,14 @@ def budget_forecast() -> Json:
             target(dd(one.format("llm_budget_limit_usd")), "Limit"),
         ],
         USD,
-        w=12,
-        h=9,
+        # Alone on its row, full width: Grafana sizes horizontal repeats by the row (max(24
+        # / budgets, 24 / maxPerRow) each, from x = 0), not by the panel's own width, so a
+        # panel beside it was pushed down and left a gap.
+        w=24,
+        h=8,
         repeat="budget",
         repeatDirection="h",
-        maxPerRow=2,
+        maxPerRow=3,
         overrides=[
             {
                 "matcher": {"id": "byName", "options": "Forecast high (80 %)"},
@@ -1300,13 +1307,13 @@ def reported_breakdown() -> list[Json]:
             "the bars start when Prometheus started scraping. Spend that exists only in "
             "reported cost (images, web search, code interpreter, file search, storage) shows "
             "here and in no estimate; exact days by provider are in Daily spend by provider. "
-            "The eight largest line items of the range, the rest as other.",
+            "The eight largest line items of the range, the rest as other per provider.",
             [
                 target(
                     top_rest(
                         f"sum by (provider, line_item) ({inc(rep, PER_DAY)})",
                         "provider, line_item",
-                        f"sum by (provider, line_item) ({inc(rep, WHOLE_RANGE)})",
+                        f"sum by (provider, line_item) ({inc(rep, WHOLE_RANGE, '1d')})",
                         8,
                         "line_item",
                     ),
@@ -1323,7 +1330,7 @@ def reported_breakdown() -> list[Json]:
             "Reported cost by line item (selected range)",
             "Reported cost in the selected time range by provider and line item (increase of "
             "the reported-cost counter, so it counts from when Prometheus started scraping): "
-            "the ten largest, the rest as other.",
+            "the ten largest, the rest as other per provider.",
             [
                 target(
                     "sort_desc("
@@ -1735,13 +1742,13 @@ def usage() -> Json:
         timeseries(
             "Tokens by model (hourly, top 10)",
             "Tokens per hour of the ten busiest models over the selected range (the same ten "
-            "at every point), and all the others as one series, other.",
+            "at every point), and all the others as other, one series per provider.",
             [
                 target(
                     top_rest(
                         f"sum by (provider, model) ({inc('llm_tokens_total', '1h')})",
                         "provider, model",
-                        f"sum by (provider, model) ({inc('llm_tokens_total', WHOLE_RANGE)})",
+                        f"sum by (provider, model) ({inc('llm_tokens_total', WHOLE_RANGE, '1h')})",
                         10,
                         "model",
                     ),

@@ -203,3 +203,53 @@ def substitute(expr: str, values: dict[str, str]) -> str:
         return values.get(name, ".*")
 
     return re.sub(r"\$\{?([A-Za-z_]\w*)(?::\w+)?\}?", value, expr)
+
+
+GRID_WIDTH = 24
+
+
+def repeat_layout(panels: list[dict[str, Any]], counts: dict[str, int]) -> list[dict[str, Any]]:
+    """The grid after Grafana repeats panels horizontally (`repeat`, `repeatDirection` h),
+    `counts[variable]` copies each, as public/app/features/dashboard/state/DashboardModel.ts
+    `repeatPanel` does: every copy is max(24 / count, 24 / maxPerRow) wide whatever the
+    panel's own width, placed from x = 0 and wrapped to a new row when the next would not
+    fit; panels below move down by the rows added, panels on the same row do not move.
+    Returns rectangles (title, x, y, w, h)."""
+    out: list[dict[str, Any]] = []
+    moves: list[tuple[int, float]] = []  # (row of a repeated panel, rows it added)
+    for p in panels:
+        g = dict(p["gridPos"])
+        g["y"] += sum(added for row, added in moves if p["gridPos"]["y"] > row)
+        name = p.get("repeat")
+        if not name or p.get("repeatDirection", "h") != "h":
+            out.append({"title": p.get("title", ""), **g})
+            continue
+        n = max(1, counts.get(name, 1))
+        w = max(GRID_WIDTH / n, GRID_WIDTH / (p.get("maxPerRow") or 4))
+        x, y = 0.0, g["y"]
+        for i in range(n):
+            out.append({"title": f"{p.get('title', '')} #{i + 1}", "x": x, "y": y, **_wh(w, g)})
+            x += w
+            if x + w > GRID_WIDTH:
+                x, y = 0.0, y + g["h"]
+        moves.append((p["gridPos"]["y"], y - g["y"]))
+    return out
+
+
+def _wh(w: float, g: dict[str, Any]) -> dict[str, Any]:
+    return {"w": w, "h": g["h"]}
+
+
+def overlaps(rects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Pairs of rectangles that cover the same grid cells."""
+    found = []
+    for i, a in enumerate(rects):
+        for b in rects[i + 1 :]:
+            if (
+                a["x"] < b["x"] + b["w"]
+                and b["x"] < a["x"] + a["w"]
+                and a["y"] < b["y"] + b["h"]
+                and b["y"] < a["y"] + a["h"]
+            ):
+                found.append((a["title"], b["title"]))
+    return found

@@ -214,7 +214,7 @@ def test_daily_bars_are_dated_on_their_own_day(
     prom, (rows, revised, _) = backfilled["prom"], backfilled["truth"]
     dash = json.loads((ROOT / "grafana" / "dashboards" / board).read_text())
     panel = next(p for p in dash["panels"] if p.get("title") == title)
-    now = real_now()
+    now = backfilled["until"]  # the clock read once, by the fixture
     ask = grafana.request(dash, panel, panel["targets"][0], now)
     assert not ask.instant and ask.step == 86400 and ask.end % 86400 == 0, ask
     res = json.loads(http_get(f"{prom}{ask.path()}?{urllib.parse.urlencode(ask.params())}"))
@@ -260,7 +260,7 @@ def test_period_gauges_hold_their_past(backfilled: Any) -> None:
     and "this month" at the seam are the ledger's, not empty until the first live scrape."""
     prom, state = backfilled["prom"], backfilled["tmp"] / "state.db"
     q = 'sum by (provider) (max without (instance, pod) (llm_period_tokens{period="%s"}))'
-    today = dt.datetime.fromtimestamp(real_now(), dt.UTC).date()
+    today = dt.datetime.fromtimestamp(backfilled["until"], dt.UTC).date()
     day, checked = backfilled["start"], 0
     while day < today:
         t0 = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())

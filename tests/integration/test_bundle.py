@@ -772,7 +772,6 @@ def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
             runs.append(blocks)
     finally:
         sim.stop()
-    print(runs[1])
     first_blocks, second_blocks = runs[2], runs[5]
     assert len(list((state / "backfill/history").glob("history-*.om"))) >= 1
     assert first_blocks and second_blocks == first_blocks  # nothing added the second time

@@ -302,7 +302,7 @@ def test_unknown_selector_label_names_the_budget_key_and_valid_labels(
     assert (
         f"budgets[0].selector.{key}: unknown label(s) ['{key}'] in the selector of budget "
         "'team-a'; choose from ['provider', 'account', 'operation', 'model', 'project', 'user', "
-        "'api_key', 'service_tier', 'batch', 'context_window']"
+        "'api_key', 'service_tier', 'batch', 'context_window', 'api_source']"
     ) in out.stderr
     assert "Traceback" not in out.stderr
     assert "configuration ok" not in out.stdout

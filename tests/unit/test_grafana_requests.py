@@ -55,3 +55,35 @@ def test_instant_queries_run_at_now_unaligned_with_variables_at_all() -> None:
     assert ask.instant and ask.end == NOW
     assert ask.expr == 'sum(x{provider=~"openai",uid="${datasource}"})'
     assert ask.params() == {"query": ask.expr, "time": str(int(NOW))}
+
+
+def _dashboard(name: str) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    return dict(json.loads((root / "grafana/dashboards" / name).read_text()))
+
+
+@pytest.mark.parametrize("budgets", [1, 2, 3, 4, 7])
+def test_the_overview_lays_out_without_overlap_for_any_number_of_budgets(budgets: int) -> None:
+    """Grafana sizes a horizontally repeated panel by the row, not by its own width: the
+    budget forecasts had a panel beside them, which the copies ran into."""
+    dash = _dashboard("llm-cost-overview.json")
+    rects = grafana.repeat_layout(dash["panels"], {"budget": budgets})
+    assert grafana.overlaps(rects) == []
+    copies = [r for r in rects if r["title"].startswith("Budget forecast")]
+    assert len(copies) == budgets
+    assert len({r["y"] for r in copies}) == -(-budgets // 3)  # three to a row
+
+
+def test_the_repeat_layout_follows_grafanas_rule() -> None:
+    panels = [
+        {"title": "r", "gridPos": {"x": 0, "y": 0, "w": 12, "h": 4}, "repeat": "v", "maxPerRow": 2},
+        {"title": "beside", "gridPos": {"x": 12, "y": 0, "w": 12, "h": 4}},
+        {"title": "below", "gridPos": {"x": 0, "y": 4, "w": 24, "h": 4}},
+    ]
+    rects = {r["title"]: r for r in grafana.repeat_layout(panels, {"v": 3})}
+    assert [rects[f"r #{i}"]["x"] for i in (1, 2, 3)] == [0, 12, 0]
+    assert rects["below"]["y"] == 8  # moved down by the one row the copies added
+    assert ("r #2", "beside") in grafana.overlaps(list(rects.values()))

@@ -38,6 +38,7 @@ def test_rules_without_a_backfilled_input_are_left_out() -> None:
         _rule("d:age", "d:days + 1"),
         _rule("h:cost", "increase(llm_cost_total[1h])"),
         _rule("h:both", "d:age or h:cost"),
+        _rule("h:ratio", "h:cost / d:age"),  # needs the rule that has no past
     ]
     kept = [r["record"] for r in with_inputs(rules, {"llm_cost_total"})]
     assert kept == ["h:cost", "h:both"]

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.rows import Bucket, Row
+from exporter.rows import MAX_COUNT, Bucket, Row
 from exporter.settings import AccountSettings
 from exporter.sources import DAY, HOUR, Endpoint
 from exporter.sources._http import AUTH, DECODE, ApiClient, SourceError
-from exporter.sources.openai import ENDPOINTS, OpenAISource, _completion_tokens
+from exporter.sources.openai import ENDPOINTS, OpenAISource, _completion_tokens, _Malformed
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "openai"
 BASE = "https://api.openai.com/v1"
@@ -511,7 +511,8 @@ def test_partition_rule_holds_for_any_shape(it: int, ot: int, fields: dict[str, 
 @given(
     it=counts,
     ot=counts,
-    w12=st.one_of(st.none(), counts, counts.map(str)),
+    # A numeric string past 64 bits is refused as malformed (the next test), not split.
+    w12=st.one_of(st.none(), counts, st.integers(0, MAX_COUNT).map(str)),
     fields=st.fixed_dictionaries(
         {}, optional={k: optional for k in (*FINE, "input_cached_tokens")}
     ),
@@ -528,6 +529,13 @@ def test_partition_rule_holds_with_the_twelve_hour_field(
     assert tokens.get("cache_write_12h", 0) <= int(w12 or 0)
     if w12 is not None:
         assert sum(tokens.values()) == it + ot
+
+
+def test_a_twelve_hour_string_past_64_bits_is_malformed() -> None:
+    result = {"input_tokens": 1, "output_tokens": 0}
+    result["input_cache_write_12h_tokens"] = str(2**63)  # type: ignore[assignment]
+    with pytest.raises(_Malformed, match="input_cache_write_12h_tokens"):
+        _completion_tokens(result)
 
 
 def test_fine_fields_that_contradict_the_aggregate_are_counted_and_fitted() -> None:
