@@ -1061,14 +1061,23 @@ def test_overview_shows_what_it_must(stack: dict[str, Any]) -> None:
 
 
 @needs_binaries
-def test_render_overview_png(stack: dict[str, Any]) -> None:
-    """Draw the Overview's main panels from live query results (Grafana cannot run here)."""
+def test_render_every_dashboard_png(stack: dict[str, Any]) -> None:
+    """Draw all four dashboards from live results, each panel asked as Grafana asks it
+    (Grafana cannot run here): tests/render_dashboards.py, the script behind the README's
+    picture. Every panel with a query is drawn; look at the PNGs in the stack's folder."""
     pytest.importorskip("matplotlib")
+    from tests.render_dashboards import draw
+
     _advance(stack)
-    out = stack["tmp"] / "overview.png"
-    _render_overview(stack, out)
-    assert out.stat().st_size > 10_000
-    print(f"\nOverview rendered to {out}")
+    now = real_now()
+    for name, dash in _dashboards().items():
+        out = stack["tmp"] / name.replace(".json", ".png")
+        counts = draw(dash, now, lambda ask: _grafana_run(stack["prom"], ask), out)
+        queried = {p["title"] for p in _panels(dash) if p.get("targets")}
+        assert set(counts) == queried, queried ^ set(counts)
+        assert out.stat().st_size > 20_000
+        empty = sorted(t for t, n in counts.items() if n == 0)
+        print(f"\n{out}: {len(counts)} panels drawn, empty: {empty}")
 
 
 def _grafana_run(base: str, ask: grafana.Request) -> list[Any]:
@@ -1083,265 +1092,6 @@ def _prom_range(base: str, query: str, start: float, end: float, step: float) ->
     res = json.loads(http_get(f"{base}/api/v1/query_range?{urllib.parse.urlencode(params)}"))
     assert res["status"] == "success", res
     return list(res["data"]["result"])
-
-
-def _legend(fmt: str, labels: dict[str, str]) -> str:
-    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt)
-
-
-def _render_overview(stack: dict[str, Any], out: Path) -> None:
-    """The Overview's main panels as Grafana would draw them, from the panels' own queries."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    prom = stack["prom"]
-    now = real_now()
-    start = stack["started"]
-    step = max(1.0, (now - start) / 200)
-
-    def instant(title: str, ref: str = "A", **values: str) -> list[dict[str, Any]]:
-        t = next(t for t in _overview_panel(title)["targets"] if t["refId"] == ref)
-        return prom_query(prom, _query(t["expr"], values))
-
-    def scalar(title: str, ref: str = "A") -> float | None:
-        res = instant(title, ref)
-        return float(res[0]["value"][1]) if res else None
-
-    def money(x: float | None) -> str:
-        return "no data" if x is None else f"${x:,.2f}"
-
-    fig = plt.figure(figsize=(22, 32))
-    grid = fig.add_gridspec(
-        8,
-        6,
-        height_ratios=[0.4, 1.3, 1.3, 1.3, 1.1, 1.1, 0.9, 1.8],
-        hspace=0.45,
-        wspace=0.9,
-        left=0.08,
-        right=0.98,
-        top=0.96,
-        bottom=0.02,
-    )
-    fig.suptitle("LLM cost / Overview (drawn from live Prometheus queries)", fontsize=18)
-
-    # Month to date: the stat row.
-    firing = scalar("Firing LLM alerts")
-    stats = [
-        ("Spent this month", money(scalar("Spent this month"))),
-        ("Reported this month", money(scalar("Reported and estimated this month"))),
-        ("Estimated this month", money(scalar("Reported and estimated this month", "B"))),
-        ("Cost per 1k tokens", f"${scalar('Cost per 1k tokens') or 0:.4f}"),
-        ("Firing LLM alerts (warning+)", f"{firing or 0:.0f}"),
-        ("Unpriced models", f"{scalar('Unpriced models') or 0:.0f}"),
-    ]
-    for i, (label, text) in enumerate(stats):
-        ax = fig.add_subplot(grid[0, i])
-        ax.axis("off")
-        ax.text(0.5, 0.65, text, ha="center", va="center", fontsize=20, weight="bold")
-        ax.text(0.5, 0.15, label, ha="center", va="center", fontsize=11)
-
-    # Forecast: one panel per budget (the repeated panel), then the run rate per provider.
-    panel = _overview_panel("Budget forecast: $budget")
-    budgets = sorted(r["metric"]["budget"] for r in prom_query(prom, "llm_budget_info"))
-    for i, budget in enumerate(dict.fromkeys(budgets)):
-        if i >= 3:
-            break
-        ax = fig.add_subplot(grid[1, 2 * i : 2 * i + 2])
-        lines: dict[str, tuple[list[float], list[float]]] = {}
-        for t in panel["targets"]:
-            for r in _prom_range(prom, _query(t["expr"], {"budget": budget}), start, now, step):
-                lines[t["legendFormat"]] = (
-                    [float(x) - now for x, _ in r["values"]],
-                    [float(v) for _, v in r["values"]],
-                )
-        low, high = lines.get("Forecast low (80 %)"), lines.get("Forecast high (80 %)")
-        if low and high and len(low[1]) == len(high[1]):
-            ax.fill_between(low[0], low[1], high[1], color="tab:blue", alpha=0.2, label="80 % band")
-        top = max((max(v[1], default=0) for k, v in lines.items() if k != "Limit"), default=0)
-        for name, style in (("Spent", "g-"), ("Forecast", "b-"), ("Limit", "r--")):
-            if name in lines:
-                ax.plot(*lines[name], style, label=name, linewidth=2)
-        limit = lines.get("Limit", ([], []))[1]
-        if limit and top > 0 and limit[-1] > 3 * top:
-            # As Grafana would with a soft max: keep the forecast readable, say where the limit is.
-            ax.set_ylim(0, 1.3 * top)
-            ax.text(
-                0.98,
-                0.95,
-                f"limit ${limit[-1]:,.0f} (off scale)",
-                transform=ax.transAxes,
-                ha="right",
-                va="top",
-                color="red",
-            )
-        ax.set_title(f"Budget forecast: {budget}")
-        ax.set_xlabel("seconds before now")
-        ax.set_ylabel("USD")
-        ax.legend(loc="upper left", fontsize=9)
-    ax = fig.add_subplot(grid[2, 0:3])
-    run_rate = _overview_panel("Month-end forecast by provider (run rate, no budget needed)")
-    for t in run_rate["targets"]:
-        for r in _prom_range(prom, _query(t["expr"]), start, now, step):
-            ax.plot(
-                [float(x) - now for x, _ in r["values"]],
-                [float(v) for _, v in r["values"]],
-                "--" if "month to date" in t["legendFormat"] else "-",
-                label=_legend(t["legendFormat"], r["metric"]),
-            )
-    ax.set_title("Month-end forecast by provider (run rate, no budget needed)")
-    ax.set_ylabel("USD")
-    ax.legend(fontsize=9)
-
-    # Budgets: utilisation bars, not capped at 100 %.
-    ax = fig.add_subplot(grid[2, 3:6])
-    used = {r["metric"]["budget"]: float(r["value"][1]) for r in instant("Budget utilization")}
-    names = sorted(used)
-    colors = ["red" if used[n] >= 1 else "gold" if used[n] >= 0.8 else "green" for n in names]
-    ax.barh(names, [100 * used[n] for n in names], color=colors)
-    ax.axvline(100, color="black", linestyle=":")
-    for y, n in enumerate(names):
-        ax.text(100 * used[n], y, f" {100 * used[n]:,.0f} %", va="center")
-    ax.set_title("Budget utilization (uncapped; dotted line = 100 %)")
-    ax.set_xlabel("% of limit")
-
-    # Spend over time: exact days as stacked bars, the date on the x axis (bar chart panels).
-    for cols, title in (
-        (slice(0, 3), "Daily spend by provider (reported)"),
-        (slice(3, 6), "Daily estimated cost by provider"),
-    ):
-        ax = fig.add_subplot(grid[3, cols])
-        t = _overview_panel(title)["targets"][0]
-        bars: dict[str, dict[str, float]] = {}
-        for r in prom_query(prom, _query(t["expr"])):
-            bars.setdefault(r["metric"]["provider"], {})[r["metric"]["date"]] = float(r["value"][1])
-        dates = sorted({d for v in bars.values() for d in v})
-        bottom = [0.0] * len(dates)
-        for provider in sorted(bars):
-            heights = [bars[provider].get(d, 0.0) for d in dates]
-            ax.bar(range(len(dates)), heights, bottom=bottom, label=provider)
-            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-        ax.set_xticks(range(len(dates)), [d[5:] for d in dates], rotation=60, fontsize=7)
-        ax.set_title(f"{title} (exact days)")
-        ax.set_ylabel("USD")
-        ax.legend(fontsize=9)
-
-    # Spend: top models, line items (reported only), projects.
-    for col, title, ref in (
-        (0, "Top models by estimated cost (month to date)", "A"),
-        (2, "Reported cost by line item (selected range)", "A"),
-        (4, "Spend by project (month to date)", "A"),
-    ):
-        ax = fig.add_subplot(grid[4, col : col + 2])
-        t = next(t for t in _overview_panel(title)["targets"] if t["refId"] == ref)
-        res = prom_query(prom, _query(t["expr"]))
-        items = sorted(
-            ((_legend(t["legendFormat"], r["metric"]), float(r["value"][1])) for r in res),
-            key=lambda x: x[1],
-        )[-10:]
-        ax.barh([k for k, _ in items], [v for _, v in items], color="tab:purple")
-        ax.set_title(title)
-        ax.set_xlabel("USD")
-        ax.tick_params(axis="y", labelsize=8)
-
-    # What changed: the table (last-month figures are empty until Prometheus holds them).
-    ax = fig.add_subplot(grid[5, 0:3])
-    ax.axis("off")
-    changed = _overview_panel("What changed, by provider")
-    cols = changed["transformations"][1]["options"]["renameByName"]
-    data: dict[str, dict[str, str]] = {}
-    for t in changed["targets"]:
-        column = cols.get(f"Value #{t['refId']}", t["refId"])
-        for r in prom_query(prom, _query(t["expr"])):
-            v = float(r["value"][1])
-            text = f"{100 * v:+.1f} %" if "Change" in column else f"${v:,.2f}"
-            data.setdefault(r["metric"]["provider"], {})[column] = text
-    header = [c for k, c in cols.items() if k.startswith("Value #")]
-    cells = [[p] + [data[p].get(c, "no data yet") for c in header] for p in sorted(data)]
-    tab = ax.table(cellText=cells, colLabels=["Provider", *header], loc="center")
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(9)
-    tab.scale(1, 1.6)
-    ax.set_title("What changed, by provider")
-
-    # When the money is spent: weekday x hour.
-    ax = fig.add_subplot(grid[5, 3:6])
-    heat = _overview_panel("When the money is spent (hour of day x weekday)")
-    res = prom_query(prom, _query(heat["targets"][0]["expr"]))
-    weekdays = ["1 Mon", "2 Tue", "3 Wed", "4 Thu", "5 Fri", "6 Sat", "7 Sun"]
-    matrix = [[float("nan")] * 24 for _ in weekdays]
-    for r in res:
-        matrix[weekdays.index(r["metric"]["weekday"])][int(r["metric"]["hour"])] = float(
-            r["value"][1]
-        )
-    img = ax.imshow(matrix, aspect="auto", cmap="YlOrRd")
-    ax.set_yticks(range(7), [w[2:] for w in weekdays])
-    ax.set_xticks(range(0, 24, 2))
-    ax.set_xlabel("hour of day (UTC)")
-    ax.set_title("When the money is spent (avg USD per hour; blank = no data yet)")
-    fig.colorbar(img, ax=ax)
-
-    # The model table, with Status and CPI, as the table panel shows it.
-    ax = fig.add_subplot(grid[6:8, 0:6])
-    ax.axis("off")
-    model = _overview_panel("Model cost breakdown")
-    names_by_ref = {
-        "A": "Cost (yesterday)",
-        "B": "Calls (yesterday)",
-        "I": "Cost (today)",
-        "C": "Avg tokens / call",
-        "D": "Cost / call",
-        "F": "Status",
-        "G": "Cost (month)",
-        "H": "CPI (month)",
-    }
-    status_text = {
-        0: "OK",
-        1: "Budget >= 80 %",
-        2: "Over budget",
-        3: "Source failing",
-        4: "Unpriced",
-    }
-    status_color = {0: "#9fdf9f", 1: "#ffe680", 2: "#ff9999", 3: "#ffcc80", 4: "#d9b3ff"}
-    rows: dict[tuple[str, str], dict[str, float]] = {}
-    for t in model["targets"]:
-        if t["refId"] not in names_by_ref:
-            continue
-        for key, v in _by_provider_model(prom_query(prom, _query(t["expr"]))).items():
-            rows.setdefault(key, {})[names_by_ref[t["refId"]]] = v
-    order = sorted(rows, key=lambda k: -rows[k].get("Cost (month)", -1))
-    columns = ["Rank", "Model", "Provider", "Cost (month)", "Cost (yesterday)", "Cost (today)"]
-    columns += ["Calls (yesterday)"]
-    columns += ["Avg tokens / call", "Cost / call", "CPI (month)", "Status"]
-
-    def cell(row: dict[str, float], c: str) -> str:
-        if c not in row:
-            return (
-                "not reported"
-                if c in ("Calls (yesterday)", "Avg tokens / call", "Cost / call")
-                else ""
-            )
-        if c == "Status":
-            return status_text[int(row[c])]
-        if c in ("Calls (yesterday)", "Avg tokens / call"):
-            return f"{row[c]:,.0f}"
-        return f"${row[c]:,.4f}" if c in ("CPI (month)", "Cost / call") else f"${row[c]:,.2f}"
-
-    text_rows = [
-        [str(i + 1), k[1], k[0]] + [cell(rows[k], c) for c in columns[3:]]
-        for i, k in enumerate(order)
-    ]
-    tab = ax.table(cellText=text_rows, colLabels=columns, loc="upper center")
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(8)
-    tab.scale(1, 1.25)
-    for i, k in enumerate(order):
-        if "Status" in rows[k]:
-            tab[i + 1, len(columns) - 1].set_facecolor(status_color[int(rows[k]["Status"])])
-    ax.set_title("Model cost breakdown (Status: budgets matched by scope; CPI = cost / 1k tokens)")
-    fig.savefig(out, dpi=70)
-    plt.close(fig)
 
 
 @needs_binaries
