@@ -646,11 +646,35 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {args.listen}: {exc.strerror}")
         return 1
+    gateway = None
+    try:  # Ctrl-C from here on (while it starts, too) stops it cleanly
+        _announce(sim, args.seed, tls)
+        if args.gateway_log is not None:
+            from simulator.gateway import GatewayLog
+
+            try:
+                gateway = GatewayLog(
+                    args.gateway_log, sim.dataset, sim.now, args.gateway_days
+                ).start()
+            except OSError as exc:
+                print(f"--gateway-log: cannot write {args.gateway_log}: {exc.strerror or exc}")
+                return 1
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        sim._httpd.server_close()
+    return 0
+
+
+def _announce(sim: SimulatorServer, seed: int, tls: tuple[str, str] | None) -> None:
     log.info(
         "provider simulator on %s (seed %d, data from %s): OpenAI base_url %s, Anthropic %s, "
         "Groq %s, Vertex AI %s",
         sim.url,
-        args.seed,
+        seed,
         sim.dataset.start.isoformat(),
         sim.openai_base_url,
         sim.anthropic_base_url,
@@ -664,21 +688,3 @@ def main(argv: list[str] | None = None) -> int:
             sim.login_url,
             tls[0],
         )
-    gateway = None
-    if args.gateway_log is not None:
-        from simulator.gateway import GatewayLog
-
-        try:
-            gateway = GatewayLog(args.gateway_log, sim.dataset, sim.now, args.gateway_days).start()
-        except OSError as exc:
-            print(f"--gateway-log: cannot write {args.gateway_log}: {exc.strerror or exc}")
-            return 1
-    try:
-        sim.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        sim._httpd.server_close()
-    return 0

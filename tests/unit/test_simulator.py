@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -937,12 +938,23 @@ def test_truth_over_http_matches_in_process(ctl: httpx.Client) -> None:
 
 
 def test_main_serves_until_interrupted() -> None:
-    code = (
-        "import sys, threading, _thread; from simulator.server import main;"
-        "threading.Timer(1.5, _thread.interrupt_main).start();"
-        "sys.exit(main(['--listen', '127.0.0.1:0', '--seed', '3', '--start', '2026-10-01']))"
+    """Ctrl-C once it serves (SIGINT after its banner, not after a fixed delay: on a loaded
+    machine the start can take longer, and an interrupt before serving is another path)."""
+    cmd = [sys.executable, "-m", "simulator", "--listen", "127.0.0.1:0", "--seed", "3"]
+    proc = subprocess.Popen(
+        [*cmd, "--start", "2026-10-01"], stderr=subprocess.PIPE, text=True, bufsize=1
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    assert "OpenAI base_url http://127.0.0.1:" in proc.stderr
+    try:
+        assert proc.stderr is not None
+        banner = ""
+        for line in proc.stderr:  # ends when the process does
+            banner += line
+            if "OpenAI base_url http://127.0.0.1:" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        assert "OpenAI base_url http://127.0.0.1:" in banner, banner
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
     assert main(["--listen", "nonsense"]) == 2
