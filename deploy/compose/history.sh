@@ -13,7 +13,7 @@ fi
 rules="${RULES_FILE:-/etc/prometheus/rules/llm-cost.rules.yml}"
 set --
 if [ -e "$rules" ]; then
-  set -- --rules="$rules"
+  set -- --rules="$rules" --rules-days="${RULES_DAYS:-8}"
 fi
 # shellcheck disable=SC2086  # LLM_EXPORTER_CMD may be a command with arguments
 ${LLM_EXPORTER_CMD:-llm-cost-exporter} backfill --poll \

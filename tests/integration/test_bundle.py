@@ -756,6 +756,7 @@ def test_compose_backfill_one_shots_run_once(tmp_path: Path) -> None:
         "PROMETHEUS_DATA": str(data),
         "BACKFILL_DIR": str(state / "backfill"),
         "RULES_FILE": str(ROOT / "prometheus/rules/llm-cost.rules.yml"),
+        "RULES_DAYS": "1",  # the levels all run; their values are test_backfill's
         "BACKFILL_PROMETHEUS_PORT": str(free_port()),
     }
     scripts = ROOT / "deploy/compose"
