@@ -1483,18 +1483,20 @@ def model_table() -> Json:
     cost_today = days("llm_daily_cost_estimated_usd", by, "== 0")
 
     # The 7-day trend as a time series for the sparkline, from the latest scrape only: the
-    # point at time t is the day before t's day (exporter time zone), so the 7 daily steps
-    # of the panel's 7-day range show the last 7 complete days, exact, from the first
-    # scrape (no history needed). Days are told apart by the exporter's day start. "The
-    # latest scrape" is the last sample after the query's end (`[1d] @ end() offset -1d`):
-    # Grafana rounds a 1-day step's end down to midnight, and on install day every sample
-    # is after it, so a plain `@ end()` found nothing.
+    # query's last point shows yesterday (age 1), each point a day before it one day more,
+    # so the 7 daily steps of the panel's 7-day range show the last 7 complete days, exact,
+    # from the first scrape (no history needed). Ages count from the query's end (the
+    # subquery over `vector(time())` reads it as a number), not from the exporter's day
+    # start: Grafana rounds the end down to the browser's midnight, which east of the
+    # exporter's zone lies before the exporter's day start and west of it after, so no
+    # rounding of "day start - t" fitted both. "The latest scrape" is the last sample after
+    # the query's end (`[1d] @ end() offset -1d`): on install day every sample is after it,
+    # so a plain `@ end()` found nothing.
     def latest(selector: str) -> str:
         return f"last_over_time({selector}[1d] @ end() offset -1d)"
 
-    day_gauge = 'llm_period_start_timestamp_seconds{period="day"}'
-    day_start = f"max({latest(day_gauge)})"
-    age_at_t = f"ceil(({day_start} - time()) / 86400) + 1"
+    end = "last_over_time(vector(time())[1m:1m] @ end())"
+    age_at_t = f"round(({end} - time()) / 86400) + 1"
     trend = (
         f"sum by ({by}) ({dd(latest(sel('llm_daily_cost_estimated_usd')))}"
         f" and on (date) ({latest(AGE)} >= 1 <= 7"

@@ -860,32 +860,36 @@ def test_daily_panels_equal_the_exporters_exact_days(stack: dict[str, Any]) -> N
     trend_panel = _overview_panel("Model cost breakdown")
 
     def trend_differs() -> list[Any]:
-        now = real_now()
-        ask = grafana.request(overview, trend_panel, table["E"], now)
-        assert ask.step == 86400 and ask.end % 86400 == 0 and ask.end > now - 86400, ask
-        res = _grafana_run(prom, ask)
+        wrong: list[Any] = []
         samples = parse(http_get(stack["exporter"] + "/metrics"))
-        wrong: list[Any] = [] if res else ["no series"]
-        week = {(today - dt.timedelta(days=k)).isoformat() for k in range(1, 8)}
-        for r in res:
-            key = (r["metric"]["provider"], r["metric"]["model"])
-            points = {
-                (
-                    dt.datetime.fromtimestamp(float(t), dt.UTC).date() - dt.timedelta(days=1)
-                ).isoformat(): float(v)
-                for t, v in r["values"]
-            }
-            if not set(points) <= week:
-                wrong.append((key, sorted(points)))
-            for date, value in points.items():
-                day = _exact_days(
-                    samples, "llm_daily_cost_estimated_usd", "provider", "model", date=date
-                )
-                if value != pytest.approx(day.get(key), rel=1e-9):
-                    wrong.append((key, date, value, day.get(key)))
-        # A model used every day has all 7 points.
-        if max((len(r["values"]) for r in res), default=0) != 7:
-            wrong.append("no series with 7 daily points")
+        # A browser in UTC, 9 hours east and 5 hours west: Grafana ends the range at its
+        # midnight, before or after the exporter's (UTC) day start.
+        for offset in (0, 9 * 3600, -5 * 3600):
+            ask = grafana.request(overview, trend_panel, table["E"], real_now(), utc_offset=offset)
+            assert ask.step == 86400 and (ask.end + offset) % 86400 == 0, ask
+            res = _grafana_run(prom, ask)
+            wrong += [] if res else [(offset, "no series")]
+            week = {(today - dt.timedelta(days=k)).isoformat() for k in range(1, 8)}
+            for r in res:
+                key = (r["metric"]["provider"], r["metric"]["model"])
+                # The last point is yesterday, each point before it a day earlier.
+                points = {
+                    (
+                        today - dt.timedelta(days=round((ask.end - float(t)) / 86400) + 1)
+                    ).isoformat(): float(v)
+                    for t, v in r["values"]
+                }
+                if not set(points) <= week:
+                    wrong.append((offset, key, sorted(points)))
+                for date, value in points.items():
+                    day = _exact_days(
+                        samples, "llm_daily_cost_estimated_usd", "provider", "model", date=date
+                    )
+                    if value != pytest.approx(day.get(key), rel=1e-9):
+                        wrong.append((offset, key, date, value, day.get(key)))
+            # A model used every day has all 7 points.
+            if max((len(r["values"]) for r in res), default=0) != 7:
+                wrong.append((offset, "no series with 7 daily points"))
         return wrong
 
     trend: list[Any] = []
