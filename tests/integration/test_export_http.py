@@ -8,7 +8,8 @@ exporter running as a process behind TLS and basic auth. Then, on one unchanging
   revised-away cost);
 - `llm-cost-exporter export`, run while the exporter runs, writes the same bytes;
 - bad parameters are a 400 with a JSON body naming the parameter;
-- the FinOps Foundation's `focus-validator` accepts the FOCUS export.
+- the FinOps Foundation's `focus-validator` accepts the FOCUS export: 1.0.0 at FOCUS 1.0, and
+  2.x at the newest FOCUS version it holds rules for (2.2.1: 1.2).
 """
 
 from __future__ import annotations
