@@ -1,11 +1,13 @@
 """Export lines as a FOCUS dataset (FinOps Open Cost and Usage Specification).
 
-Spec: FOCUS 1.0 and 1.2, https://focus.finops.org/focus-specification/ (column definitions in
-the FinOps Foundation's FOCUS_Spec repository, specification/columns/*.md). Every column FOCUS
-1.0 requires is written and checked by the Foundation's own validator (`focus-validator`
-1.0.0, in the test suite); the columns FOCUS 1.1 and 1.2 added are written too, which the
-spec allows as additions (`COLUMNS_1_2`). The validator's 1.0 rule set names four columns as
-the 1.0 preview did (Provider, Publisher, InvoiceIssuer, ResourceID, and ChargeType for
+Spec: FOCUS 1.0 to 1.3, https://focus.finops.org/focus-specification/ (column definitions in
+the FinOps Foundation's FOCUS_Spec repository, specification/columns/*.md and, from 1.3,
+specification/datasets/cost_and_usage/columns/*.md). Every column FOCUS 1.0 requires is
+written and checked by the Foundation's own validator (`focus-validator` 1.0.0, in the test
+suite; `focus-validator` 2.x checks the FOCUS 1.2 rules, the newest it holds offline); the
+columns FOCUS 1.1, 1.2 and 1.3 added are written too, which the spec allows as additions
+(`COLUMNS_1_2`, `COLUMNS_1_3`). The validator 1.0.0's rule set names four columns as the 1.0
+preview did (Provider, Publisher, InvoiceIssuer, ResourceID, and ChargeType for
 ChargeCategory in one rule); the 1.0 release names are written as well, with the same values.
 
 Mapping, one FOCUS row per export line, i.e. per charge period and SKU-like unit (a model's
@@ -23,6 +25,8 @@ token type, or one of its other units, or a reported cost line item):
 - ServiceCategory "AI and Machine Learning", ServiceSubcategory "Generative AI";
   ServiceName "<Provider> API"; ProviderName = PublisherName = InvoiceIssuerName the
   provider; BillingAccountId/Name the configured account; SubAccountId/Name the project.
+- ServiceProviderName = HostProviderName (FOCUS 1.3): the cloud for a cloud's model service
+  (Azure OpenAI: Microsoft, Bedrock: AWS, Vertex AI: Google Cloud), the provider otherwise.
 - Our own dimensions in x_-prefixed columns (x_Model, x_Operation, x_TokenType, ...).
 """
 
@@ -33,8 +37,12 @@ import datetime as dt
 import io
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from exporter.export import CORRECTION, DIMS, EXACT, UNIT_MEASURES, Line, decimal_text, timestamp
+
+if TYPE_CHECKING:
+    from exporter.sources import Adapter
 
 COLUMNS_1_0 = (
     "AvailabilityZone",
@@ -105,6 +113,7 @@ COLUMNS_1_2 = (  # added by FOCUS 1.1 and 1.2
     "SkuPriceDetails",
     "SubAccountType",
 )
+COLUMNS_1_3 = ("HostProviderName", "ServiceProviderName")  # ProviderName's successors
 _X_DIMS = {
     "model": "x_Model",
     "service_tier": "x_ServiceTier",
@@ -126,7 +135,7 @@ X_COLUMNS = (
     *_X_DIMS.values(),
     "x_PriceSource",
 )
-COLUMNS = (*COLUMNS_1_0, *VALIDATOR_NAMES, *COLUMNS_1_2, *X_COLUMNS)
+COLUMNS = (*COLUMNS_1_0, *VALIDATOR_NAMES, *COLUMNS_1_2, *COLUMNS_1_3, *X_COLUMNS)
 
 SERVICE_CATEGORY = "AI and Machine Learning"
 _UNIT_NAMES = {
@@ -139,12 +148,23 @@ _UNIT_NAMES = {
 }
 
 
-def provider_name(provider: str) -> str:
-    """The provider's name as its adapter spells it for people (ProviderName)."""
+def _adapter(provider: str) -> Adapter | None:
     from exporter.sources import adapters  # the adapters load only when a FOCUS export runs
 
-    adapter = adapters().get(provider)
+    return adapters().get(provider)
+
+
+def provider_name(provider: str) -> str:
+    """The provider's name as its adapter spells it for people (ProviderName)."""
+    adapter = _adapter(provider)
     return adapter.display_name if adapter is not None and adapter.display_name else provider
+
+
+def service_provider_name(provider: str) -> str:
+    """FOCUS 1.3 ServiceProviderName (and HostProviderName): the cloud that sells and runs a
+    cloud's model service, else the provider itself."""
+    adapter = _adapter(provider)
+    return adapter.cloud if adapter is not None and adapter.cloud else provider_name(provider)
 
 
 def _month(ts: int) -> tuple[int, int]:
@@ -199,6 +219,7 @@ def _row(
     credit = line.charge == CORRECTION
     bp_start, bp_end = _month(line.period_start)
     name = provider_name(line.provider)
+    service_provider = service_provider_name(line.provider)
     what = line.token_type or measure or "cost"
     model = dims["model"]
     sku = "/".join(x for x in (line.provider, model or dims["line_item"], what) if x)
@@ -238,6 +259,7 @@ def _row(
         "ContractedCost": _num(listed),
         "ContractedUnitPrice": _num(unit_price),
         "EffectiveCost": _num(billed),
+        "HostProviderName": service_provider,
         "InvoiceIssuerName": name,
         "ListCost": _num(listed),
         "ListUnitPrice": _num(unit_price),
@@ -252,6 +274,7 @@ def _row(
         "PublisherName": name,
         "ServiceCategory": SERVICE_CATEGORY,
         "ServiceName": f"{name} API",
+        "ServiceProviderName": service_provider,
         "ServiceSubcategory": "Generative AI",
         "SkuId": sku,
         "SkuPriceId": f"{sku}:{line.price_source or ('reported' if line.currency else 'unpriced')}",

@@ -128,6 +128,9 @@ class Adapter:
     name: str
     build: SourceFactory
     display_name: str = ""  # as people spell it (FOCUS ProviderName); "" = `name`
+    # The cloud that sells and runs the service (FOCUS 1.3 ServiceProviderName and
+    # HostProviderName), for a model service of a cloud; "" = the provider itself.
+    cloud: str = ""
     options: type[BaseModel] = NoOptions
     base_url: str | None = None
     key_env: str | None = None

@@ -788,6 +788,7 @@ def model_candidates(model: str) -> tuple[str, ...]:
 ADAPTER = Adapter(
     name=NAME,
     build=AzureOpenAISource,
+    cloud="Microsoft",
     options=AzureOpenAIOptions,
     base_url=DEFAULT_BASE_URL,
     key_env=None,  # azure-identity finds the credentials; a key_env/key_file is a client secret

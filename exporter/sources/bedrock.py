@@ -792,6 +792,7 @@ def bedrock_names(model: str) -> tuple[str, ...]:
 ADAPTER = Adapter(
     name="bedrock",
     build=BedrockSource,
+    cloud="AWS",
     options=BedrockOptions,
     base_url=None,  # boto3 finds each service's endpoint (options.endpoint_url overrides)
     key_env=None,  # boto3's default credential chain; no key variable of ours

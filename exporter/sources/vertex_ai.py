@@ -825,6 +825,7 @@ def _no_headers(key: str) -> dict[str, str]:
 ADAPTER = Adapter(
     name="vertex_ai",
     build=VertexSource,
+    cloud="Google Cloud",
     options=VertexOptions,
     base_url=MONITORING_URL,
     key_env=None,  # credentials: google-auth application default credentials

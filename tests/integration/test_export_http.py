@@ -8,16 +8,19 @@ exporter running as a process behind TLS and basic auth. Then, on one unchanging
   revised-away cost);
 - `llm-cost-exporter export`, run while the exporter runs, writes the same bytes;
 - bad parameters are a 400 with a JSON body naming the parameter;
-- the FinOps Foundation's `focus-validator` accepts the FOCUS export.
+- the FinOps Foundation's `focus-validator` accepts the FOCUS export: 1.0.0 at FOCUS 1.0, and
+  2.x at the newest FOCUS version it holds rules for (2.2.1: 1.2).
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import datetime as dt
 import http.client
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -233,38 +236,92 @@ def test_bad_parameters_are_a_400_with_a_json_body(
     assert got["status"] == "error" and got["parameter"] == param and words in got["error"]
 
 
-def focus_validator() -> Path | None:
-    """The validator's own virtualenv (scripts/test makes it: its pins clash with ours)."""
-    named = os.environ.get("LLM_EXPORTER_FOCUS_VALIDATOR")
-    path = Path(named) if named else ROOT / ".venv-focus" / "bin" / "focus-validator"
+def focus_validator(variable: str, venv: str) -> Path:
+    """A validator's own virtualenv (scripts/test makes it: its pins clash with ours)."""
+    named = os.environ.get(variable)
+    path = Path(named) if named else ROOT / venv / "bin" / "focus-validator"
     if path.is_file():
         return path
     if named or os.environ.get("CI"):
         pytest.fail(f"focus-validator not found at {path}: scripts/test installs it")
-    pytest.skip("focus-validator is not installed (./scripts/test makes .venv-focus with it)")
-    return None
+    pytest.skip(f"focus-validator is not installed (./scripts/test makes {venv} with it)")
 
 
-def test_the_focus_export_passes_the_finops_foundation_validator(stack: Any) -> None:
-    validator = focus_validator()
-    assert validator is not None
+@pytest.fixture(scope="module")
+def focus_export(stack: Any) -> Path:
     _, body = stable_export(stack, "format=focus")
-    data = stack["tmp"] / "export.focus.csv"
+    data: Path = stack["tmp"] / "export.focus.csv"
     data.write_bytes(body)
-    assert body.count(b"\r\n") > 100 and b",Credit," in body
-    # It reads its currency list relative to the working directory: run it from its package.
-    site = subprocess.run(
+    return data
+
+
+def validator_package(validator: Path) -> tuple[str, dict[str, Path]]:
+    """Where its package is installed, and the FOCUS versions it holds rule sets for (its
+    `rules/model-<version>.json`; none for 1.0.0, which has another layout)."""
+    found = subprocess.run(
         [str(validator.parent / "python"), "-c",
-         "import focus_validator, os; print(os.path.dirname(os.path.dirname(focus_validator.__file__)))"],
+         "import focus_validator, glob, os; d = os.path.dirname(focus_validator.__file__); "
+         "print(os.path.dirname(d)); print(*glob.glob(os.path.join(d, 'rules', 'model-*.json')))"],
         capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    done = subprocess.run(
-        [str(validator), "--data-file", str(data), "--validate-version", "1.0"],
-        cwd=site,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    ).stdout.splitlines()  # fmt: skip
+    models = found[1].split() if len(found) > 1 else []
+    return found[0], {re.sub(r"^.*model-(\d+\.\d+)[^/]*\.json$", r"\1", m): Path(m) for m in models}
+
+
+def run_validator(validator: Path, site: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # It reads its currency list relative to the working directory: run it from its package.
+    return subprocess.run(
+        [str(validator), *args], cwd=site, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_focus_export_passes_the_finops_foundation_validator(focus_export: Path) -> None:
+    validator = focus_validator("LLM_EXPORTER_FOCUS_VALIDATOR", ".venv-focus")
+    body = focus_export.read_bytes()
+    assert body.count(b"\r\n") > 100 and b",Credit," in body
+    site, _ = validator_package(validator)
+    done = run_validator(
+        validator, site, "--data-file", str(focus_export), "--validate-version", "1.0"
     )
     # It exits 0 whatever it finds: its verdict is the last line it prints.
     verdict = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
     assert verdict == "Validation succeeded.", done.stdout + done.stderr
+
+
+def test_the_focus_export_passes_the_newest_validator_at_its_newest_focus_version(
+    focus_export: Path,
+) -> None:
+    """focus-validator 2.x (Python 3.12+, ./.venv-focus2) at the newest FOCUS version it has
+    rules for offline (2.2.1: 1.2; it fetches newer ones from GitHub, which --block-download
+    stops)."""
+    validator = focus_validator("LLM_EXPORTER_FOCUS2_VALIDATOR", ".venv-focus2")
+    with focus_export.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["ServiceProviderName"] and r["HostProviderName"] for r in rows)
+    site, versions = validator_package(validator)
+    assert versions, "no rule set in the validator's package"
+    newest = max(versions, key=lambda v: tuple(map(int, v.split("."))))
+    rules = json.loads(versions[newest].read_text())["ModelRules"]
+    done = run_validator(
+        validator, site, "--data-file", str(focus_export), "--validate-version", newest,
+        "--block-download", "--output-type", "console",
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    # It exits 0 whatever it finds (1 on a crash), and prints a line a rule, then the totals.
+    totals = re.search(r"^Total: (\d+) \| Pass: (\d+) \| Fail: (\d+) \| Skipped: \d+$", out, re.M)
+    assert done.returncode == 0 and totals and int(totals[2]) > 0, out
+    verdicts = dict(re.findall(r"^\S+ ([\w-]+): (PASS|FAIL|SKIPPED) ", out, re.M))
+    assert len(verdicts) == int(totals[1]), out
+    # A rule that is one alternative of an OR counts as failed even when the OR passes (the
+    # 1.2 rules' InvoiceId MUST be null / MUST NOT be null pair: one of them always fails).
+    # Such a failure is the OR's to judge; any other failure is ours.
+    passed_or = {
+        item["ModelRuleId"]
+        for rule_id, rule in rules.items()
+        if verdicts.get(rule_id) == "PASS"
+        and (need := rule["ValidationCriteria"]["Requirement"]).get("CheckFunction") == "OR"
+        for item in need["Items"]
+        if item.get("CheckFunction") == "CheckModelRule"
+    }
+    failed = {r for r, v in verdicts.items() if v == "FAIL"}
+    assert len(failed) == int(totals[3]) and failed <= passed_or, (failed - passed_or, out)

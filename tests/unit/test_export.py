@@ -33,7 +33,7 @@ from exporter.export import (
 )
 from exporter.export_cli import main as export_main
 from exporter.export_service import render
-from exporter.focus import COLUMNS, write_focus
+from exporter.focus import COLUMNS, provider_name, service_provider_name, write_focus
 from exporter.fold import Delta, FoldContext, fold_row
 from exporter.ledger import Ledger, StoredRow
 from exporter.model import RowEstimate
@@ -186,6 +186,7 @@ def test_focus_usage_rows_carry_quantity_and_list_cost_cost_rows_the_billed_cost
     assert tokens["ListUnitPrice"] == "0.0000026"
     assert tokens["ServiceCategory"] == "AI and Machine Learning"
     assert tokens["ProviderName"] == tokens["Provider"] == "OpenAI"
+    assert tokens["ServiceProviderName"] == tokens["HostProviderName"] == "OpenAI"
     assert tokens["BillingAccountId"] == "main" and tokens["SubAccountId"] == "p1"
     assert tokens["ChargePeriodStart"] == "2026-11-01T00:00:00Z"
     assert tokens["BillingPeriodEnd"] == "2026-12-01T00:00:00Z"
@@ -194,6 +195,25 @@ def test_focus_usage_rows_carry_quantity_and_list_cost_cost_rows_the_billed_cost
     cost = next(r for r in rows if r["x_Operation"] == "costs")
     assert cost["BilledCost"] == cost["EffectiveCost"] == "1.25" and cost["ListCost"] == "0.0"
     assert cost["BillingCurrency"] == "USD" and cost["ConsumedQuantity"] == ""
+
+
+@pytest.mark.parametrize(
+    ("provider", "service_provider", "name"),
+    [
+        ("openai", "OpenAI", "OpenAI"),
+        ("anthropic", "Anthropic", "Anthropic"),
+        ("groq", "Groq", "Groq"),
+        ("azure_openai", "Microsoft", "azure_openai"),
+        ("bedrock", "AWS", "bedrock"),
+        ("vertex_ai", "Google Cloud", "vertex_ai"),
+        ("proxy_log", "proxy_log", "proxy_log"),
+    ],
+)
+def test_focus_service_provider_is_the_cloud_for_a_clouds_service_else_the_provider(
+    provider: str, service_provider: str, name: str
+) -> None:
+    assert service_provider_name(provider) == service_provider  # and HostProviderName
+    assert provider_name(provider) == name  # ProviderName, as FOCUS 1.0 tools read it
 
 
 @pytest.mark.parametrize(
