@@ -937,12 +937,24 @@ def test_truth_over_http_matches_in_process(ctl: httpx.Client) -> None:
     assert prices["usd_per_mtok"]["gpt-4o"]["input"] == "2.5"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_main_serves_until_interrupted() -> None:
     """Ctrl-C once it serves (SIGINT after its banner, not after a fixed delay: on a loaded
     machine the start can take longer, and an interrupt before serving is another path)."""
     cmd = [sys.executable, "-m", "simulator", "--listen", "127.0.0.1:0", "--seed", "3"]
     proc = subprocess.Popen(
-        [*cmd, "--start", "2026-10-01"], stderr=subprocess.PIPE, text=True, bufsize=1
+        [*cmd, "--start", "2026-10-01"],
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        # The child must meet SIGINT as a user's Ctrl-C does: a shell without job control
+        # starts background jobs with SIGINT ignored, and a thread that forks may have it
+        # blocked; both are inherited (the CI run hung 30 s with the signal sent).
+        preexec_fn=_default_sigint,
     )
     try:
         assert proc.stderr is not None
