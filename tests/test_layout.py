@@ -4,6 +4,7 @@ module imports another that (through any chain) imports it back."""
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +149,31 @@ def test_every_adapter_declares_itself_completely() -> None:
         module = adapter.build.__module__
         assert module == f"exporter.sources.{name}", (name, module)
         assert adapter.options.model_config.get("extra") == "forbid", name
+
+
+def _expand(name: str) -> list[str]:
+    """`llm_x_{a,b}_y` as the README writes families: llm_x_a_y and llm_x_b_y."""
+    m = re.search(r"_\{([a-z_,]+)\}_", name)  # inside the name; label sets end it
+    if m is None:
+        return [re.sub(r"\{.*", "", name)]
+    return [f"{name[: m.start()]}_{part}_{name[m.end() :]}" for part in m.group(1).split(",")]
+
+
+def test_the_readme_metric_table_lists_every_metric_and_no_other() -> None:
+    """names.py promises that the README's metric table is checked against it."""
+    from exporter.names import SPECS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Metrics\n")
+    table = [
+        line for line in readme[start:].split("\n## ", 2)[1].splitlines() if line.startswith("| `")
+    ]
+    listed: set[str] = set()
+    for line in table:
+        for code in re.findall(r"`([^`]+)`", line.split(" | ")[0]):
+            for name in _expand(code):
+                if name.startswith("llm_"):
+                    listed.add(re.sub(r"\{.*", "", name))
+    specs = {s.name for s in SPECS}
+    assert specs - listed == set(), "metrics missing from the README's table"
+    assert listed - specs == set(), "README's table lists metrics that do not exist"
