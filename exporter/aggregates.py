@@ -260,10 +260,8 @@ class Aggregates:
         if ledger is None:
             # No ledger to start the new period from (a backfill's replay): it starts empty,
             # and the rows folded after this call fill it.
-            prefixes = tuple(f"p:{p}:" for p in stale)
             with self.lock:
-                for kind in [k for k in self.cells if k.startswith(prefixes)]:
-                    del self.cells[kind]
+                self._drop_cells(tuple(f"p:{p}:" for p in stale))
                 self.period_start.update(want)
             return
         began = time.monotonic()
@@ -290,8 +288,7 @@ class Aggregates:
                 [(_META_PERIOD + p, str(want[p])) for p in stale],
             )
             with self.lock:
-                for kind in [k for k in self.cells if k.startswith(prefixes)]:
-                    del self.cells[kind]
+                self._drop_cells(prefixes)
                 for kind, sums in scratch.cells.items():
                     if kind.startswith(prefixes):
                         self.cells[kind] = sums
@@ -299,6 +296,11 @@ class Aggregates:
 
         ledger.write(run)
         log.info("started the sums of %s in %.2fs", "/".join(stale), time.monotonic() - began)
+
+    def _drop_cells(self, prefixes: tuple[str, ...]) -> None:
+        """Forget the sums of the kinds starting with `prefixes` (the caller holds the lock)."""
+        for kind in [k for k in self.cells if k.startswith(prefixes)]:
+            del self.cells[kind]
 
     def prune_days(self, now: dt.datetime) -> None:
         """Drop exact-day sums of days no longer exposed (older than `daily_days`, with a

@@ -179,7 +179,7 @@ def main(argv: Sequence[str]) -> int:
         rules = load_rules(rule_files)
         levels(rules, "--rules")
         # The rules' window, where the gauges they read need a sample at every step.
-        dense = rules_start(until, args.rules_days) if rules else until + 1
+        dense = rules_start(until, args.rules_days) if rules else None
         series = history(settings, step, until, dense)
         if args.output == "-":
             n = emit(sys.stdout, series, extra)
@@ -279,7 +279,7 @@ def history(settings: Settings, step: int, until: int, dense_from: int | None = 
         )
         replay = History(ctx, settings, history_start)
         replay.fold_all(ledger)  # first pass: which label values fold into "other"
-        return replay.replay(ledger, step, until, until + 1 if dense_from is None else dense_from)
+        return replay.replay(ledger, step, until, dense_from)
     finally:
         ledger.close()
 
@@ -330,7 +330,9 @@ class History:
         now = period_starts(dt.datetime.fromtimestamp(at, dt.UTC), tz)
         return now != period_starts(dt.datetime.fromtimestamp(at + step, dt.UTC), tz)
 
-    def replay(self, ledger: Ledger, step: int, until: int, dense_from: int) -> Series:
+    def replay(
+        self, ledger: Ledger, step: int, until: int, dense_from: int | None = None
+    ) -> Series:
         agg = self._aggregates()
         rows = _by_end(ledger, self.history_start)
         pending = next(rows, None)
@@ -349,7 +351,8 @@ class History:
             agg.fold(batch_rows)
             agg.fold(batch_rev, revised=True)
             # The last step of a period too, so its final sum is written before it rolls.
-            periods = at % GAUGE_STEP == 0 or at >= dense_from or self._rolls_after(at, step)
+            dense = dense_from is not None and at >= dense_from
+            periods = at % GAUGE_STEP == 0 or dense or self._rolls_after(at, step)
             for fam in self._render(agg, at, periods):
                 _, per_series = series.setdefault(fam.spec.name, (fam, {}))
                 for key, value in fam.samples.items():

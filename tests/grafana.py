@@ -27,6 +27,7 @@ pixels; the interval it sends is range / max data points, rounded, and at least 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,10 @@ class Request:
 
     def path(self) -> str:
         return "/api/v1/query" if self.instant else "/api/v1/query_range"
+
+    def url(self, base: str) -> str:
+        """The GET URL of this request to the Prometheus at `base`."""
+        return f"{base}{self.path()}?{urllib.parse.urlencode(self.params())}"
 
 
 def _num(x: float) -> str:
@@ -228,16 +233,14 @@ def repeat_layout(panels: list[dict[str, Any]], counts: dict[str, int]) -> list[
         w = max(GRID_WIDTH / n, GRID_WIDTH / (p.get("maxPerRow") or 4))
         x, y = 0.0, g["y"]
         for i in range(n):
-            out.append({"title": f"{p.get('title', '')} #{i + 1}", "x": x, "y": y, **_wh(w, g)})
+            out.append(
+                {"title": f"{p.get('title', '')} #{i + 1}", "x": x, "y": y, "w": w, "h": g["h"]}
+            )
             x += w
             if x + w > GRID_WIDTH:
                 x, y = 0.0, y + g["h"]
         moves.append((p["gridPos"]["y"], y - g["y"]))
     return out
-
-
-def _wh(w: float, g: dict[str, Any]) -> dict[str, Any]:
-    return {"w": w, "h": g["h"]}
 
 
 def overlaps(rects: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -92,6 +92,14 @@ def prom_query(base: str, query: str, at: float | None = None) -> list[dict[str,
     return list(res["data"]["result"])
 
 
+def prom_range(base: str, query: str, start: float, end: float, step: float) -> list[Any]:
+    """A range query's result (its series with their values)."""
+    params = {"query": query, "start": str(start), "end": str(end), "step": str(step)}
+    res = json.loads(http_get(f"{base}/api/v1/query_range?{urllib.parse.urlencode(params)}"))
+    assert res["status"] == "success", res
+    return list(res["data"]["result"])
+
+
 @contextmanager
 def process(
     cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None

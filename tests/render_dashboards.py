@@ -20,7 +20,6 @@ import json
 import math
 import re
 import sys
-import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +40,7 @@ def prometheus(base: str) -> Query:
     """Run a Grafana request against the Prometheus at `base`."""
 
     def run(ask: grafana.Request) -> list[dict[str, Any]]:
-        url = f"{base}{ask.path()}?{urllib.parse.urlencode(ask.params())}"
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(ask.url(base), timeout=30) as r:
             body = json.loads(r.read())
         if body.get("status") != "success":
             raise RuntimeError(f"{ask.expr[:80]}: {body}")

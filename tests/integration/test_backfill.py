@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import urllib.parse
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -41,6 +40,7 @@ from tests.helpers import (
     free_port,
     http_get,
     prom_query,
+    prom_range,
     prometheus_scraping,
     wait_for,
 )
@@ -219,7 +219,7 @@ def test_daily_bars_are_dated_on_their_own_day(
     now = backfilled["until"]  # the clock read once, by the fixture
     ask = grafana.request(dash, panel, panel["targets"][0], now)
     assert not ask.instant and ask.step == 86400 and ask.end % 86400 == 0, ask
-    res = json.loads(http_get(f"{prom}{ask.path()}?{urllib.parse.urlencode(ask.params())}"))
+    res = json.loads(http_get(ask.url(prom)))
     bars: dict[tuple[str, str], float] = defaultdict(float)
     for r in res["data"]["result"]:
         for t, v in r["values"]:
@@ -287,11 +287,9 @@ def test_period_gauges_hold_their_past(backfilled: Any) -> None:
 def _range(
     prom: str, query: str, start: float, end: float, step: float
 ) -> dict[Any, dict[float, float]]:
-    params = {"query": query, "start": str(start), "end": str(end), "step": str(step)}
-    res = json.loads(http_get(f"{prom}/api/v1/query_range?{urllib.parse.urlencode(params)}"))
     return {
         tuple(sorted(r["metric"].items())): {float(t): float(v) for t, v in r["values"]}
-        for r in res["data"]["result"]
+        for r in prom_range(prom, query, start, end, step)
     }
 
 

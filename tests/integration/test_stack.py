@@ -1086,14 +1086,7 @@ def test_render_every_dashboard_png(stack: dict[str, Any]) -> None:
 
 def _grafana_run(base: str, ask: grafana.Request) -> list[Any]:
     """Prometheus's answer to a request as Grafana sends it (tests/grafana.py)."""
-    res = json.loads(http_get(f"{base}{ask.path()}?{urllib.parse.urlencode(ask.params())}"))
-    assert res["status"] == "success", res
-    return list(res["data"]["result"])
-
-
-def _prom_range(base: str, query: str, start: float, end: float, step: float) -> list[Any]:
-    params = {"query": query, "start": str(start), "end": str(end), "step": str(step)}
-    res = json.loads(http_get(f"{base}/api/v1/query_range?{urllib.parse.urlencode(params)}"))
+    res = json.loads(http_get(ask.url(base)))
     assert res["status"] == "success", res
     return list(res["data"]["result"])
 
